@@ -1,0 +1,9 @@
+"""In-memory backend: the same repository protocol as every other backend, in one process.
+
+It has real optimistic concurrency and global positions, so it passes the whole
+conformance suite; it keeps nothing after the process ends.
+"""
+
+from cqrs_memory.repository import MemoryEventRepository, MemoryViewRepository, from_url
+
+__all__ = ["MemoryEventRepository", "MemoryViewRepository", "from_url"]

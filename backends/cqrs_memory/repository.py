@@ -1,0 +1,209 @@
+"""The in-memory repositories."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Generic, Self, TypeVar
+
+from cqrs.codec import Codec, default_codec
+from cqrs.errors import AggregateConflict, DeserializationError
+from cqrs.repository import (
+    SerializedEvent,
+    SerializedSnapshot,
+    ViewContext,
+    validate_identifier,
+)
+
+__all__ = ["MemoryEventRepository", "MemoryViewRepository", "from_url"]
+
+V = TypeVar("V")
+_Key = tuple[str, str]
+
+
+class MemoryEventRepository:
+    """Events and snapshots in process memory (a PersistedEventRepository).
+
+    All work happens between two awaits on the event loop, so every method is atomic.
+    Table names are accepted and validated like other backends' but only label the data.
+    """
+
+    def __init__(self, events_table: str = "events", snapshots_table: str = "snapshots") -> None:
+        self.events_table = validate_identifier(events_table)
+        self.snapshots_table = validate_identifier(snapshots_table)
+        self._all: list[SerializedEvent] = []
+        self._streams: dict[_Key, list[SerializedEvent]] = {}
+        self._snapshots: dict[_Key, SerializedSnapshot] = {}
+        self._views: dict[str, dict[str, tuple[bytes, int]]] = {}
+
+    def with_tables(self, events_table: str, snapshots_table: str) -> MemoryEventRepository:
+        """A new, empty repository using these (validated) names."""
+        return MemoryEventRepository(events_table, snapshots_table)
+
+    async def open(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing to close; the data stays until the object is dropped."""
+
+    async def create_schema(self) -> None:
+        """Nothing to create."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def get_events(self, aggregate_type: str, aggregate_id: str) -> list[SerializedEvent]:
+        """All events of one aggregate."""
+        return list(self._streams.get((aggregate_type, aggregate_id), ()))
+
+    async def get_last_events(
+        self, aggregate_type: str, aggregate_id: str, after_sequence: int
+    ) -> list[SerializedEvent]:
+        """Events after ``after_sequence`` (sequences are 1-based list indexes + 1)."""
+        return self._streams.get((aggregate_type, aggregate_id), [])[max(after_sequence, 0) :]
+
+    async def get_snapshot(
+        self, aggregate_type: str, aggregate_id: str
+    ) -> SerializedSnapshot | None:
+        """The stored snapshot, or None."""
+        return self._snapshots.get((aggregate_type, aggregate_id))
+
+    async def persist(
+        self, events: Sequence[SerializedEvent], snapshot: SerializedSnapshot | None
+    ) -> list[int]:
+        """Append the events if their first sequence follows the stored ones."""
+        if not events:
+            return []
+        first = events[0]
+        key = (first.aggregate_type, first.aggregate_id)
+        stream = self._streams.get(key)
+        stored = len(stream) if stream is not None else 0
+        if first.sequence != stored + 1:
+            msg = (
+                f"{first.aggregate_type} {first.aggregate_id!r}: sequence {first.sequence} "
+                f"conflicts with {stored} stored event(s)"
+            )
+            raise AggregateConflict(msg)
+        for offset, event in enumerate(events):
+            if (event.aggregate_type, event.aggregate_id) != key or (
+                event.sequence != first.sequence + offset
+            ):
+                msg = "persist takes consecutive events of one aggregate"
+                raise ValueError(msg)
+        start = len(self._all) + 1
+        stamped = [_with_position(event, start + offset) for offset, event in enumerate(events)]
+        if stream is None:
+            self._streams[key] = stamped
+        else:
+            stream.extend(stamped)
+        self._all.extend(stamped)
+        if snapshot is not None:
+            current = self._snapshots.get(key)
+            if current is None or current.last_sequence < snapshot.last_sequence:
+                self._snapshots[key] = snapshot
+        return list(range(start, start + len(stamped)))
+
+    async def stream_events(
+        self, aggregate_type: str, aggregate_id: str
+    ) -> AsyncIterator[SerializedEvent]:
+        """The aggregate's events, by sequence."""
+        for event in list(self._streams.get((aggregate_type, aggregate_id), ())):
+            yield event
+
+    async def stream_all_events(
+        self, aggregate_type: str | None, after_position: int | None = None
+    ) -> AsyncIterator[SerializedEvent]:
+        """Events in position order; positions are list indexes + 1."""
+        index = max(after_position or 0, 0)
+        events = self._all
+        while index < len(events):
+            event = events[index]
+            index += 1
+            if aggregate_type is None or event.aggregate_type == aggregate_type:
+                yield event
+
+    def view_repository(
+        self, view_type: type[V], table: str, *, codec: Codec = default_codec
+    ) -> MemoryViewRepository[V]:
+        """A view repository kept with this repository's data."""
+        rows = self._views.setdefault(validate_identifier(table), {})
+        return MemoryViewRepository(view_type, table, codec=codec, rows=rows)
+
+
+def _with_position(event: SerializedEvent, position: int) -> SerializedEvent:
+    return SerializedEvent(
+        event.aggregate_type,
+        event.aggregate_id,
+        event.sequence,
+        event.event_type,
+        event.event_version,
+        event.payload,
+        event.metadata,
+        event.timestamp,
+        event.event_id,
+        position,
+    )
+
+
+class MemoryViewRepository(Generic[V]):
+    """Views in process memory, stored encoded (so loads return fresh copies), with
+    optimistic locking by version."""
+
+    def __init__(
+        self,
+        view_type: type[V],
+        table: str = "views",
+        *,
+        codec: Codec = default_codec,
+        rows: dict[str, tuple[bytes, int]] | None = None,
+    ) -> None:
+        self.view_type = view_type
+        self.table = validate_identifier(table)
+        self.codec = codec
+        self._rows: dict[str, tuple[bytes, int]] = {} if rows is None else rows
+
+    async def create_schema(self) -> None:
+        """Nothing to create."""
+
+    async def load(self, view_id: str) -> V | None:
+        """The view, or None."""
+        loaded = await self.load_with_context(view_id)
+        return None if loaded is None else loaded[0]
+
+    async def load_with_context(self, view_id: str) -> tuple[V, ViewContext] | None:
+        """The view and its version, or None."""
+        row = self._rows.get(view_id)
+        if row is None:
+            return None
+        payload, version = row
+        try:
+            view = self.codec.decode(payload, self.view_type)
+        except (ValueError, TypeError) as error:
+            msg = f"view {view_id!r} in {self.table} does not decode: {error}"
+            raise DeserializationError(msg) from error
+        return view, ViewContext(view_id, version)
+
+    async def update_view(self, view: V, context: ViewContext) -> None:
+        """Store the view if its version is unchanged since load."""
+        row = self._rows.get(context.view_id)
+        current = 0 if row is None else row[1]
+        if current != context.version:
+            msg = (
+                f"view {context.view_id!r} in {self.table} is at version {current}, "
+                f"expected {context.version}"
+            )
+            raise AggregateConflict(msg)
+        self._rows[context.view_id] = (self.codec.encode(view), current + 1)
+
+
+def from_url(url: str) -> MemoryEventRepository:
+    """The repository for ``memory://`` (a new, empty one)."""
+    return MemoryEventRepository()

@@ -1,0 +1,1 @@
+"""The mongodb backend (being built)."""

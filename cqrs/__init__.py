@@ -1,0 +1,76 @@
+"""cqrs-es for Python: async CQRS and event sourcing with pluggable storage.
+
+Write aggregates, commands and events; :class:`CqrsFramework` loads the aggregate, runs the
+command handler, commits the events with optimistic concurrency and feeds the queries.
+Storage is any :class:`PersistedEventRepository`; :func:`connect` opens one from a URL.
+"""
+
+from cqrs.aggregate import Aggregate
+from cqrs.codec import Codec, MsgspecCodec, default_codec
+from cqrs.connect import connect
+from cqrs.errors import (
+    AggregateConflict,
+    AggregateError,
+    ConfigurationError,
+    CqrsError,
+    DatabaseConnectionError,
+    DeserializationError,
+    UnexpectedError,
+    UserError,
+)
+from cqrs.events import DomainEvent, EventEnvelope, event_type_of, event_version_of
+from cqrs.framework import CqrsFramework, QueryFailure, Retry
+from cqrs.query import GenericQuery, Query, QueryReplay, View
+from cqrs.repository import (
+    PersistedEventRepository,
+    SerializedEvent,
+    SerializedSnapshot,
+    ViewContext,
+    ViewRepository,
+    validate_identifier,
+)
+from cqrs.store import AggregateContext, EventStore, PersistedEventStore
+from cqrs.testing import AggregateResultValidator, AggregateTestExecutor, TestFramework
+from cqrs.upcasting import EventUpcaster, RawEvent, SemanticVersionEventUpcaster
+
+__all__ = [
+    "Aggregate",
+    "AggregateConflict",
+    "AggregateContext",
+    "AggregateError",
+    "AggregateResultValidator",
+    "AggregateTestExecutor",
+    "Codec",
+    "ConfigurationError",
+    "CqrsError",
+    "CqrsFramework",
+    "DatabaseConnectionError",
+    "DeserializationError",
+    "DomainEvent",
+    "EventEnvelope",
+    "EventStore",
+    "EventUpcaster",
+    "GenericQuery",
+    "MsgspecCodec",
+    "PersistedEventRepository",
+    "PersistedEventStore",
+    "Query",
+    "QueryFailure",
+    "QueryReplay",
+    "RawEvent",
+    "Retry",
+    "SemanticVersionEventUpcaster",
+    "SerializedEvent",
+    "SerializedSnapshot",
+    "TestFramework",
+    "UnexpectedError",
+    "UserError",
+    "View",
+    "ViewContext",
+    "ViewRepository",
+    "connect",
+    "default_codec",
+    "event_type_of",
+    "event_version_of",
+    "validate_identifier",
+]

@@ -1,0 +1,49 @@
+"""The aggregate: the consistency boundary that decides on commands and applies events."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar, Generic, TypeVar
+
+__all__ = ["Aggregate"]
+
+C = TypeVar("C")
+E = TypeVar("E")
+S = TypeVar("S")
+
+
+class Aggregate(ABC, Generic[C, E, S]):
+    """Base class of aggregates, generic over command, event and services types.
+
+    Contract:
+
+    - ``aggregate_type`` (class attribute) names the stream; it is stored with every event.
+    - ``event_classes`` (class attribute) lists every event class the aggregate emits. Stored
+      events are decoded to these classes by their ``event_type``; there is no global registry.
+    - ``Aggregate()`` (no arguments) is the empty state of a new aggregate.
+    - :meth:`handle` decides: it reads the state, may await services, and returns the events
+      to commit (possibly none). It must not change state. To refuse a command it raises one
+      of ``user_errors``; the framework wraps that in :class:`~cqrs.errors.UserError`.
+    - :meth:`apply` changes state from one event, with no logic that can fail.
+    - ``aggregate_id`` is set by the framework before any event is applied or any command
+      handled, so the handler can learn which aggregate it is deciding for.
+
+    For snapshots and the aggregate-store mode the aggregate itself must be encodable by the
+    codec (a dataclass or ``msgspec.Struct`` whose fields are encodable).
+    """
+
+    aggregate_type: ClassVar[str]
+    event_classes: ClassVar[Sequence[type[object]]]
+    user_errors: ClassVar[tuple[type[Exception], ...]] = (Exception,)
+    """Exceptions from :meth:`handle` that mean "refused"; others become UnexpectedError."""
+
+    aggregate_id: str = ""
+
+    @abstractmethod
+    async def handle(self, command: C, services: S) -> Sequence[E]:
+        """Decide on ``command`` and return the events to commit, or raise a user error."""
+
+    @abstractmethod
+    def apply(self, event: E) -> None:
+        """Change the state by one event."""

@@ -1,0 +1,122 @@
+"""The codec: one fast JSON encoder/decoder for events, snapshots and views.
+
+msgspec encodes and decodes dataclasses, ``msgspec.Struct``, ``Decimal`` (as a string, so it
+stays exact), ``datetime``, ``UUID``, enums and nested combinations of them. Pydantic models
+go through the same interface: they are recognized by their ``model_dump`` /
+``model_validate_json`` methods, so pydantic is never imported here.
+
+Decoders are built once per type and cached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar, cast
+
+import msgspec
+
+__all__ = ["Codec", "MsgspecCodec", "default_codec"]
+
+T = TypeVar("T")
+
+
+class Codec(Protocol):
+    """Turns values into JSON bytes and back.
+
+    ``encode`` raises ``TypeError`` for a value it cannot encode; ``decode`` and ``convert``
+    raise ``ValueError`` (``msgspec.ValidationError`` / ``DecodeError`` or pydantic's
+    ``ValidationError``) for data that does not fit the type.
+    """
+
+    def encode(self, value: object) -> bytes:
+        """Encode a value as JSON bytes."""
+        ...
+
+    def decode(self, data: bytes | str, type_: type[T]) -> T:
+        """Decode JSON into an instance of ``type_``."""
+        ...
+
+    def decode_untyped(self, data: bytes | str) -> object:
+        """Decode JSON into plain Python values (dicts, lists, str, int, float...)."""
+        ...
+
+    def convert(self, value: object, type_: type[T]) -> T:
+        """Build an instance of ``type_`` from plain Python values (used after upcasting)."""
+        ...
+
+    def decode_metadata(self, data: bytes | str) -> dict[str, str]:
+        """Decode an event's metadata: a JSON object of strings."""
+        ...
+
+
+def _enc_hook(value: object) -> object:
+    dump = getattr(value, "model_dump", None)
+    if dump is not None:
+        return dump(mode="json")
+    msg = f"cannot encode an object of type {type(value).__qualname__}"
+    raise TypeError(msg)
+
+
+def _is_pydantic(type_: type[object]) -> bool:
+    return hasattr(type_, "model_validate_json") and hasattr(type_, "model_validate")
+
+
+class MsgspecCodec:
+    """The default :class:`Codec`, built on msgspec (and pydantic for pydantic models)."""
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.json.Encoder(enc_hook=_enc_hook, decimal_format="string")
+        self._untyped = msgspec.json.Decoder()
+        self._metadata = msgspec.json.Decoder(dict[str, str])
+        self._decoders: dict[type[Any], Callable[[bytes | str], Any]] = {}
+        self._converters: dict[type[Any], Callable[[object], Any]] = {}
+
+    def encode(self, value: object) -> bytes:
+        """Encode a value as compact JSON bytes; ``Decimal`` becomes a string."""
+        return self._encoder.encode(value)
+
+    def encode_metadata(self, metadata: Mapping[str, str]) -> bytes:
+        """Encode metadata (a mapping of strings) as JSON bytes."""
+        return self._encoder.encode(metadata)
+
+    def decode(self, data: bytes | str, type_: type[T]) -> T:
+        """Decode JSON into ``type_`` in one pass."""
+        decoder = self._decoders.get(type_)
+        if decoder is None:
+            decoder = self._decoder_for(type_)
+        return cast("T", decoder(data))
+
+    def decode_untyped(self, data: bytes | str) -> object:
+        """Decode JSON into plain Python values."""
+        return self._untyped.decode(data)
+
+    def decode_metadata(self, data: bytes | str) -> dict[str, str]:
+        """Decode metadata: a JSON object of strings."""
+        return self._metadata.decode(data)
+
+    def convert(self, value: object, type_: type[T]) -> T:
+        """Build ``type_`` from plain values, accepting the forms ``encode`` produces."""
+        converter = self._converters.get(type_)
+        if converter is None:
+            if _is_pydantic(type_):
+                converter = getattr(type_, "model_validate")  # noqa: B009 - duck-typed pydantic
+            else:
+
+                def converter(value: object, type_: type[T] = type_) -> T:
+                    return msgspec.convert(value, type_, strict=False)
+
+            self._converters[type_] = converter
+        return cast("T", converter(value))
+
+    def _decoder_for(self, type_: type[T]) -> Callable[[bytes | str], T]:
+        decoder: Callable[[bytes | str], T]
+        if _is_pydantic(type_):
+            decoder = getattr(type_, "model_validate_json")  # noqa: B009 - duck-typed pydantic
+        else:
+            decoder = msgspec.json.Decoder(type_).decode
+        self._decoders[type_] = decoder
+        return decoder
+
+
+default_codec = MsgspecCodec()
+"""The shared default codec instance."""

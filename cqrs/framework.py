@@ -1,0 +1,170 @@
+"""CqrsFramework: load, decide, commit, then feed the queries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar, cast
+
+from cqrs.errors import AggregateConflict, CqrsError, UnexpectedError, UserError
+from cqrs.events import EventEnvelope
+from cqrs.query import Query
+from cqrs.store import EventStore, validate_input
+
+__all__ = ["CqrsFramework", "QueryFailure", "Retry"]
+
+C = TypeVar("C")
+E = TypeVar("E")
+S = TypeVar("S")
+
+logger = logging.getLogger("cqrs.framework")
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Retry on AggregateConflict: up to ``attempts`` tries in all, sleeping a random time
+    between 0 and ``min(max_delay, base_delay * 2**n)`` before try n+1 (full jitter)."""
+
+    attempts: int = 5
+    base_delay: float = 0.002
+    max_delay: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base_delay < 0 or self.max_delay < 0:
+            msg = f"invalid {self!r}: attempts must be >= 1 and delays >= 0"
+            raise ValueError(msg)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed try number ``attempt`` (0-based)."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))  # noqa: S311 - jitter, not crypto
+
+
+@dataclass(frozen=True, slots=True)
+class QueryFailure:
+    """A query that raised after a commit: which query, for which events, and the error."""
+
+    query: Query[object]
+    aggregate_id: str
+    events: Sequence[EventEnvelope[object]]
+    error: Exception
+
+
+class CqrsFramework(Generic[C, E, S]):
+    """Executes commands against aggregates held in an :class:`~cqrs.store.EventStore`.
+
+    ``execute`` loads the aggregate, calls its ``handle`` with the services, commits the
+    events with optimistic concurrency and then dispatches the committed envelopes to every
+    query in registration order. A command that yields no events commits and dispatches
+    nothing. Query failures are logged on the ``cqrs.framework`` logger and passed to
+    ``on_query_error``; they never undo the commit and are not raised to the caller.
+
+    Errors: :class:`~cqrs.errors.UserError` when the handler refuses,
+    :class:`~cqrs.errors.AggregateConflict` when another writer won (after ``retry`` is
+    exhausted, if given), and the store's connection/deserialization errors.
+    """
+
+    def __init__(
+        self,
+        store: EventStore[C, E, S],
+        queries: Sequence[Query[E]] = (),
+        services: S | None = None,
+        *,
+        retry: Retry | None = None,
+        on_query_error: Callable[[QueryFailure], object] | None = None,
+    ) -> None:
+        self.store = store
+        self.queries = tuple(queries)
+        self.services = cast("S", services)
+        self.retry = retry
+        self.on_query_error = on_query_error
+
+    async def execute(
+        self, aggregate_id: str, command: C, *, expected_version: int | None = None
+    ) -> list[EventEnvelope[E]]:
+        """Execute ``command`` on ``aggregate_id``; return the committed envelopes."""
+        return await self.execute_with_metadata(
+            aggregate_id, command, {}, expected_version=expected_version
+        )
+
+    async def execute_with_metadata(
+        self,
+        aggregate_id: str,
+        command: C,
+        metadata: Mapping[str, str],
+        *,
+        expected_version: int | None = None,
+    ) -> list[EventEnvelope[E]]:
+        """Like :meth:`execute`, storing ``metadata`` (str to str) with every event.
+
+        With ``expected_version``, the command runs only if the aggregate's version (the
+        sequence of its last event) equals it; otherwise AggregateConflict is raised and
+        nothing is retried.
+        """
+        validate_input(aggregate_id, metadata)
+        attempts = 1 if self.retry is None or expected_version is not None else self.retry.attempts
+        for attempt in range(attempts):
+            try:
+                envelopes = await self._execute_once(
+                    aggregate_id, command, metadata, expected_version
+                )
+            except AggregateConflict:
+                if attempt + 1 >= attempts or self.retry is None:
+                    raise
+                await asyncio.sleep(self.retry.delay(attempt))
+                continue
+            if envelopes:
+                await self._dispatch(aggregate_id, envelopes)
+            return envelopes
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _execute_once(
+        self,
+        aggregate_id: str,
+        command: C,
+        metadata: Mapping[str, str],
+        expected_version: int | None,
+    ) -> list[EventEnvelope[E]]:
+        context = await self.store.load_aggregate(aggregate_id)
+        if expected_version is not None and context.version != expected_version:
+            msg = (
+                f"{aggregate_id!r} is at version {context.version}, "
+                f"expected {expected_version}"
+            )
+            raise AggregateConflict(msg)
+        aggregate = context.aggregate
+        try:
+            events = await aggregate.handle(command, self.services)
+        except CqrsError:
+            raise
+        except aggregate.user_errors as error:
+            raise UserError(error) from error
+        except Exception as error:
+            msg = f"{type(aggregate).__qualname__}.handle raised {error!r}"
+            raise UnexpectedError(msg) from error
+        if not events:
+            return []
+        return await self.store.commit(events, context, metadata)
+
+    async def _dispatch(self, aggregate_id: str, envelopes: list[EventEnvelope[E]]) -> None:
+        for query in self.queries:
+            try:
+                await query.dispatch(aggregate_id, envelopes)
+            except Exception as error:  # noqa: BLE001 - reported below, never undoes the commit
+                self._report(QueryFailure(query, aggregate_id, envelopes, error))
+
+    def _report(self, failure: QueryFailure) -> None:
+        logger.error(
+            "query %r failed on %d event(s) of %r",
+            failure.query,
+            len(failure.events),
+            failure.aggregate_id,
+            exc_info=failure.error,
+        )
+        if self.on_query_error is not None:
+            try:
+                self.on_query_error(failure)
+            except Exception:
+                logger.exception("on_query_error raised while reporting a query failure")

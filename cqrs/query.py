@@ -1,0 +1,131 @@
+"""The read side: queries fed after each commit, views, and replays."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Generic, Protocol, TypeVar
+
+from cqrs.errors import AggregateConflict
+from cqrs.events import EventEnvelope
+from cqrs.repository import ViewContext, ViewRepository
+from cqrs.store import PersistedEventStore
+
+__all__ = ["GenericQuery", "Query", "QueryReplay", "View"]
+
+C = TypeVar("C")
+E = TypeVar("E")
+S = TypeVar("S")
+E_contra = TypeVar("E_contra", contravariant=True)
+V = TypeVar("V", bound="View[object]")
+
+
+class Query(Protocol[E_contra]):
+    """Receives the envelopes of each commit, in commit order for one aggregate.
+
+    The framework calls every registered query in registration order after the commit; a
+    query that raises is logged and reported, and never undoes the commit.
+    """
+
+    async def dispatch(
+        self, aggregate_id: str, events: Sequence[EventEnvelope[E_contra]]
+    ) -> None:
+        """Handle the events just committed to ``aggregate_id``."""
+        ...
+
+
+class View(Protocol[E_contra]):
+    """A read model built from events. ``ViewType()`` must give the empty view, and the view
+    must be encodable by the codec (a dataclass or ``msgspec.Struct``)."""
+
+    def update(self, event: EventEnvelope[E_contra]) -> None:
+        """Change the view by one event."""
+        ...
+
+
+class GenericQuery(Generic[V]):
+    """A query that keeps one view per aggregate (view id = aggregate id) in a repository.
+
+    On each dispatch it loads the view (or starts an empty one), applies the events and
+    stores it with optimistic locking; when another writer changed the view in between, it
+    reloads and applies again, up to ``attempts`` times, then raises AggregateConflict.
+    """
+
+    def __init__(
+        self, view_repository: ViewRepository[V], view_type: Callable[[], V], *, attempts: int = 5
+    ) -> None:
+        self.view_repository = view_repository
+        self.view_type = view_type
+        self.attempts = attempts
+
+    async def dispatch(self, aggregate_id: str, events: Sequence[EventEnvelope[object]]) -> None:
+        """Apply ``events`` to the view of ``aggregate_id`` and store it."""
+        for _ in range(self.attempts):
+            loaded = await self.view_repository.load_with_context(aggregate_id)
+            view, context = loaded or (self.view_type(), ViewContext(aggregate_id, 0))
+            for event in events:
+                view.update(event)
+            try:
+                await self.view_repository.update_view(view, context)
+            except AggregateConflict:
+                continue
+            return
+        msg = f"view {aggregate_id!r} kept changing; gave up after {self.attempts} attempts"
+        raise AggregateConflict(msg)
+
+    async def load(self, view_id: str) -> V | None:
+        """The stored view, or None."""
+        return await self.view_repository.load(view_id)
+
+
+class QueryReplay(Generic[C, E, S]):
+    """Feeds stored events to a query again, to rebuild a view or backfill a projection.
+
+    Events are read in pages (bounded memory) in global order, decoded and upcast like on
+    load, and dispatched in batches of consecutive events of one aggregate (at most
+    ``batch_size``). ``GenericQuery`` applies events on top of the stored view, so rebuild a
+    view into an empty table (a new one, then switch), not over the old one.
+    """
+
+    def __init__(
+        self,
+        store: PersistedEventStore[C, E, S],
+        query: Query[E],
+        *,
+        batch_size: int = 500,
+    ) -> None:
+        self.store = store
+        self.query = query
+        self.batch_size = batch_size
+
+    async def replay(self, aggregate_id: str) -> int:
+        """Dispatch every event of one aggregate; return how many were dispatched."""
+        batch: list[EventEnvelope[E]] = []
+        count = 0
+        async for envelope in self.store.stream_events(aggregate_id):
+            batch.append(envelope)
+            if len(batch) >= self.batch_size:
+                await self.query.dispatch(aggregate_id, batch)
+                count += len(batch)
+                batch = []
+        if batch:
+            await self.query.dispatch(aggregate_id, batch)
+            count += len(batch)
+        return count
+
+    async def replay_all(self, after_position: int | None = None) -> int:
+        """Dispatch every event of the store's aggregate type after ``after_position``;
+        return how many were dispatched."""
+        batch: list[EventEnvelope[E]] = []
+        count = 0
+        async for envelope in self.store.stream_all_events(after_position):
+            if batch and (
+                batch[0].aggregate_id != envelope.aggregate_id or len(batch) >= self.batch_size
+            ):
+                await self.query.dispatch(batch[0].aggregate_id, batch)
+                count += len(batch)
+                batch = []
+            batch.append(envelope)
+        if batch:
+            await self.query.dispatch(batch[0].aggregate_id, batch)
+            count += len(batch)
+        return count

@@ -1,0 +1,182 @@
+"""The storage port: what every backend implements, and nothing more.
+
+Backends move rows or documents; everything generic (sequence numbering, snapshots,
+upcasting, (de)serialization) lives once in :class:`~cqrs.store.PersistedEventStore`.
+The conformance suite in ``tests/conformance`` checks every rule written here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, TypeVar
+from uuid import UUID
+
+from cqrs.errors import ConfigurationError
+
+__all__ = [
+    "PersistedEventRepository",
+    "SerializedEvent",
+    "SerializedSnapshot",
+    "ViewContext",
+    "ViewRepository",
+    "validate_identifier",
+]
+
+V = TypeVar("V")
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def validate_identifier(name: str, what: str = "table name") -> str:
+    """Return ``name`` if it is a plain SQL identifier (letters, digits, underscore, not
+    starting with a digit, at most 63 characters), else raise ConfigurationError naming it."""
+    if not isinstance(name, str) or _IDENTIFIER.fullmatch(name) is None:
+        msg = (
+            f"invalid {what} {name!r}: use letters, digits and underscores, "
+            "not starting with a digit, at most 63 characters"
+        )
+        raise ConfigurationError(msg)
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class SerializedEvent:
+    """One event as stored: the payload and metadata are JSON text (bytes or str).
+
+    ``position`` is 0 for an event not yet persisted; backends fill it in on read.
+    """
+
+    aggregate_type: str
+    aggregate_id: str
+    sequence: int
+    event_type: str
+    event_version: str
+    payload: bytes | str
+    metadata: bytes | str
+    timestamp: datetime
+    event_id: UUID
+    position: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SerializedSnapshot:
+    """The state of one aggregate as stored.
+
+    ``last_sequence`` is the exact sequence of the last event the state includes;
+    ``snapshot_version`` counts the snapshots written for this aggregate (1 for the first).
+    """
+
+    aggregate_type: str
+    aggregate_id: str
+    payload: bytes | str
+    last_sequence: int
+    snapshot_version: int
+
+
+class PersistedEventRepository(Protocol):
+    """The storage port for events and snapshots.
+
+    Every method takes the aggregate type. Rules every backend must keep:
+
+    - **Optimistic concurrency.** ``(aggregate_type, aggregate_id, sequence)`` is unique.
+      :meth:`persist` is atomic: all its events and its snapshot are stored, or nothing is,
+      and a batch that collides with a stored sequence raises ``AggregateConflict``.
+    - **Global order.** Every stored event has a ``position``, an integer that only grows
+      along :meth:`stream_all_events`; once any reader has seen position ``p``, no event at
+      or below ``p`` can appear later. A reader tailing with ``after_position`` therefore
+      never skips or repeats an event, even while writers commit concurrently.
+    - **Bounded memory.** The ``stream_*`` methods read in pages, never the whole store.
+    - **Errors.** Driver errors are translated in one place into
+      ``AggregateConflict`` / ``DatabaseConnectionError`` / ``UnexpectedError``, raised
+      ``from`` the driver error.
+    - **Lifecycle.** The constructor does no I/O; ``open()`` and ``close()`` are idempotent
+      and the repository is an async context manager.
+    """
+
+    async def open(self) -> None:
+        """Acquire connections (idempotent)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections (idempotent)."""
+        ...
+
+    async def create_schema(self) -> None:
+        """Create the tables/collections and indexes; idempotent and safe when several
+        processes run it at once."""
+        ...
+
+    async def get_events(self, aggregate_type: str, aggregate_id: str) -> list[SerializedEvent]:
+        """All events of one aggregate, by sequence."""
+        ...
+
+    async def get_last_events(
+        self, aggregate_type: str, aggregate_id: str, after_sequence: int
+    ) -> list[SerializedEvent]:
+        """The events of one aggregate with sequence greater than ``after_sequence``."""
+        ...
+
+    async def get_snapshot(
+        self, aggregate_type: str, aggregate_id: str
+    ) -> SerializedSnapshot | None:
+        """The aggregate's snapshot, or None."""
+        ...
+
+    async def persist(
+        self, events: Sequence[SerializedEvent], snapshot: SerializedSnapshot | None
+    ) -> list[int]:
+        """Store the events (all of one aggregate, consecutive sequences) and the snapshot
+        atomically; return the positions given to the events, in order.
+
+        The snapshot replaces the stored one only if its ``last_sequence`` is greater.
+        """
+        ...
+
+    def stream_events(self, aggregate_type: str, aggregate_id: str) -> AsyncIterator[SerializedEvent]:
+        """The events of one aggregate by sequence, read in pages."""
+        ...
+
+    def stream_all_events(
+        self, aggregate_type: str | None, after_position: int | None = None
+    ) -> AsyncIterator[SerializedEvent]:
+        """Events of one type (or of every type for ``None``) in global order, starting after
+        ``after_position``; ends at the newest event visible when each page is read."""
+        ...
+
+    def view_repository(self, view_type: type[V], table: str) -> ViewRepository[V]:
+        """A view repository for ``view_type`` stored in ``table``, sharing these
+        connections. Call its ``create_schema()`` once before use."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ViewContext:
+    """Where a loaded view came from: its id and the version it had (0 if new)."""
+
+    view_id: str
+    version: int
+
+
+class ViewRepository(Protocol[V]):
+    """Stores views with optimistic locking by version."""
+
+    async def create_schema(self) -> None:
+        """Create the view table/collection (idempotent)."""
+        ...
+
+    async def load(self, view_id: str) -> V | None:
+        """The view, or None if there is none."""
+        ...
+
+    async def load_with_context(self, view_id: str) -> tuple[V, ViewContext] | None:
+        """The view and its context, or None if there is none."""
+        ...
+
+    async def update_view(self, view: V, context: ViewContext) -> None:
+        """Store ``view`` if the stored version still equals ``context.version`` (0: no view
+        stored yet), raising ``AggregateConflict`` otherwise."""
+        ...
+

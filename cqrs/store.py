@@ -1,0 +1,398 @@
+"""The event store: loads aggregates and commits their events through a repository."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Generic, Protocol, TypeVar
+
+from cqrs.aggregate import Aggregate
+from cqrs.codec import Codec, default_codec
+from cqrs.errors import (
+    ConfigurationError,
+    DeserializationError,
+    UnexpectedError,
+)
+from cqrs.events import EventEnvelope, event_type_of, event_version_of
+from cqrs.repository import PersistedEventRepository, SerializedEvent, SerializedSnapshot
+from cqrs.upcasting import EventUpcaster, RawEvent, check_upcaster_order
+
+__all__ = ["AggregateContext", "EventStore", "PersistedEventStore", "validate_input"]
+
+C = TypeVar("C")
+E = TypeVar("E")
+S = TypeVar("S")
+
+logger = logging.getLogger("cqrs.store")
+
+_EMPTY_METADATA = (b"{}", "{}")
+
+
+@dataclass(slots=True)
+class AggregateContext(Generic[C, E, S]):
+    """A loaded aggregate and the concurrency token needed to commit to it.
+
+    ``version`` is the sequence of the last event the state includes (0 for a new
+    aggregate). A context is good for one commit: after a failed commit, load again.
+    """
+
+    aggregate_id: str
+    aggregate: Aggregate[C, E, S]
+    version: int
+    snapshot_version: int = 0
+
+
+class EventStore(Protocol[C, E, S]):
+    """Loads aggregates and commits events; what :class:`~cqrs.CqrsFramework` needs."""
+
+    async def load_events(self, aggregate_id: str) -> list[EventEnvelope[E]]:
+        """All events of one aggregate, decoded and upcast, by sequence."""
+        ...
+
+    async def load_aggregate(self, aggregate_id: str) -> AggregateContext[C, E, S]:
+        """The aggregate's current state with its concurrency token."""
+        ...
+
+    async def commit(
+        self,
+        events: Sequence[E],
+        context: AggregateContext[C, E, S],
+        metadata: Mapping[str, str],
+    ) -> list[EventEnvelope[E]]:
+        """Store the events after ``context.version`` atomically and return their envelopes;
+        raise ``AggregateConflict`` if another writer committed first."""
+        ...
+
+
+def validate_input(aggregate_id: object, metadata: object) -> Mapping[str, str]:
+    """Check an aggregate id and metadata at the API boundary; raise ValueError/TypeError
+    naming the culprit. Returns the metadata."""
+    if not isinstance(aggregate_id, str) or not aggregate_id:
+        msg = f"aggregate_id must be a non-empty string, not {aggregate_id!r}"
+        raise ValueError(msg)
+    if "\x00" in aggregate_id:
+        msg = f"aggregate_id must not contain NUL characters: {aggregate_id!r}"
+        raise ValueError(msg)
+    if not isinstance(metadata, Mapping):
+        msg = f"metadata must be a mapping of str to str, not {type(metadata).__name__}"
+        raise TypeError(msg)
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            msg = f"metadata must map str to str; bad entry {key!r}: {value!r}"
+            raise TypeError(msg)
+    return metadata
+
+
+class PersistedEventStore(Generic[C, E, S]):
+    """The one event store over any :class:`~cqrs.repository.PersistedEventRepository`.
+
+    Sources of truth (choose with the constructor or the ``new_*`` factories):
+
+    - **event store** (``snapshot_every=None``): the state is replayed from all events;
+    - **snapshots** (``snapshot_every=N``): a commit that crosses a multiple of N events
+      stores the state after the whole commit, recording the exact sequence it includes;
+      loading reads the snapshot, then the events after it;
+    - **aggregate store** (:meth:`new_aggregate_store`): a snapshot after every commit.
+
+    Snapshots are a cache: a missing, stale or undecodable snapshot falls back to the events,
+    so no event is ever lost. Events are always stored, so queries and replays see them.
+    Upcasters apply on load, on streams and on replay.
+    """
+
+    def __init__(
+        self,
+        repository: PersistedEventRepository,
+        aggregate_class: type[Aggregate[C, E, S]],
+        *,
+        snapshot_every: int | None = None,
+        upcasters: Sequence[EventUpcaster] = (),
+        codec: Codec = default_codec,
+    ) -> None:
+        if snapshot_every is not None and (
+            not isinstance(snapshot_every, int) or snapshot_every < 1
+        ):
+            msg = f"snapshot_every must be a positive int or None, not {snapshot_every!r}"
+            raise ConfigurationError(msg)
+        self.repository = repository
+        self.aggregate_class = aggregate_class
+        self.aggregate_type = _aggregate_type(aggregate_class)
+        self.snapshot_every = snapshot_every
+        self.codec = codec
+        self._upcasters = tuple(upcasters)
+        check_upcaster_order(self._upcasters)
+        self._classes = _event_classes(aggregate_class)
+        self._versions = {name: event_version_of(cls) for name, cls in self._classes.items()}
+
+    @classmethod
+    def new_event_store(
+        cls, repository: PersistedEventRepository, aggregate_class: type[Aggregate[C, E, S]]
+    ) -> PersistedEventStore[C, E, S]:
+        """A store whose source of truth is the events alone."""
+        return cls(repository, aggregate_class)
+
+    @classmethod
+    def new_snapshot_store(
+        cls,
+        repository: PersistedEventRepository,
+        aggregate_class: type[Aggregate[C, E, S]],
+        snapshot_every: int,
+    ) -> PersistedEventStore[C, E, S]:
+        """A store that snapshots whenever a commit crosses a multiple of ``snapshot_every``."""
+        return cls(repository, aggregate_class, snapshot_every=snapshot_every)
+
+    @classmethod
+    def new_aggregate_store(
+        cls, repository: PersistedEventRepository, aggregate_class: type[Aggregate[C, E, S]]
+    ) -> PersistedEventStore[C, E, S]:
+        """A store that keeps the state after every commit (events are still stored)."""
+        return cls(repository, aggregate_class, snapshot_every=1)
+
+    def with_upcasters(self, upcasters: Sequence[EventUpcaster]) -> PersistedEventStore[C, E, S]:
+        """A copy of this store that applies ``upcasters`` (in list order) on every read."""
+        return type(self)(
+            self.repository,
+            self.aggregate_class,
+            snapshot_every=self.snapshot_every,
+            upcasters=upcasters,
+            codec=self.codec,
+        )
+
+    def new_aggregate(self, aggregate_id: str) -> Aggregate[C, E, S]:
+        """The empty state of aggregate ``aggregate_id``."""
+        aggregate = self.aggregate_class()
+        aggregate.aggregate_id = aggregate_id
+        return aggregate
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def load_events(self, aggregate_id: str) -> list[EventEnvelope[E]]:
+        """All events of one aggregate, decoded and upcast, by sequence."""
+        validate_input(aggregate_id, {})
+        rows = await self.repository.get_events(self.aggregate_type, aggregate_id)
+        return [self.decode(row) for row in rows]
+
+    async def load_aggregate(self, aggregate_id: str) -> AggregateContext[C, E, S]:
+        """Rebuild the aggregate from its snapshot (if any) and the events after it."""
+        validate_input(aggregate_id, {})
+        aggregate_type = self.aggregate_type
+        aggregate = None
+        after = 0
+        snapshot_version = 0
+        if self.snapshot_every is not None:
+            snapshot = await self.repository.get_snapshot(aggregate_type, aggregate_id)
+            if snapshot is not None:
+                snapshot_version = snapshot.snapshot_version
+                aggregate = self._decode_snapshot(snapshot)
+                if aggregate is not None:
+                    after = snapshot.last_sequence
+        if aggregate is None:
+            aggregate = self.new_aggregate(aggregate_id)
+            rows = await self.repository.get_events(aggregate_type, aggregate_id)
+        else:
+            rows = await self.repository.get_last_events(aggregate_type, aggregate_id, after)
+        apply = aggregate.apply
+        version = after
+        for row in rows:
+            apply(self.decode(row).payload)
+            version = row.sequence
+        return AggregateContext(aggregate_id, aggregate, version, snapshot_version)
+
+    async def stream_events(self, aggregate_id: str) -> AsyncIterator[EventEnvelope[E]]:
+        """The events of one aggregate, decoded and upcast, read in pages."""
+        validate_input(aggregate_id, {})
+        async for row in self.repository.stream_events(self.aggregate_type, aggregate_id):
+            yield self.decode(row)
+
+    async def stream_all_events(
+        self, after_position: int | None = None
+    ) -> AsyncIterator[EventEnvelope[E]]:
+        """Every event of this aggregate type in global order, after ``after_position``."""
+        async for row in self.repository.stream_all_events(self.aggregate_type, after_position):
+            yield self.decode(row)
+
+    def decode(self, row: SerializedEvent) -> EventEnvelope[E]:
+        """Upcast and decode one stored event; raise DeserializationError naming it."""
+        event_type = row.event_type
+        try:
+            if self._upcasters and self._needs_upcast(event_type, row.event_version):
+                raw = self._upcast(row)
+                event_type = raw.event_type
+                payload: E = self.codec.convert(raw.payload, self._class_for(event_type))
+            else:
+                payload = self.codec.decode(row.payload, self._class_for(event_type))
+            metadata = (
+                {} if row.metadata in _EMPTY_METADATA else self.codec.decode_metadata(row.metadata)
+            )
+        except (ValueError, TypeError, KeyError) as error:
+            msg = (
+                f"cannot decode event {row.event_type!r} version {row.event_version!r} of "
+                f"{row.aggregate_type} {row.aggregate_id!r} at sequence {row.sequence}: {error}"
+            )
+            raise DeserializationError(msg) from error
+        return EventEnvelope(
+            row.aggregate_type,
+            row.aggregate_id,
+            row.sequence,
+            payload,
+            metadata,
+            row.timestamp,
+            row.event_id,
+            row.position,
+        )
+
+    def _class_for(self, event_type: str) -> type[E]:
+        try:
+            return self._classes[event_type]  # type: ignore[return-value]
+        except KeyError:
+            known = ", ".join(sorted(self._classes))
+            msg = f"unknown event type {event_type!r} for {self.aggregate_type} (known: {known})"
+            raise KeyError(msg) from None
+
+    def _needs_upcast(self, event_type: str, event_version: str) -> bool:
+        return any(u.can_upcast(event_type, event_version) for u in self._upcasters)
+
+    def _upcast(self, row: SerializedEvent) -> RawEvent:
+        payload = self.codec.decode_untyped(row.payload)
+        if not isinstance(payload, dict):
+            msg = "payload is not a JSON object"
+            raise TypeError(msg)
+        raw = RawEvent(row.event_type, row.event_version, payload)
+        for upcaster in self._upcasters:
+            if upcaster.can_upcast(raw.event_type, raw.event_version):
+                raw = upcaster.upcast(raw)
+        return raw
+
+    def _decode_snapshot(self, snapshot: SerializedSnapshot) -> Aggregate[C, E, S] | None:
+        try:
+            aggregate = self.codec.decode(snapshot.payload, self.aggregate_class)
+        except (ValueError, TypeError) as error:
+            logger.warning(
+                "snapshot of %s %r at sequence %d does not decode, replaying events: %s",
+                snapshot.aggregate_type,
+                snapshot.aggregate_id,
+                snapshot.last_sequence,
+                error,
+            )
+            return None
+        aggregate.aggregate_id = snapshot.aggregate_id
+        return aggregate
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def commit(
+        self,
+        events: Sequence[E],
+        context: AggregateContext[C, E, S],
+        metadata: Mapping[str, str],
+    ) -> list[EventEnvelope[E]]:
+        """Store ``events`` after ``context.version`` (with a snapshot when one is due) in
+        one atomic write; return the committed envelopes. Raises AggregateConflict if another
+        writer committed first; nothing is stored then."""
+        if not events:
+            return []
+        aggregate_id = context.aggregate_id
+        validate_input(aggregate_id, metadata)
+        aggregate_type = self.aggregate_type
+        encode = self.codec.encode
+        metadata_json = encode(metadata) if metadata else b"{}"
+        timestamp = datetime.now(UTC)
+        first = context.version + 1
+        rows = []
+        for offset, event in enumerate(events):
+            event_type = event_type_of(type(event))
+            if event_type not in self._classes:
+                msg = (
+                    f"{type(event).__qualname__} is not listed in "
+                    f"{self.aggregate_class.__qualname__}.event_classes"
+                )
+                raise ConfigurationError(msg)
+            try:
+                payload = encode(event)
+            except TypeError as error:
+                msg = f"cannot encode event {event_type!r}: {error}"
+                raise UnexpectedError(msg) from error
+            rows.append(
+                SerializedEvent(
+                    aggregate_type,
+                    aggregate_id,
+                    first + offset,
+                    event_type,
+                    self._versions[event_type],
+                    payload,
+                    metadata_json,
+                    timestamp,
+                    uuid.uuid4(),
+                )
+            )
+        last = first + len(rows) - 1
+        snapshot = self._snapshot_after(events, context, last)
+        positions = await self.repository.persist(rows, snapshot)
+        context.version = last
+        if snapshot is not None:
+            context.snapshot_version = snapshot.snapshot_version
+        frozen_metadata = dict(metadata)
+        return [
+            EventEnvelope(
+                aggregate_type,
+                aggregate_id,
+                row.sequence,
+                event,
+                frozen_metadata,
+                timestamp,
+                row.event_id,
+                position,
+            )
+            for row, event, position in zip(rows, events, positions, strict=True)
+        ]
+
+    def _snapshot_after(
+        self, events: Sequence[E], context: AggregateContext[C, E, S], last: int
+    ) -> SerializedSnapshot | None:
+        every = self.snapshot_every
+        if every is None or context.version // every == last // every:
+            return None
+        aggregate = context.aggregate
+        for event in events:
+            aggregate.apply(event)
+        try:
+            payload = self.codec.encode(aggregate)
+        except TypeError as error:
+            msg = (
+                f"cannot snapshot {self.aggregate_class.__qualname__}: {error}; snapshots need "
+                "an encodable aggregate (a dataclass or msgspec.Struct)"
+            )
+            raise UnexpectedError(msg) from error
+        return SerializedSnapshot(
+            self.aggregate_type,
+            context.aggregate_id,
+            payload,
+            last,
+            context.snapshot_version + 1,
+        )
+
+
+def _aggregate_type(aggregate_class: type[object]) -> str:
+    name = getattr(aggregate_class, "aggregate_type", None)
+    if not isinstance(name, str) or not name:
+        msg = f"{aggregate_class.__qualname__}.aggregate_type must be a non-empty string"
+        raise ConfigurationError(msg)
+    return name
+
+
+def _event_classes(aggregate_class: type[object]) -> dict[str, type[object]]:
+    classes = getattr(aggregate_class, "event_classes", None)
+    if not classes:
+        msg = f"{aggregate_class.__qualname__}.event_classes must list its event classes"
+        raise ConfigurationError(msg)
+    by_name: dict[str, type[object]] = {}
+    for cls in classes:
+        name = event_type_of(cls)
+        if name in by_name and by_name[name] is not cls:
+            msg = f"{aggregate_class.__qualname__}: two event classes are named {name!r}"
+            raise ConfigurationError(msg)
+        by_name[name] = cls
+    return by_name
+

@@ -1,0 +1,1 @@
+"""The bank-account example: domain, HTTP API and demo."""

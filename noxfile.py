@@ -1,0 +1,97 @@
+"""The one entry point for people and CI: ``nox -s tests``, ``lint``, ``typecheck``, ``demo``.
+
+Dependencies come from the extras and dependency groups in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
+SECANTUS_VENV = ROOT / ".nox" / "_secantusdb"
+
+
+def _group(name: str) -> list[str]:
+    return list(nox.project.dependency_groups(PYPROJECT, name))
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite against every backend whose server is reachable.
+
+    PostgreSQL: CQRS_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres).
+    MongoDB: CQRS_TEST_MONGODB_URL; when unset, a SecantusDB test server is installed in its
+    own virtualenv and run for the session. CQRS_TEST_REQUIRE=postgres,mongodb turns a skip
+    of those backends into a failure. Extra arguments go to pytest (e.g. ``-- -m stress``).
+    """
+    session.install("-e", ".[all]", *_group("test"))
+    with _mongodb_test_server(session) as env:
+        session.run("pytest", *session.posargs, env=env)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff lint and format check."""
+    session.install(*_group("lint"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package and the backends."""
+    session.install("-e", ".[all]", *_group("typecheck"))
+    session.run("mypy")
+
+
+@contextlib.contextmanager
+def _mongodb_test_server(session: nox.Session) -> Iterator[dict[str, str]]:
+    if os.environ.get("CQRS_TEST_MONGODB_URL"):
+        yield {}
+        return
+    server = SECANTUS_VENV / "bin" / "secantusd-py"
+    if not server.exists():
+        session.run(sys.executable, "-m", "venv", str(SECANTUS_VENV), external=True)
+        session.run(
+            str(SECANTUS_VENV / "bin" / "pip"), "install", "-q", "secantusdb", external=True
+        )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (ROOT / ".nox" / "secantusdb.log").open("wb")
+    process = subprocess.Popen(  # noqa: S603 - our own venv's server binary
+        [str(server), "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                session.error(f"SecantusDB did not start; see {log.name}")
+            time.sleep(0.2)
+        url = f"mongodb://127.0.0.1:{port}/?replicaSet=secantus"
+        session.log(f"SecantusDB test server at {url} (pid {process.pid})")
+        yield {"CQRS_TEST_MONGODB_URL": url}
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()

@@ -1,0 +1,101 @@
+"""Shared fixtures: the backend-parametrized ``repository`` and friends.
+
+A backend whose server is unreachable is skipped with a one-line reason; listing it in
+``CQRS_TEST_REQUIRE`` (comma-separated ids) turns that skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from backends_under_test import BACKEND_IDS, CAPABILITIES, BackendFactory, load_factory
+
+from cqrs import PersistedEventRepository
+
+REQUIRED = {name.strip() for name in os.environ.get("CQRS_TEST_REQUIRE", "").split(",") if name}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    unknown = REQUIRED - set(BACKEND_IDS)
+    if unknown:
+        msg = f"CQRS_TEST_REQUIRE names unknown backends: {sorted(unknown)}"
+        raise pytest.UsageError(msg)
+
+
+def _unusable(backend_id: str, reason: str) -> None:
+    if backend_id in REQUIRED:
+        pytest.fail(f"{backend_id} is required (CQRS_TEST_REQUIRE) but {reason}")
+    pytest.skip(f"{backend_id}: {reason}")
+
+
+@dataclass
+class Backend:
+    """One backend under test, with helpers to make more repositories on it."""
+
+    factory: BackendFactory
+    workdir: Path
+    prefix: str
+    opened: list[PersistedEventRepository] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.factory.id
+
+    def name(self, suffix: str) -> str:
+        """A table/collection name private to this test."""
+        return f"{self.prefix}_{suffix}"
+
+    def has(self, capability: str) -> bool:
+        assert capability in CAPABILITIES, capability
+        return capability in self.factory.capabilities
+
+    def requires(self, capability: str) -> None:
+        if not self.has(capability):
+            pytest.skip(f"needs capability {capability!r}: {CAPABILITIES[capability]}")
+
+    def new_repository(
+        self, events: str = "events", snapshots: str = "snapshots"
+    ) -> PersistedEventRepository:
+        """An unopened repository over this test's tables (closed after the test)."""
+        repository = self.factory.repository(self.workdir, self.name(events), self.name(snapshots))
+        self.opened.append(repository)
+        return repository
+
+    async def open_repository(
+        self, events: str = "events", snapshots: str = "snapshots"
+    ) -> PersistedEventRepository:
+        repository = self.new_repository(events, snapshots)
+        await repository.open()
+        await repository.create_schema()
+        return repository
+
+
+@pytest.fixture(params=BACKEND_IDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    backend_id: str = request.param
+    factory = load_factory(backend_id)
+    if factory is None:
+        _unusable(backend_id, "its backend is not built yet")
+        raise AssertionError  # unreachable: _unusable raises
+    reason = await factory.unavailable()
+    if reason is not None:
+        _unusable(backend_id, reason)
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    state = Backend(factory, tmp_path, prefix)
+    try:
+        yield state
+    finally:
+        for repository in state.opened:
+            await repository.close()
+        await factory.cleanup(tmp_path, prefix)
+
+
+@pytest.fixture
+async def repository(backend: Backend) -> PersistedEventRepository:
+    """An open repository with its schema created, on each backend in turn."""
+    return await backend.open_repository()
