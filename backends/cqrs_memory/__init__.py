@@ -4,6 +4,11 @@ It has real optimistic concurrency and global positions, so it passes the whole
 conformance suite; it keeps nothing after the process ends.
 """
 
-from cqrs_memory.repository import MemoryEventRepository, MemoryViewRepository, from_url
+from cqrs_memory.repository import (
+    MemoryDatabase,
+    MemoryEventRepository,
+    MemoryViewRepository,
+    from_url,
+)
 
-__all__ = ["MemoryEventRepository", "MemoryViewRepository", "from_url"]
+__all__ = ["MemoryDatabase", "MemoryEventRepository", "MemoryViewRepository", "from_url"]

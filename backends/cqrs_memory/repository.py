@@ -15,30 +15,62 @@ from cqrs.repository import (
     validate_identifier,
 )
 
-__all__ = ["MemoryEventRepository", "MemoryViewRepository", "from_url"]
+__all__ = ["MemoryDatabase", "MemoryEventRepository", "MemoryViewRepository", "from_url"]
 
 V = TypeVar("V")
 _Key = tuple[str, str]
+
+
+class _EventTable:
+    def __init__(self) -> None:
+        self.all: list[SerializedEvent] = []
+        self.streams: dict[_Key, list[SerializedEvent]] = {}
+
+
+class MemoryDatabase:
+    """Named in-memory tables. Repositories given the same database and table names share
+    their data, like connections to one server; by default each repository has its own."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, _EventTable] = {}
+        self._snapshots: dict[str, dict[_Key, SerializedSnapshot]] = {}
+        self._views: dict[str, dict[str, tuple[bytes, int]]] = {}
+
+    def _event_table(self, name: str) -> _EventTable:
+        return self._events.setdefault(name, _EventTable())
+
+    def _snapshot_table(self, name: str) -> dict[_Key, SerializedSnapshot]:
+        return self._snapshots.setdefault(name, {})
+
+    def _view_table(self, name: str) -> dict[str, tuple[bytes, int]]:
+        return self._views.setdefault(name, {})
 
 
 class MemoryEventRepository:
     """Events and snapshots in process memory (a PersistedEventRepository).
 
     All work happens between two awaits on the event loop, so every method is atomic.
-    Table names are accepted and validated like other backends' but only label the data.
+    Table names are validated like other backends' and select tables in ``database``.
     """
 
-    def __init__(self, events_table: str = "events", snapshots_table: str = "snapshots") -> None:
+    def __init__(
+        self,
+        events_table: str = "events",
+        snapshots_table: str = "snapshots",
+        *,
+        database: MemoryDatabase | None = None,
+    ) -> None:
         self.events_table = validate_identifier(events_table)
         self.snapshots_table = validate_identifier(snapshots_table)
-        self._all: list[SerializedEvent] = []
-        self._streams: dict[_Key, list[SerializedEvent]] = {}
-        self._snapshots: dict[_Key, SerializedSnapshot] = {}
-        self._views: dict[str, dict[str, tuple[bytes, int]]] = {}
+        self.database = MemoryDatabase() if database is None else database
+        table = self.database._event_table(events_table)  # noqa: SLF001 - same module
+        self._all = table.all
+        self._streams = table.streams
+        self._snapshots = self.database._snapshot_table(snapshots_table)  # noqa: SLF001
 
     def with_tables(self, events_table: str, snapshots_table: str) -> MemoryEventRepository:
-        """A new, empty repository using these (validated) names."""
-        return MemoryEventRepository(events_table, snapshots_table)
+        """A repository over other tables of the same database."""
+        return MemoryEventRepository(events_table, snapshots_table, database=self.database)
 
     async def open(self) -> None:
         """Nothing to open."""
@@ -134,7 +166,7 @@ class MemoryEventRepository:
         self, view_type: type[V], table: str, *, codec: Codec = default_codec
     ) -> MemoryViewRepository[V]:
         """A view repository kept with this repository's data."""
-        rows = self._views.setdefault(validate_identifier(table), {})
+        rows = self.database._view_table(validate_identifier(table))  # noqa: SLF001
         return MemoryViewRepository(view_type, table, codec=codec, rows=rows)
 
 

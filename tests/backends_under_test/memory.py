@@ -2,12 +2,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cqrs_memory import MemoryEventRepository
+from cqrs_memory import MemoryDatabase, MemoryEventRepository
 
 
 class MemoryFactory:
     id = "memory"
-    capabilities = frozenset[str]()
+    capabilities = frozenset({"persistent"})
+
+    def __init__(self) -> None:
+        self._databases: dict[Path, MemoryDatabase] = {}
 
     async def unavailable(self) -> str | None:
         return None
@@ -15,10 +18,11 @@ class MemoryFactory:
     def repository(
         self, workdir: Path, events_table: str, snapshots_table: str
     ) -> MemoryEventRepository:
-        return MemoryEventRepository(events_table, snapshots_table)
+        database = self._databases.setdefault(workdir, MemoryDatabase())
+        return MemoryEventRepository(events_table, snapshots_table, database=database)
 
     async def cleanup(self, workdir: Path, prefix: str) -> None:
-        return None
+        self._databases.pop(workdir, None)
 
 
 FACTORY = MemoryFactory()

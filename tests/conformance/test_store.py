@@ -1,0 +1,355 @@
+"""The event store, snapshots, upcasters and views on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import pytest
+from support import collect
+
+from cqrs import (
+    Aggregate,
+    AggregateConflict,
+    CqrsFramework,
+    DeserializationError,
+    DomainEvent,
+    GenericQuery,
+    PersistedEventRepository,
+    PersistedEventStore,
+    QueryReplay,
+    Retry,
+    SemanticVersionEventUpcaster,
+    SerializedSnapshot,
+    UserError,
+    ViewContext,
+    default_codec,
+)
+from examples.bank_account.domain import (
+    BankAccount,
+    BankAccountServices,
+    BankAccountView,
+    CustomerDepositedMoney,
+    DepositMoney,
+    OpenAccount,
+    WithdrawMoney,
+    WriteCheck,
+)
+
+D = Decimal
+
+
+def bank(
+    repository: PersistedEventRepository, *, snapshot_every: int | None = None, queries=()
+) -> CqrsFramework[Any, Any, BankAccountServices]:
+    store = PersistedEventStore(repository, BankAccount, snapshot_every=snapshot_every)
+    return CqrsFramework(store, queries, BankAccountServices())
+
+
+async def open_with(cqrs: CqrsFramework[Any, Any, Any], account: str, *deposits: str) -> None:
+    await cqrs.execute(account, OpenAccount(account))
+    for amount in deposits:
+        await cqrs.execute(account, DepositMoney(D(amount)))
+
+
+async def test_execute_commits_and_load_rebuilds_state(repository):
+    cqrs = bank(repository)
+    opened = await cqrs.execute("acc", OpenAccount("acc"))
+    assert [(e.sequence, e.aggregate_id) for e in opened] == [(1, "acc")]
+    await cqrs.execute("acc", DepositMoney(D("100.10")))
+    await cqrs.execute("acc", WithdrawMoney(D("0.10"), "ATM-1"))
+    context = await cqrs.store.load_aggregate("acc")
+    assert context.version == 3
+    assert context.aggregate.balance == D("100.00")
+    events = await cqrs.store.load_events("acc")
+    assert [type(e.payload).__name__ for e in events] == [
+        "AccountOpened",
+        "CustomerDepositedMoney",
+        "CustomerWithdrewCash",
+    ]
+    assert events[1].payload == CustomerDepositedMoney(D("100.10"), D("100.10"))
+
+
+async def test_committed_envelopes_match_what_is_loaded(repository):
+    cqrs = bank(repository)
+    committed = await cqrs.execute_with_metadata("acc", OpenAccount("acc"), {"user": "ann"})
+    loaded = await cqrs.store.load_events("acc")
+    assert [(e.event_id, e.position, e.sequence, e.payload, dict(e.metadata)) for e in loaded] == [
+        (e.event_id, e.position, e.sequence, e.payload, {"user": "ann"}) for e in committed
+    ]
+
+
+async def test_user_error_commits_nothing(repository):
+    cqrs = bank(repository)
+    await open_with(cqrs, "acc", "10")
+    with pytest.raises(UserError, match="funds not available"):
+        await cqrs.execute("acc", WriteCheck("1170", D("10.01")))
+    assert len(await cqrs.store.load_events("acc")) == 2
+
+
+async def test_expected_version_guards_the_command(repository):
+    cqrs = bank(repository)
+    await open_with(cqrs, "acc", "10")
+    with pytest.raises(AggregateConflict, match="expected 1"):
+        await cqrs.execute("acc", DepositMoney(D(1)), expected_version=1)
+    await cqrs.execute("acc", DepositMoney(D(1)), expected_version=2)
+    assert (await cqrs.store.load_aggregate("acc")).version == 3
+
+
+async def test_stale_context_commit_conflicts_and_stores_nothing(repository):
+    store = PersistedEventStore(repository, BankAccount)
+    cqrs = CqrsFramework(store, (), BankAccountServices())
+    await open_with(cqrs, "acc")
+    stale = await store.load_aggregate("acc")
+    await cqrs.execute("acc", DepositMoney(D(5)))
+    with pytest.raises(AggregateConflict):
+        await store.commit([CustomerDepositedMoney(D(1), D(1))], stale, {})
+    assert (await store.load_aggregate("acc")).aggregate.balance == D(5)
+
+
+async def test_concurrent_commands_with_retry_lose_nothing(repository):
+    cqrs = bank(repository)
+    cqrs.retry = Retry(attempts=200, base_delay=0.001, max_delay=0.02)
+    await open_with(cqrs, "acc")
+    await asyncio.gather(*(cqrs.execute("acc", DepositMoney(D("1.01"))) for _ in range(32)))
+    context = await cqrs.store.load_aggregate("acc")
+    assert context.aggregate.balance == D("32.32")
+    events = await cqrs.store.load_events("acc")
+    assert [e.sequence for e in events] == list(range(1, 34))
+
+
+@pytest.mark.parametrize("snapshot_every", [1, 2, 3, 5])
+async def test_snapshots_at_and_across_boundaries_lose_nothing(repository, snapshot_every):
+    # Commits of 1, 4, 2 and 3 events: some end on a boundary, some cross one and go on.
+    store = PersistedEventStore(repository, BankAccount, snapshot_every=snapshot_every)
+    context = await store.load_aggregate("acc")
+    await store.commit([BankAccount.event_classes[0]("acc")], context, {})  # type: ignore[call-arg]
+    balance = D(0)
+    for size in (4, 2, 3):
+        context = await store.load_aggregate("acc")
+        events = []
+        for _ in range(size):
+            balance += 1
+            events.append(CustomerDepositedMoney(D(1), balance))
+        await store.commit(events, context, {})
+    context = await store.load_aggregate("acc")
+    assert context.version == 10
+    assert context.aggregate.balance == D(9)
+    snapshot = await repository.get_snapshot(BankAccount.aggregate_type, "acc")
+    assert snapshot is not None
+    assert snapshot.last_sequence % snapshot_every == 0 or snapshot.last_sequence in (5, 7, 10)
+    from_snapshot = default_codec.decode(snapshot.payload, BankAccount)
+    assert from_snapshot.balance == snapshot.last_sequence - 1
+
+
+async def test_snapshot_plus_tail_is_used_and_matches_full_replay(repository):
+    cqrs = bank(repository, snapshot_every=3)
+    await open_with(cqrs, "acc", "1", "2", "3", "4")  # 5 events: snapshot at 3
+    snapshot = await repository.get_snapshot(BankAccount.aggregate_type, "acc")
+    assert snapshot is not None
+    assert snapshot.last_sequence == 3
+    with_snapshot = await cqrs.store.load_aggregate("acc")
+    replayed = await PersistedEventStore(repository, BankAccount).load_aggregate("acc")
+    assert with_snapshot.aggregate == replayed.aggregate
+    assert with_snapshot.version == replayed.version == 5
+
+
+async def test_undecodable_snapshot_falls_back_to_events(repository):
+    cqrs = bank(repository, snapshot_every=100)
+    await open_with(cqrs, "acc", "7")
+    garbage = SerializedSnapshot(BankAccount.aggregate_type, "acc", b'{"balance": "x"}', 2, 1)
+    # Plant the bad snapshot together with the next event, through the port.
+    context = await cqrs.store.load_aggregate("acc")
+    rows = [_serialized(context, CustomerDepositedMoney(D(1), D(8)))]
+    await repository.persist(rows, garbage)
+    reloaded = await cqrs.store.load_aggregate("acc")
+    assert reloaded.aggregate.balance == D(8)
+    assert reloaded.version == 3
+
+
+async def test_aggregate_store_mode_keeps_state_and_events(repository):
+    store = PersistedEventStore.new_aggregate_store(repository, BankAccount)
+    cqrs = CqrsFramework(store, (), BankAccountServices())
+    await open_with(cqrs, "acc", "3", "4")
+    snapshot = await repository.get_snapshot(BankAccount.aggregate_type, "acc")
+    assert snapshot is not None
+    assert (snapshot.last_sequence, snapshot.snapshot_version) == (3, 3)
+    assert (await store.load_aggregate("acc")).aggregate.balance == D(7)
+    assert len(await store.load_events("acc")) == 3
+
+
+async def test_undecodable_event_raises_deserialization_error_naming_it(repository):
+    cqrs = bank(repository)
+    await open_with(cqrs, "acc")
+    context = await cqrs.store.load_aggregate("acc")
+    bad = _serialized(context, CustomerDepositedMoney(D(1), D(1)), payload=b'{"amount": []}')
+    await repository.persist([bad], None)
+    with pytest.raises(DeserializationError) as caught:
+        await cqrs.store.load_aggregate("acc")
+    message = str(caught.value)
+    for part in ("CustomerDepositedMoney", "'1.0'", "BankAccount", "'acc'", "sequence 2"):
+        assert part in message
+    # The good event is unharmed.
+    assert len(await repository.get_events(BankAccount.aggregate_type, "acc")) == 2
+
+
+async def test_unknown_event_type_raises_deserialization_error(repository):
+    cqrs = bank(repository)
+    await open_with(cqrs, "acc")
+    context = await cqrs.store.load_aggregate("acc")
+    odd = _serialized(context, CustomerDepositedMoney(D(1), D(1)), event_type="AccountFrozen")
+    await repository.persist([odd], None)
+    with pytest.raises(DeserializationError, match="unknown event type 'AccountFrozen'"):
+        await cqrs.store.load_events("acc")
+
+
+# -- upcasters ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Renamed(DomainEvent):
+    event_type: ClassVar[str] = "Renamed"
+    event_version: ClassVar[str] = "2.0"
+    full_name: str
+    source: str
+
+
+@dataclass
+class Person(Aggregate[str, Renamed, None]):
+    aggregate_type: ClassVar[str] = "Person"
+    event_classes: ClassVar[tuple[type[object], ...]] = (Renamed,)
+    name: str = ""
+
+    async def handle(self, command: str, services: None) -> list[Renamed]:
+        return [Renamed(command, "v2")]
+
+    def apply(self, event: Renamed) -> None:
+        self.name = event.full_name
+
+
+UPCASTERS = [
+    SemanticVersionEventUpcaster("Renamed", "1.1", lambda p: {**p, "full_name": p.pop("name")}),
+    SemanticVersionEventUpcaster("Renamed", "2.0", lambda p: {**p, "source": "upcast"}),
+]
+
+
+async def _plant_old_events(repository) -> None:
+    from support import event
+
+    await repository.persist(
+        [
+            event("p", 1, aggregate_type="Person", event_type="Renamed", payload={"name": "ann"}),
+            event(
+                "p",
+                2,
+                aggregate_type="Person",
+                event_type="Renamed",
+                event_version="1.1",
+                payload={"full_name": "bob"},
+            ),
+        ],
+        None,
+    )
+
+
+async def test_upcaster_chain_applies_on_load_stream_and_replay(repository):
+    await _plant_old_events(repository)
+    store = PersistedEventStore(repository, Person).with_upcasters(UPCASTERS)
+    context = await store.load_aggregate("p")
+    assert context.aggregate.name == "bob"
+    expected = [Renamed("ann", "upcast"), Renamed("bob", "upcast")]
+    assert [e.payload for e in await store.load_events("p")] == expected
+    assert [e.payload for e in await collect(store.stream_events("p"))] == expected
+    assert [e.payload for e in await collect(store.stream_all_events())] == expected
+    replayed: list[object] = []
+
+    class Collect:
+        async def dispatch(self, aggregate_id, events):
+            replayed.extend(e.payload for e in events)
+
+    assert await QueryReplay(store, Collect()).replay_all() == 2
+    assert replayed == expected
+
+
+async def test_current_events_pass_upcasters_unchanged(repository):
+    store = PersistedEventStore(repository, Person).with_upcasters(UPCASTERS)
+    cqrs = CqrsFramework(store)
+    await cqrs.execute("p", "carol")
+    assert [e.payload for e in await store.load_events("p")] == [Renamed("carol", "v2")]
+
+
+# -- views -------------------------------------------------------------------------------------
+
+
+async def test_view_repository_optimistic_locking(backend):
+    repository = await backend.open_repository()
+    views = repository.view_repository(BankAccountView, backend.name("views"))
+    await views.create_schema()
+    await views.create_schema()
+    assert await views.load("acc") is None
+    assert await views.load_with_context("acc") is None
+    await views.update_view(BankAccountView("acc", D("1.50")), ViewContext("acc", 0))
+    view, context = await views.load_with_context("acc")  # type: ignore[misc]
+    assert (view.account_id, view.balance, context.version) == ("acc", D("1.50"), 1)
+    with pytest.raises(AggregateConflict):
+        await views.update_view(BankAccountView("acc", D(9)), ViewContext("acc", 0))
+    await views.update_view(BankAccountView("acc", D(2)), context)
+    with pytest.raises(AggregateConflict):
+        await views.update_view(BankAccountView("acc", D(3)), context)  # stale version
+    assert (await views.load("acc")).balance == D(2)  # type: ignore[union-attr]
+
+
+async def test_generic_query_maintains_the_view_after_each_commit(backend):
+    repository = await backend.open_repository()
+    views = repository.view_repository(BankAccountView, backend.name("views"))
+    await views.create_schema()
+    cqrs = bank(repository, queries=[GenericQuery(views, BankAccountView)])
+    await open_with(cqrs, "acc", "1000")
+    await cqrs.execute("acc", WithdrawMoney(D(400), "ATM-N"))
+    await cqrs.execute("acc", WriteCheck("1170", D("256.28")))
+    view = await views.load("acc")
+    assert view is not None
+    assert view.balance == D("343.72")
+    assert view.written_checks == ["1170"]
+    assert [entry.amount for entry in view.ledger] == [D(1000), D(-400), D("-256.28")]
+
+
+async def test_query_replay_rebuilds_a_view_from_stored_events(backend):
+    repository = await backend.open_repository()
+    live = repository.view_repository(BankAccountView, backend.name("live"))
+    await live.create_schema()
+    cqrs = bank(repository, queries=[GenericQuery(live, BankAccountView)])
+    for account in ("a", "b", "c"):
+        await open_with(cqrs, account, "5", "6")
+    await cqrs.execute("b", WithdrawMoney(D(1), "ATM-2"))
+    rebuilt = repository.view_repository(BankAccountView, backend.name("rebuilt"))
+    await rebuilt.create_schema()
+    store = PersistedEventStore(repository, BankAccount)
+    assert await QueryReplay(store, GenericQuery(rebuilt, BankAccountView)).replay_all() == 10
+    for account in ("a", "b", "c"):
+        assert await rebuilt.load(account) == await live.load(account)
+    single = repository.view_repository(BankAccountView, backend.name("single"))
+    await single.create_schema()
+    assert await QueryReplay(store, GenericQuery(single, BankAccountView)).replay("b") == 4
+    assert await single.load("b") == await live.load("b")
+
+
+def _serialized(context, event, *, payload=None, event_type=None):
+    from datetime import UTC, datetime
+    from uuid import uuid4
+
+    from cqrs import SerializedEvent, event_type_of, event_version_of
+
+    return SerializedEvent(
+        BankAccount.aggregate_type,
+        context.aggregate_id,
+        context.version + 1,
+        event_type or event_type_of(type(event)),
+        event_version_of(type(event)),
+        payload if payload is not None else default_codec.encode(event),
+        b"{}",
+        datetime.now(UTC),
+        uuid4(),
+    )
