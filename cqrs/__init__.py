@@ -7,7 +7,7 @@ Storage is any :class:`PersistedEventRepository`; :func:`connect` opens one from
 
 from cqrs.aggregate import Aggregate
 from cqrs.codec import Codec, MsgspecCodec, default_codec
-from cqrs.connect import connect
+from cqrs.connection import connect
 from cqrs.errors import (
     AggregateConflict,
     AggregateError,

@@ -43,12 +43,12 @@ class Retry:
 
 
 @dataclass(frozen=True, slots=True)
-class QueryFailure:
+class QueryFailure(Generic[E]):
     """A query that raised after a commit: which query, for which events, and the error."""
 
-    query: Query[object]
+    query: Query[E]
     aggregate_id: str
-    events: Sequence[EventEnvelope[object]]
+    events: Sequence[EventEnvelope[E]]
     error: Exception
 
 
@@ -73,7 +73,7 @@ class CqrsFramework(Generic[C, E, S]):
         services: S | None = None,
         *,
         retry: Retry | None = None,
-        on_query_error: Callable[[QueryFailure], object] | None = None,
+        on_query_error: Callable[[QueryFailure[E]], object] | None = None,
     ) -> None:
         self.store = store
         self.queries = tuple(queries)
@@ -129,10 +129,7 @@ class CqrsFramework(Generic[C, E, S]):
     ) -> list[EventEnvelope[E]]:
         context = await self.store.load_aggregate(aggregate_id)
         if expected_version is not None and context.version != expected_version:
-            msg = (
-                f"{aggregate_id!r} is at version {context.version}, "
-                f"expected {expected_version}"
-            )
+            msg = f"{aggregate_id!r} is at version {context.version}, expected {expected_version}"
             raise AggregateConflict(msg)
         aggregate = context.aggregate
         try:
@@ -155,7 +152,7 @@ class CqrsFramework(Generic[C, E, S]):
             except Exception as error:  # noqa: BLE001 - reported below, never undoes the commit
                 self._report(QueryFailure(query, aggregate_id, envelopes, error))
 
-    def _report(self, failure: QueryFailure) -> None:
+    def _report(self, failure: QueryFailure[E]) -> None:
         logger.error(
             "query %r failed on %d event(s) of %r",
             failure.query,

@@ -26,9 +26,7 @@ class Query(Protocol[E_contra]):
     query that raises is logged and reported, and never undoes the commit.
     """
 
-    async def dispatch(
-        self, aggregate_id: str, events: Sequence[EventEnvelope[E_contra]]
-    ) -> None:
+    async def dispatch(self, aggregate_id: str, events: Sequence[EventEnvelope[E_contra]]) -> None:
         """Handle the events just committed to ``aggregate_id``."""
         ...
 

@@ -135,7 +135,9 @@ class PersistedEventRepository(Protocol):
         """
         ...
 
-    def stream_events(self, aggregate_type: str, aggregate_id: str) -> AsyncIterator[SerializedEvent]:
+    def stream_events(
+        self, aggregate_type: str, aggregate_id: str
+    ) -> AsyncIterator[SerializedEvent]:
         """The events of one aggregate by sequence, read in pages."""
         ...
 
@@ -179,4 +181,3 @@ class ViewRepository(Protocol[V]):
         """Store ``view`` if the stored version still equals ``context.version`` (0: no view
         stored yet), raising ``AggregateConflict`` otherwise."""
         ...
-

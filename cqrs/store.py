@@ -395,4 +395,3 @@ def _event_classes(aggregate_class: type[object]) -> dict[str, type[object]]:
             raise ConfigurationError(msg)
         by_name[name] = cls
     return by_name
-

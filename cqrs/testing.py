@@ -84,13 +84,13 @@ class AggregateResultValidator(Generic[A]):
     def _events(self) -> list[object]:
         if isinstance(self._result, Exception):
             msg = f"expected events, but the handler raised {self._result!r}"
-            raise AssertionError(msg) from self._result
+            raise AssertionError(msg) from self._result  # noqa: TRY004 - a test assertion
         return self._result
 
     def _error(self) -> Exception:
         if not isinstance(self._result, Exception):
             msg = f"expected an error, but the handler returned {self._result!r}"
-            raise AssertionError(msg)
+            raise AssertionError(msg)  # noqa: TRY004 - a test assertion
         return self._result
 
     def then_expect_events(self, expected: Sequence[object]) -> None:

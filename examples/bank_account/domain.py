@@ -66,7 +66,9 @@ class CustomerWroteCheck(DomainEvent):
     balance: Decimal
 
 
-BankAccountEvent = AccountOpened | CustomerDepositedMoney | CustomerWithdrewCash | CustomerWroteCheck
+BankAccountEvent = (
+    AccountOpened | CustomerDepositedMoney | CustomerWithdrewCash | CustomerWroteCheck
+)
 
 # -- services --------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import uuid
 
@@ -126,7 +127,7 @@ async def test_stream_all_events_is_in_strictly_increasing_position_order(
     streamed = await collect(repository.stream_all_events(None))
     positions = [e.position for e in streamed]
     assert len(streamed) == 20
-    assert all(a < b for a, b in zip(positions, positions[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(positions))
     for i in range(5):
         assert [e.sequence for e in streamed if e.aggregate_id == f"a{i}"] == [1, 2, 3, 4]
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
+from uuid import uuid4
 
 import pytest
-from support import collect
+from support import collect, event
 
 from cqrs import (
     Aggregate,
@@ -22,10 +24,13 @@ from cqrs import (
     QueryReplay,
     Retry,
     SemanticVersionEventUpcaster,
+    SerializedEvent,
     SerializedSnapshot,
     UserError,
     ViewContext,
     default_codec,
+    event_type_of,
+    event_version_of,
 )
 from examples.bank_account.domain import (
     BankAccount,
@@ -236,8 +241,6 @@ UPCASTERS = [
 
 
 async def _plant_old_events(repository) -> None:
-    from support import event
-
     await repository.persist(
         [
             event("p", 1, aggregate_type="Person", event_type="Renamed", payload={"name": "ann"}),
@@ -337,11 +340,6 @@ async def test_query_replay_rebuilds_a_view_from_stored_events(backend):
 
 
 def _serialized(context, event, *, payload=None, event_type=None):
-    from datetime import UTC, datetime
-    from uuid import uuid4
-
-    from cqrs import SerializedEvent, event_type_of, event_version_of
-
     return SerializedEvent(
         BankAccount.aggregate_type,
         context.aggregate_id,

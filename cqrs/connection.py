@@ -77,9 +77,6 @@ def connect(url: str, *, create_schema: bool = True) -> _Connect:
     server cannot be reached. ``async with`` closes the repository on exit; after a bare
     ``await`` the caller closes it.
     """
-    if not isinstance(url, str):
-        msg = f"database URL must be a string, not {type(url).__name__}"
-        raise ConfigurationError(msg)
     _resolve(url)
     return _Connect(url, create_schema=create_schema)
 

@@ -1,0 +1,109 @@
+"""Every rule of the sample bank account, given/when/then with TestFramework."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from cqrs import TestFramework
+from examples.bank_account.domain import (
+    AccountOpened,
+    BankAccount,
+    BankAccountError,
+    BankAccountServices,
+    CustomerDepositedMoney,
+    CustomerWithdrewCash,
+    CustomerWroteCheck,
+    DepositMoney,
+    OpenAccount,
+    WithdrawMoney,
+    WriteCheck,
+)
+
+D = Decimal
+OPENED = AccountOpened("A1")
+FUNDED = CustomerDepositedMoney(D(200), D(200))
+
+
+@pytest.fixture
+def account() -> TestFramework[BankAccount]:
+    return TestFramework(BankAccount, BankAccountServices(), aggregate_id="A1")
+
+
+async def test_open_account(account):
+    result = await account.given_no_previous_events().when(OpenAccount("A1"))
+    result.then_expect_events([OPENED])
+    result.then_expect_state(lambda state: state.opened and state.balance == 0)
+
+
+async def test_account_opens_once(account):
+    result = await account.given([OPENED]).when(OpenAccount("A1"))
+    result.then_expect_error(BankAccountError)
+    result.then_expect_error_message("account already open")
+
+
+async def test_no_command_on_an_unopened_account(account):
+    result = await account.given_no_previous_events().when(DepositMoney(D(1)))
+    result.then_expect_error_message("account not open")
+
+
+async def test_deposit(account):
+    result = await account.given([OPENED]).and_([FUNDED]).when(DepositMoney(D("0.01")))
+    result.then_expect_events([CustomerDepositedMoney(D("0.01"), D("200.01"))])
+    result.then_expect_state(lambda state: state.balance == D("200.01"))
+
+
+@pytest.mark.parametrize("amount", [D(0), D(-5), D("NaN"), D("Infinity")])
+async def test_amounts_must_be_positive(account, amount):
+    result = await account.given([OPENED]).when(DepositMoney(amount))
+    result.then_expect_error(BankAccountError)
+    assert "positive" in str(result.inspect_result())
+
+
+async def test_withdraw(account):
+    result = await account.given([OPENED, FUNDED]).when(WithdrawMoney(D(50), "ATM-1"))
+    result.then_expect_events_matching([lambda e: e == CustomerWithdrewCash(D(50), D(150))])
+
+
+async def test_no_overdraft_on_withdrawal(account):
+    result = await account.given([OPENED, FUNDED]).when(WithdrawMoney(D("200.01"), "ATM-1"))
+    result.then_expect_error(BankAccountError("funds not available"))
+
+
+async def test_atm_service_can_refuse(account):
+    result = await account.given([OPENED, FUNDED]).when(WithdrawMoney(D(1), "BANK-9"))
+    result.then_expect_error_message("ATM 'BANK-9' rejected the transaction")
+
+
+async def test_write_check(account):
+    result = await account.given([OPENED, FUNDED]).when(WriteCheck("1170", D("56.28")))
+    result.then_expect_events_matching([CustomerWroteCheck])
+    result.then_expect_events([CustomerWroteCheck("1170", D("56.28"), D("143.72"))])
+
+
+async def test_no_overdraft_on_check(account):
+    result = await account.given([OPENED]).when(WriteCheck("1170", D(1)))
+    result.then_expect_error_message("funds not available")
+
+
+async def test_check_number_is_validated_by_the_service(account):
+    result = await account.given([OPENED, FUNDED]).when(WriteCheck("12a", D(1)))
+    result.then_expect_error_message("check '12a' is invalid")
+
+
+async def test_validator_assertions_fail_loudly(account):
+    result = await account.given([OPENED]).when(DepositMoney(D(1)))
+    with pytest.raises(AssertionError, match="expected an error"):
+        result.then_expect_error(BankAccountError)
+    with pytest.raises(AssertionError, match="expected events"):
+        result.then_expect_events([])
+    with pytest.raises(AssertionError, match="does not match"):
+        result.then_expect_events_matching([AccountOpened])
+    with pytest.raises(AssertionError, match="state check"):
+        result.then_expect_state(lambda state: state.balance == 0)
+    refused = await account.given_no_previous_events().when(DepositMoney(D(1)))
+    with pytest.raises(AssertionError, match="expected events"):
+        refused.then_expect_events([])
+    with pytest.raises(AssertionError, match="expected error message"):
+        refused.then_expect_error_message("nope")

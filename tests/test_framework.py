@@ -1,0 +1,232 @@
+"""CqrsFramework behaviour that needs no database: dispatch, errors, retry, ids."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import ClassVar
+
+import pytest
+from cqrs_memory import MemoryEventRepository
+
+from cqrs import (
+    Aggregate,
+    AggregateConflict,
+    ConfigurationError,
+    CqrsFramework,
+    DomainEvent,
+    PersistedEventStore,
+    QueryFailure,
+    Retry,
+    SemanticVersionEventUpcaster,
+    UnexpectedError,
+    UserError,
+)
+from examples.bank_account.domain import (
+    BankAccount,
+    BankAccountServices,
+    DepositMoney,
+    OpenAccount,
+)
+
+
+@dataclass(frozen=True)
+class Noted(DomainEvent):
+    who: str
+
+
+@dataclass
+class Notebook(Aggregate[str, Noted, None]):
+    aggregate_type: ClassVar[str] = "Notebook"
+    event_classes: ClassVar[Sequence[type[object]]] = (Noted,)
+    user_errors: ClassVar[tuple[type[Exception], ...]] = (ValueError,)
+    notes: int = 0
+
+    async def handle(self, command: str, services: None) -> list[Noted]:
+        if command == "refuse":
+            raise ValueError("refused")
+        if command == "bug":
+            raise KeyError("oops")
+        if command == "nothing":
+            return []
+        return [Noted(self.aggregate_id)]  # the handler learns its aggregate id
+
+    def apply(self, event: Noted) -> None:
+        self.notes += 1
+
+
+class Recorder:
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple[str, list[int]]] = []
+        self.fail = fail
+
+    async def dispatch(self, aggregate_id, events):
+        self.calls.append((aggregate_id, [e.sequence for e in events]))
+        if self.fail:
+            raise RuntimeError("query broke")
+
+
+def notebook(*queries, **kwargs) -> CqrsFramework[str, Noted, None]:
+    return CqrsFramework(
+        PersistedEventStore(MemoryEventRepository(), Notebook), queries, None, **kwargs
+    )
+
+
+async def test_handler_learns_its_aggregate_id():
+    envelopes = await notebook().execute("nb-7", "write")
+    assert envelopes[0].payload == Noted("nb-7")
+
+
+async def test_queries_run_in_order_after_commit():
+    order: list[str] = []
+
+    class Named(Recorder):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        async def dispatch(self, aggregate_id, events):
+            order.append(self.name)
+
+    cqrs = notebook(Named("first"), Named("second"), Named("third"))
+    await cqrs.execute("nb", "write")
+    assert order == ["first", "second", "third"]
+
+
+async def test_no_dispatch_when_no_events():
+    recorder = Recorder()
+    assert await notebook(recorder).execute("nb", "nothing") == []
+    assert recorder.calls == []
+
+
+async def test_failing_query_is_reported_and_never_undoes_the_commit(caplog):
+    failures: list[QueryFailure[Noted]] = []
+    broken, after = Recorder(fail=True), Recorder()
+    cqrs = notebook(broken, after, on_query_error=failures.append)
+    with caplog.at_level(logging.ERROR, logger="cqrs.framework"):
+        envelopes = await cqrs.execute("nb", "write")
+    assert [e.sequence for e in envelopes] == [1]
+    assert after.calls == [("nb", [1])]  # later queries still run
+    assert len(failures) == 1
+    assert failures[0].query is broken
+    assert str(failures[0].error) == "query broke"
+    assert "query" in caplog.text
+    assert "query broke" in caplog.text
+    assert len(await cqrs.store.load_events("nb")) == 1
+
+
+async def test_error_handler_that_raises_is_logged_not_raised(caplog):
+    def explode(failure: QueryFailure[Noted]) -> None:
+        raise RuntimeError("handler broke")
+
+    cqrs = notebook(Recorder(fail=True), on_query_error=explode)
+    with caplog.at_level(logging.ERROR, logger="cqrs.framework"):
+        await cqrs.execute("nb", "write")
+    assert "on_query_error raised" in caplog.text
+
+
+async def test_declared_errors_become_user_errors_others_unexpected():
+    cqrs = notebook()
+    with pytest.raises(UserError) as refused:
+        await cqrs.execute("nb", "refuse")
+    assert isinstance(refused.value.error, ValueError)
+    assert refused.value.__cause__ is refused.value.error
+    with pytest.raises(UnexpectedError, match="KeyError") as bug:
+        await cqrs.execute("nb", "bug")
+    assert isinstance(bug.value.__cause__, KeyError)
+
+
+@pytest.mark.parametrize(
+    ("aggregate_id", "metadata", "error"),
+    [
+        ("", {}, ValueError),
+        ("a\x00b", {}, ValueError),
+        (42, {}, ValueError),
+        ("ok", {"k": 1}, TypeError),
+        ("ok", [("k", "v")], TypeError),
+    ],
+)
+async def test_bad_input_is_refused_naming_the_culprit(aggregate_id, metadata, error):
+    with pytest.raises(error, match="aggregate_id|metadata"):
+        await notebook().execute_with_metadata(aggregate_id, "write", metadata)
+
+
+async def test_retry_resolves_conflicts_and_is_bounded():
+    repository = MemoryEventRepository()
+    store = PersistedEventStore(repository, Notebook)
+    real_commit = store.commit
+    conflicts = 3
+
+    async def flaky_commit(events, context, metadata):
+        nonlocal conflicts
+        if conflicts:
+            conflicts -= 1
+            raise AggregateConflict("simulated")
+        return await real_commit(events, context, metadata)
+
+    store.commit = flaky_commit  # type: ignore[method-assign]
+    cqrs = CqrsFramework(store, retry=Retry(attempts=4, base_delay=0))
+    assert len(await cqrs.execute("nb", "write")) == 1
+    conflicts = 10
+    with pytest.raises(AggregateConflict):
+        await cqrs.execute("nb", "write")
+    assert conflicts == 6  # four attempts, no more
+    without_retry = CqrsFramework(store)
+    with pytest.raises(AggregateConflict):
+        await without_retry.execute("nb", "write")
+    assert conflicts == 5
+
+
+def test_retry_rejects_nonsense():
+    with pytest.raises(ValueError, match="attempts"):
+        Retry(attempts=0)
+    assert 0 <= Retry(base_delay=0.01, max_delay=0.02).delay(10) <= 0.02
+
+
+def test_store_configuration_errors_are_clear():
+    repository = MemoryEventRepository()
+
+    class Nameless(Notebook):
+        aggregate_type = ""
+
+    with pytest.raises(ConfigurationError, match="aggregate_type"):
+        PersistedEventStore(repository, Nameless)
+
+    class NoEvents(Notebook):
+        event_classes = ()
+
+    with pytest.raises(ConfigurationError, match="event_classes"):
+        PersistedEventStore(repository, NoEvents)
+    with pytest.raises(ConfigurationError, match="snapshot_every"):
+        PersistedEventStore(repository, Notebook, snapshot_every=0)
+    with pytest.raises(ConfigurationError, match="oldest first"):
+        PersistedEventStore(repository, Notebook).with_upcasters(
+            [
+                SemanticVersionEventUpcaster("Noted", "2.0", dict),
+                SemanticVersionEventUpcaster("Noted", "1.1", dict),
+            ]
+        )
+    with pytest.raises(ConfigurationError, match="invalid event version"):
+        SemanticVersionEventUpcaster("Noted", "v2", dict)
+
+
+async def test_committing_an_undeclared_event_class_is_refused():
+    @dataclass(frozen=True)
+    class Stray(DomainEvent):
+        pass
+
+    store = PersistedEventStore(MemoryEventRepository(), Notebook)
+    context = await store.load_aggregate("nb")
+    with pytest.raises(ConfigurationError, match="Stray is not listed"):
+        await store.commit([Stray()], context, {})
+
+
+async def test_typed_bank_account_round_trip():
+    store = PersistedEventStore(MemoryEventRepository(), BankAccount)
+    cqrs = CqrsFramework(store, (), BankAccountServices())
+    await cqrs.execute("A1", OpenAccount("A1"))
+    await cqrs.execute("A1", DepositMoney(Decimal("0.10")))
+    await cqrs.execute("A1", DepositMoney(Decimal("0.20")))
+    assert (await store.load_aggregate("A1")).aggregate.balance == Decimal("0.30")
