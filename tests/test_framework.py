@@ -9,7 +9,6 @@ from decimal import Decimal
 from typing import ClassVar
 
 import pytest
-from cqrs_memory import MemoryEventRepository
 
 from cqrs import (
     Aggregate,
@@ -24,6 +23,7 @@ from cqrs import (
     UnexpectedError,
     UserError,
 )
+from cqrs_memory import MemoryEventRepository
 from examples.bank_account.domain import (
     BankAccount,
     BankAccountServices,
@@ -149,7 +149,7 @@ async def test_declared_errors_become_user_errors_others_unexpected():
     ],
 )
 async def test_bad_input_is_refused_naming_the_culprit(aggregate_id, metadata, error):
-    with pytest.raises(error, match="aggregate_id|metadata"):
+    with pytest.raises(error, match=r"aggregate_id|metadata"):
         await notebook().execute_with_metadata(aggregate_id, "write", metadata)
 
 
