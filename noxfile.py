@@ -43,6 +43,20 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def demo(session: nox.Session) -> None:
+    """Run the bank-account demo (default: embedded SQLite in ./bank.db).
+
+    ``nox -s demo -- --database-url postgresql://...`` swaps the backend; ``nox -s demo --
+    serve`` starts the HTTP API instead.
+    """
+    session.install("-e", ".[all]", *_group("example"))
+    args = session.posargs
+    command = args[0] if args and args[0] in ("demo", "serve") else "demo"
+    rest = args[1:] if args and args[0] in ("demo", "serve") else args
+    session.run("python", "-m", "examples.bank_account", command, *rest)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """Ruff lint and format check."""
     session.install(*_group("lint"))

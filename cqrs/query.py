@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from cqrs.errors import AggregateConflict
 from cqrs.events import EventEnvelope
@@ -16,7 +16,7 @@ C = TypeVar("C")
 E = TypeVar("E")
 S = TypeVar("S")
 E_contra = TypeVar("E_contra", contravariant=True)
-V = TypeVar("V", bound="View[object]")
+V = TypeVar("V", bound="View[Any]")  # Any: a view may accept any narrower event type
 
 
 class Query(Protocol[E_contra]):
