@@ -236,6 +236,6 @@ class MemoryViewRepository(Generic[V]):
         self._rows[context.view_id] = (self.codec.encode(view), current + 1)
 
 
-def from_url(url: str) -> MemoryEventRepository:
+def from_url(url: str) -> MemoryEventRepository:  # noqa: ARG001 - every memory:// is new
     """The repository for ``memory://`` (a new, empty one)."""
     return MemoryEventRepository()
