@@ -27,6 +27,16 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(msg)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect stress tests unless CQRS_TEST_STRESS=1 or ``-m`` chooses markers itself."""
+    if os.environ.get("CQRS_TEST_STRESS") == "1" or config.getoption("markexpr"):
+        return
+    keep = [item for item in items if item.get_closest_marker("stress") is None]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
+
+
 def _unusable(backend_id: str, reason: str) -> None:
     if backend_id in REQUIRED:
         pytest.fail(f"{backend_id} is required (CQRS_TEST_REQUIRE) but {reason}")
