@@ -1,0 +1,458 @@
+"""The MongoDB event repository.
+
+Layout, per events collection:
+
+- one document per event: ``_id`` is the global position; ``aggregate_type``,
+  ``aggregate_id``, ``sequence``, ``event_type``, ``event_version``, ``payload`` and
+  ``metadata`` (the codec's JSON text, stored as a string, so ``Decimal``, ``datetime`` and
+  ``UUID`` values come back exactly as encoded), ``timestamp`` (a BSON date, which keeps
+  milliseconds) with ``timestamp_us`` (the microseconds below the millisecond) and
+  ``event_id`` (a UUID, BSON binary subtype 4). A unique index on
+  ``(aggregate_type, aggregate_id, sequence)`` gives optimistic concurrency.
+- one counter document in the counters collection, ``_id`` = the events collection's name,
+  holding the last position given out.
+- one snapshot document per aggregate in the snapshots collection (unique on
+  ``(aggregate_type, aggregate_id)``) with ``last_sequence``, ``current_snapshot``,
+  ``payload`` and ``timestamp``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from bson.errors import BSONError
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import OperationFailure, PyMongoError
+
+from cqrs.codec import Codec, default_codec
+from cqrs.errors import ConfigurationError, DeserializationError
+from cqrs.repository import SerializedEvent, SerializedSnapshot, validate_identifier
+from cqrs_mongodb._driver import (
+    CODEC_OPTIONS,
+    Document,
+    check_transactions,
+    database_from_url,
+    resolve_database,
+    translate,
+    validate_database_name,
+)
+from cqrs_mongodb.views import MongoViewRepository
+
+__all__ = ["PAGE_SIZE", "MongoEventRepository", "from_url"]
+
+V = TypeVar("V")
+
+PAGE_SIZE = 500
+"""Documents per page (position window) read by the ``stream_*`` methods."""
+
+_NAMESPACE_EXISTS = 48
+_DUPLICATE_KEY = 11000
+
+
+class MongoEventRepository:
+    """Events and snapshots in MongoDB (a PersistedEventRepository).
+
+    ``client_or_database`` is a ``pymongo.AsyncMongoClient`` (the database is ``database``,
+    else the one named in the client's URL, else ``"cqrs"``), an ``AsyncDatabase``, or a
+    ``mongodb://`` URL. The caller keeps ownership of a client passed in; for a URL the
+    repository creates its own client in :meth:`open` and closes it in :meth:`close` (as
+    :func:`from_url` does). Motor objects are rejected with a ConfigurationError saying to
+    pass ``pymongo.AsyncMongoClient``.
+
+    Each :meth:`persist` is one multi-document transaction, so the deployment must be a
+    replica set (a single node is enough) or a sharded cluster; :meth:`open` checks this and
+    raises ConfigurationError for a standalone server. Collection names are validated with
+    :func:`cqrs.validate_identifier`.
+    """
+
+    def __init__(
+        self,
+        client_or_database: AsyncMongoClient[Any] | AsyncDatabase[Any] | str,
+        *,
+        database: str | None = None,
+        events_collection: str = "events",
+        snapshots_collection: str = "snapshots",
+        counters_collection: str = "counters",
+    ) -> None:
+        self.events_collection = validate_identifier(events_collection, "collection name")
+        self.snapshots_collection = validate_identifier(snapshots_collection, "collection name")
+        self.counters_collection = validate_identifier(counters_collection, "collection name")
+        self._source: AsyncDatabase[Document] | str
+        if isinstance(client_or_database, str):
+            self._source = client_or_database
+            self._database_name = (
+                validate_database_name(database)
+                if database is not None
+                else database_from_url(client_or_database)
+            )
+        else:
+            self._source = resolve_database(client_or_database, database)
+            self._database_name = self._source.name
+        self._client: AsyncMongoClient[Document] | None = None
+        self._database: AsyncDatabase[Document] | None = None
+
+    def with_collections(
+        self,
+        events: str | None = None,
+        snapshots: str | None = None,
+        counters: str | None = None,
+    ) -> MongoEventRepository:
+        """A new, unopened repository on the same client (or URL) and database, with these
+        (validated) collection names; names not given are kept."""
+        return MongoEventRepository(
+            self._source,
+            database=self._database_name,
+            events_collection=self.events_collection if events is None else events,
+            snapshots_collection=self.snapshots_collection if snapshots is None else snapshots,
+            counters_collection=self.counters_collection if counters is None else counters,
+        )
+
+    def with_tables(self, events_table: str, snapshots_table: str) -> MongoEventRepository:
+        """Same as :meth:`with_collections` (the name the other backends use)."""
+        return self.with_collections(events_table, snapshots_table)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def database(self) -> AsyncDatabase[Document]:
+        """The database in use; raises ConfigurationError before :meth:`open`."""
+        if self._database is None:
+            msg = (
+                f"{self!r} is not open: call `await repository.open()` first or use "
+                "`async with repository:`"
+            )
+            raise ConfigurationError(msg)
+        return self._database
+
+    async def open(self) -> None:
+        """Connect (creating the client for a URL) and check that the deployment runs
+        transactions. Idempotent. Raises ConfigurationError for a standalone server and
+        DatabaseConnectionError when no server answers."""
+        if self._database is not None:
+            return
+        client: AsyncMongoClient[Document] | None = None
+        try:
+            if isinstance(self._source, str):
+                client = AsyncMongoClient(self._source)
+                database = client.get_database(self._database_name, codec_options=CODEC_OPTIONS)
+            else:
+                database = self._source
+            await check_transactions(database)
+        except BaseException as error:
+            if client is not None:
+                await client.close()
+            if isinstance(error, PyMongoError | BSONError):
+                raise translate(error, "connecting") from error
+            raise
+        self._client = client
+        self._database = database
+
+    async def close(self) -> None:
+        """Close the client if this repository created it. Idempotent."""
+        client, self._client, self._database = self._client, None, None
+        if client is not None:
+            await client.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"MongoEventRepository(database={self._database_name!r}, "
+            f"events={self.events_collection!r}, snapshots={self.snapshots_collection!r})"
+        )
+
+    def _collection(self, name: str) -> AsyncCollection[Document]:
+        return self.database.get_collection(name)
+
+    async def create_schema(self) -> None:
+        """Create the indexes and the counter document. Idempotent; safe when several
+        processes run it at once."""
+        events = self._collection(self.events_collection)
+        snapshots = self._collection(self.snapshots_collection)
+        counters = self._collection(self.counters_collection)
+        try:
+            await events.create_index(
+                [
+                    ("aggregate_type", ASCENDING),
+                    ("aggregate_id", ASCENDING),
+                    ("sequence", ASCENDING),
+                ],
+                unique=True,
+                name="aggregate_sequence",
+            )
+            await events.create_index(
+                [("aggregate_type", ASCENDING), ("_id", ASCENDING)], name="type_position"
+            )
+            await snapshots.create_index(
+                [("aggregate_type", ASCENDING), ("aggregate_id", ASCENDING)],
+                unique=True,
+                name="aggregate",
+            )
+            try:
+                await counters.update_one(
+                    {"_id": self.events_collection},
+                    {"$setOnInsert": {"position": 0}},
+                    upsert=True,
+                )
+            except OperationFailure as error:
+                if error.code != _DUPLICATE_KEY:  # another process inserted it first
+                    raise
+        except (PyMongoError, BSONError) as error:
+            raise translate(error, f"creating the schema of {self!r}") from error
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def get_events(self, aggregate_type: str, aggregate_id: str) -> list[SerializedEvent]:
+        """All events of one aggregate, by sequence."""
+        return await self._find_events(
+            {"aggregate_type": aggregate_type, "aggregate_id": aggregate_id}
+        )
+
+    async def get_last_events(
+        self, aggregate_type: str, aggregate_id: str, after_sequence: int
+    ) -> list[SerializedEvent]:
+        """The events of one aggregate after ``after_sequence``, by sequence."""
+        return await self._find_events(
+            {
+                "aggregate_type": aggregate_type,
+                "aggregate_id": aggregate_id,
+                "sequence": {"$gt": after_sequence},
+            }
+        )
+
+    async def _find_events(
+        self, query: Document, limit: int = 0, sort: str = "sequence"
+    ) -> list[SerializedEvent]:
+        events = self._collection(self.events_collection)
+        try:
+            documents = await events.find(query, sort=[(sort, ASCENDING)], limit=limit).to_list()
+        except (PyMongoError, BSONError) as error:
+            raise translate(error, f"reading events from {self.events_collection}") from error
+        return [_event(document) for document in documents]
+
+    async def get_snapshot(
+        self, aggregate_type: str, aggregate_id: str
+    ) -> SerializedSnapshot | None:
+        """The aggregate's snapshot, or None."""
+        snapshots = self._collection(self.snapshots_collection)
+        try:
+            document = await snapshots.find_one(
+                {"aggregate_type": aggregate_type, "aggregate_id": aggregate_id}
+            )
+        except (PyMongoError, BSONError) as error:
+            raise translate(
+                error, f"reading a snapshot from {self.snapshots_collection}"
+            ) from error
+        if document is None:
+            return None
+        return SerializedSnapshot(
+            aggregate_type,
+            aggregate_id,
+            document["payload"],
+            document["last_sequence"],
+            document["current_snapshot"],
+        )
+
+    async def stream_events(
+        self, aggregate_type: str, aggregate_id: str
+    ) -> AsyncIterator[SerializedEvent]:
+        """The aggregate's events by sequence, read in pages of :data:`PAGE_SIZE`."""
+        last = 0
+        while True:
+            page = await self._find_events(
+                {
+                    "aggregate_type": aggregate_type,
+                    "aggregate_id": aggregate_id,
+                    "sequence": {"$gt": last},
+                },
+                PAGE_SIZE,
+            )
+            for event in page:
+                yield event
+            if len(page) < PAGE_SIZE:
+                return
+            last = page[-1].sequence
+
+    async def stream_all_events(
+        self, aggregate_type: str | None, after_position: int | None = None
+    ) -> AsyncIterator[SerializedEvent]:
+        """Events in position order, read in windows of :data:`PAGE_SIZE` documents with
+        ``_id > last``. A position is taken in the transaction that commits it, and the
+        counter document makes those transactions commit in position order, so a position
+        never becomes visible after a higher one: a tailing reader cannot miss an event."""
+        query: Document = {} if aggregate_type is None else {"aggregate_type": aggregate_type}
+        last = after_position or 0
+        while True:
+            query["_id"] = {"$gt": last}
+            page = await self._find_events(query, PAGE_SIZE, "_id")
+            for event in page:
+                yield event
+            if len(page) < PAGE_SIZE:
+                return
+            last = page[-1].position
+
+    # -- writing --------------------------------------------------------------------------
+
+    async def persist(
+        self, events: Sequence[SerializedEvent], snapshot: SerializedSnapshot | None
+    ) -> list[int]:
+        """Insert the events, take their positions from the counter and write the snapshot
+        in one transaction; a stored sequence raises AggregateConflict and stores nothing.
+
+        Every commit increments the one counter document, so concurrent commits to the same
+        events collection write-conflict there and run one after another (the driver's
+        transaction helper retries the loser with backoff). That serializes writers, which
+        we accept on MongoDB: it is what makes positions gapless and in commit order.
+        """
+        if not events:
+            return []
+        _check_batch(events)
+        database = self.database
+        counters = database.get_collection(self.counters_collection)
+        collection = database.get_collection(self.events_collection)
+        snapshots = database.get_collection(self.snapshots_collection)
+        documents = [_event_document(event) for event in events]
+        count = len(documents)
+        snapshot_update = None if snapshot is None else _snapshot_update(snapshot)
+
+        async def attempt(session: AsyncClientSession) -> int:
+            # Re-run from scratch on a transient error; a duplicate key is not transient,
+            # so it leaves the helper at once and becomes AggregateConflict below.
+            counter = await counters.find_one_and_update(
+                {"_id": self.events_collection},
+                {"$inc": {"position": count}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+                session=session,
+            )
+            assert counter is not None  # noqa: S101 - upsert with AFTER returns the document
+            start: int = counter["position"] - count + 1
+            for offset, document in enumerate(documents):
+                document["_id"] = start + offset
+            await collection.insert_many(documents, session=session)
+            if snapshot_update is not None:
+                await snapshots.update_one(*snapshot_update, upsert=True, session=session)
+            return start
+
+        first = events[0]
+        try:
+            async with database.client.start_session() as session:
+                start = await session.with_transaction(attempt)
+        except (PyMongoError, BSONError) as error:
+            doing = (
+                f"storing {first.aggregate_type} {first.aggregate_id!r} sequence "
+                f"{first.sequence} to {events[-1].sequence}"
+            )
+            raise translate(error, doing) from error
+        return list(range(start, start + count))
+
+    def view_repository(
+        self, view_type: type[V], table: str, *, codec: Codec = default_codec
+    ) -> MongoViewRepository[V]:
+        """A view repository on this repository's client and database (usable once this
+        repository is open)."""
+        return MongoViewRepository(self, view_type, table, codec=codec)
+
+
+def _check_batch(events: Sequence[SerializedEvent]) -> None:
+    first = events[0]
+    for offset, event in enumerate(events):
+        if (
+            event.aggregate_type != first.aggregate_type
+            or event.aggregate_id != first.aggregate_id
+            or event.sequence != first.sequence + offset
+        ):
+            msg = "persist takes consecutive events of one aggregate"
+            raise ValueError(msg)
+
+
+def _text(data: bytes | str) -> str | bytes:
+    """JSON is stored as a string; bytes that are not UTF-8 are kept as BSON binary so
+    the read side reports them as undecodable instead of failing the write."""
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return data
+
+
+def _event_document(event: SerializedEvent) -> Document:
+    timestamp = event.timestamp
+    return {
+        "_id": 0,
+        "aggregate_type": event.aggregate_type,
+        "aggregate_id": event.aggregate_id,
+        "sequence": event.sequence,
+        "event_type": event.event_type,
+        "event_version": event.event_version,
+        "payload": _text(event.payload),
+        "metadata": _text(event.metadata),
+        "timestamp": timestamp,
+        "timestamp_us": timestamp.microsecond % 1000,
+        "event_id": event.event_id,
+    }
+
+
+def _event(document: Document) -> SerializedEvent:
+    try:
+        timestamp: datetime = document["timestamp"]
+        micros = document.get("timestamp_us", 0)
+        if micros:
+            timestamp = timestamp.replace(microsecond=timestamp.microsecond + micros)
+        return SerializedEvent(
+            document["aggregate_type"],
+            document["aggregate_id"],
+            document["sequence"],
+            document["event_type"],
+            document["event_version"],
+            document["payload"],
+            document["metadata"],
+            timestamp,
+            document["event_id"],
+            document["_id"],
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        msg = f"event document at position {document.get('_id')!r} is malformed: {error!r}"
+        raise DeserializationError(msg) from error
+
+
+def _snapshot_update(snapshot: SerializedSnapshot) -> tuple[Document, list[Document]]:
+    """Filter and pipeline for an upsert that replaces the stored snapshot only when the new
+    one includes more events (one round trip, no read-then-write race)."""
+    newer = {"$lt": [{"$ifNull": ["$last_sequence", -1]}, snapshot.last_sequence]}
+    fields = {
+        "last_sequence": snapshot.last_sequence,
+        "current_snapshot": snapshot.snapshot_version,
+        "payload": _text(snapshot.payload),
+        "timestamp": datetime.now(UTC),
+    }
+    changes = {
+        name: {"$cond": [newer, {"$literal": value}, f"${name}"]} for name, value in fields.items()
+    }
+    key = {"aggregate_type": snapshot.aggregate_type, "aggregate_id": snapshot.aggregate_id}
+    return key, [{"$set": changes}]
+
+
+def from_url(url: str) -> MongoEventRepository:
+    """An unopened repository for ``mongodb://`` / ``mongodb+srv://`` URLs that creates its
+    own ``AsyncMongoClient`` in ``open()`` and closes it in ``close()``. The database is the
+    URL's path (``mongodb://host/mydb?replicaSet=rs0``), ``"cqrs"`` when there is none; the
+    collections are ``events``, ``snapshots`` and ``counters``."""
+    return MongoEventRepository(url)
