@@ -1,0 +1,568 @@
+"""The SQLite event repository: one connection owned by one worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Self, TypeVar
+from uuid import UUID
+
+from cqrs.codec import Codec, default_codec
+from cqrs.ddl import ddl_files
+from cqrs.errors import (
+    AggregateConflict,
+    CqrsError,
+    DatabaseConnectionError,
+    UnexpectedError,
+)
+from cqrs.repository import SerializedEvent, SerializedSnapshot, validate_identifier
+
+if TYPE_CHECKING:
+    from cqrs_sqlite.views import SqliteViewRepository
+
+__all__ = ["SqliteEventRepository"]
+
+T = TypeVar("T")
+V = TypeVar("V")
+
+MEMORY = ":memory:"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+_EVENT_COLUMNS = (
+    "aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, "
+    "timestamp, event_id"
+)
+_CONFLICT_CODES = frozenset(
+    {sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE}
+)
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_UNUSABLE_CODES = {
+    sqlite3.SQLITE_CANTOPEN: "cannot be opened",
+    sqlite3.SQLITE_PERM: "cannot be opened",
+    sqlite3.SQLITE_AUTH: "cannot be opened",
+    sqlite3.SQLITE_READONLY: "is read-only",
+    sqlite3.SQLITE_NOTADB: "is not a database (corrupt or another kind of file)",
+    sqlite3.SQLITE_CORRUPT: "is corrupt",
+    sqlite3.SQLITE_IOERR: "cannot be read or written (I/O error)",
+    sqlite3.SQLITE_FULL: "cannot grow: the disk is full",
+}
+
+
+def _translate(error: sqlite3.Error, path: str, context: str, busy_timeout: float) -> CqrsError:
+    """The one place where sqlite3 errors become the framework's errors."""
+    code = getattr(error, "sqlite_errorcode", None)
+    primary = -1 if code is None else code & 0xFF
+    if isinstance(error, sqlite3.IntegrityError) and code in _CONFLICT_CODES:
+        return AggregateConflict(f"{context}: another writer committed first ({error})")
+    if primary in _BUSY_CODES:
+        return DatabaseConnectionError(
+            f"SQLite database {path} stayed locked by another connection for longer than the "
+            f"busy timeout ({busy_timeout:g} s) while {context}: {error}"
+        )
+    if primary in _UNUSABLE_CODES:
+        return DatabaseConnectionError(
+            f"SQLite database {path} {_UNUSABLE_CODES[primary]} ({context}): {error}"
+        )
+    return UnexpectedError(f"SQLite database {path}: {context} failed: {error}")
+
+
+class SqliteEventRepository:
+    """Events and snapshots in one SQLite file (a PersistedEventRepository).
+
+    ``path`` is a file path or ``":memory:"`` (a private database that lives as long as the
+    repository is open). The constructor does no I/O; ``open()`` connects, switches the file
+    to WAL mode and sets ``synchronous`` (``"FULL"`` by default, SQLite's own default: a
+    committed event survives a power cut; ``"NORMAL"`` is much faster in WAL mode and loses
+    at most the last commits on power loss, never consistency).
+
+    Every call is one hop to a single worker thread that owns the connection; a commit is
+    ``BEGIN IMMEDIATE``, the inserts and the snapshot upsert, and ``COMMIT`` in that one
+    hop, so the global ``position`` (an AUTOINCREMENT rowid assigned under the write lock)
+    follows commit order and a tailing reader never skips an event. Writers in other
+    processes wait up to ``busy_timeout`` seconds for the lock, then
+    ``DatabaseConnectionError`` names the file. ``stream_*`` read ``page_size`` rows per hop.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = MEMORY,
+        events_table: str = "events",
+        snapshots_table: str = "snapshots",
+        *,
+        busy_timeout: float = 5.0,
+        synchronous: str = "FULL",
+        page_size: int = 500,
+    ) -> None:
+        self.events_table = validate_identifier(events_table)
+        self.snapshots_table = validate_identifier(snapshots_table)
+        self.schema_table = f"{events_table}_schema"
+        raw = os.fspath(path)
+        self.path = raw if raw == MEMORY else str(Path(raw).absolute())
+        if not isinstance(busy_timeout, int | float) or busy_timeout < 0:
+            msg = f"busy_timeout must be a number of seconds >= 0, not {busy_timeout!r}"
+            raise ValueError(msg)
+        if synchronous.upper() not in _SYNCHRONOUS:
+            msg = f"synchronous must be one of {sorted(_SYNCHRONOUS)}, not {synchronous!r}"
+            raise ValueError(msg)
+        if not isinstance(page_size, int) or page_size < 1:
+            msg = f"page_size must be a positive int, not {page_size!r}"
+            raise ValueError(msg)
+        self.busy_timeout = float(busy_timeout)
+        self.synchronous = synchronous.upper()
+        self.page_size = page_size
+        self._executor: ThreadPoolExecutor | None = None
+        self._connection: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+        events, snapshots = self.events_table, self.snapshots_table
+        select = (
+            "sequence, event_type, event_version, payload, metadata, timestamp, event_id, position"
+        )
+        self._sql_insert = (
+            f"INSERT INTO {events} ({_EVENT_COLUMNS}) "  # noqa: S608 - validated identifiers
+            "VALUES (?, ?, ?, ?, ?, CAST(? AS TEXT), CAST(? AS TEXT), ?, ?)"
+        )
+        self._sql_last_sequence = (
+            f"SELECT max(sequence) FROM {events} "  # noqa: S608 - validated identifier
+            "WHERE aggregate_type = ? AND aggregate_id = ?"
+        )
+        self._sql_events = (
+            f"SELECT {select} FROM {events} "  # noqa: S608 - validated identifier
+            "WHERE aggregate_type = ? AND aggregate_id = ? AND sequence > ? ORDER BY sequence"
+        )
+        self._sql_events_page = f"{self._sql_events} LIMIT ?"
+        self._sql_all_page = (
+            f"SELECT aggregate_type, aggregate_id, {select} FROM {events} "  # noqa: S608
+            "WHERE position > ? ORDER BY position LIMIT ?"
+        )
+        self._sql_type_page = (
+            f"SELECT aggregate_type, aggregate_id, {select} FROM {events} "  # noqa: S608
+            "WHERE position > ? AND aggregate_type = ? ORDER BY position LIMIT ?"
+        )
+        self._sql_snapshot = (
+            f"SELECT payload, last_sequence, current_snapshot FROM {snapshots} "  # noqa: S608
+            "WHERE aggregate_type = ? AND aggregate_id = ?"
+        )
+        self._sql_upsert = (
+            f"INSERT INTO {snapshots} (aggregate_type, aggregate_id, last_sequence, "  # noqa: S608
+            "current_snapshot, payload) VALUES (?, ?, ?, ?, CAST(? AS TEXT)) "
+            "ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET "
+            "last_sequence = excluded.last_sequence, "
+            "current_snapshot = excluded.current_snapshot, payload = excluded.payload, "
+            "timestamp = CURRENT_TIMESTAMP "
+            f"WHERE excluded.last_sequence > {snapshots}.last_sequence"
+        )
+
+    def with_tables(self, events_table: str, snapshots_table: str) -> SqliteEventRepository:
+        """A new, unopened repository on the same file using these (validated) table names.
+
+        For ``":memory:"`` that is a new, separate database.
+        """
+        return SqliteEventRepository(
+            self.path,
+            events_table,
+            snapshots_table,
+            busy_timeout=self.busy_timeout,
+            synchronous=self.synchronous,
+            page_size=self.page_size,
+        )
+
+    def __repr__(self) -> str:
+        state = "open" if self._connection is not None else "closed"
+        return f"SqliteEventRepository({self.path!r}, {self.events_table!r}, {state})"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Start the worker thread and connect (idempotent). Raises DatabaseConnectionError
+        naming the file when it cannot be opened, is read-only, or is not a database."""
+        async with self._lock:
+            if self._connection is not None:
+                return
+            executor = ThreadPoolExecutor(1, thread_name_prefix="cqrs-sqlite")
+            try:
+                self._connection = await self._call(executor, self._connect, "opening it")
+            except BaseException:
+                executor.shutdown(wait=False)
+                raise
+            self._executor = executor
+
+    async def close(self) -> None:
+        """Close the connection after the calls already queued, and stop the worker
+        (idempotent)."""
+        async with self._lock:
+            connection, executor = self._connection, self._executor
+            if connection is None or executor is None:
+                return
+            self._connection = self._executor = None
+            try:
+                await self._call(executor, connection.close, "closing it")
+            finally:
+                executor.shutdown(wait=False)
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: the module never opens transactions behind our back.
+        # check_same_thread=False only so close() may run after a failed open; every call
+        # still runs on the one worker thread.
+        connection = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            connection.execute("PRAGMA journal_mode = WAL").fetchone()
+            connection.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    async def _call(self, executor: ThreadPoolExecutor, fn: Callable[[], T], context: str) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn)
+        except sqlite3.Error as error:
+            raise _translate(error, self.path, context, self.busy_timeout) from error
+
+    async def run(
+        self, fn: Callable[[sqlite3.Connection], T], context: str = "running a query"
+    ) -> T:
+        """Run ``fn(connection)`` on the database thread in one hop and return its result.
+
+        This is how every method here reaches the database; use it for your own queries on
+        the same connection. ``fn`` must leave no transaction open (use ``BEGIN IMMEDIATE``
+        for writes and ``COMMIT``/``ROLLBACK`` before returning). sqlite3 errors are
+        translated (``context`` says what was being done), raised ``from`` the original.
+        Raises DatabaseConnectionError if the repository is not open.
+        """
+        connection, executor = self._connection, self._executor
+        if connection is None or executor is None:
+            msg = (
+                f"SQLite repository {self.path} is not open: "
+                "call 'await repository.open()' or use 'async with repository'"
+            )
+            raise DatabaseConnectionError(msg)
+        return await self._call(executor, lambda: fn(connection), context)
+
+    # -- schema -------------------------------------------------------------------------
+
+    async def create_schema(self) -> None:
+        """Apply the files of ``sql/sqlite`` not yet recorded in ``<events>_schema``, in one
+        write transaction (idempotent; concurrent callers, in any process, serialize on the
+        write lock and the later ones find everything applied)."""
+        names = {"{events}": self.events_table, "{snapshots}": self.snapshots_table}
+        files = [(name, _substitute(sql, names)) for name, sql in ddl_files("sqlite")]
+        schema = self.schema_table
+
+        def apply(connection: sqlite3.Connection) -> None:
+            def write() -> None:
+                connection.execute(
+                    f"CREATE TABLE IF NOT EXISTS {schema} ("
+                    "name TEXT PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT (CURRENT_TIMESTAMP))"
+                )
+                applied = {row[0] for row in connection.execute(f"SELECT name FROM {schema}")}  # noqa: S608
+                for name, sql in files:
+                    if name not in applied:
+                        for statement in _statements(sql):
+                            connection.execute(statement)
+                        connection.execute(f"INSERT INTO {schema} (name) VALUES (?)", (name,))  # noqa: S608
+
+            _write(connection, write)
+
+        await self.run(apply, f"creating the schema of {self.events_table}")
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def get_events(self, aggregate_type: str, aggregate_id: str) -> list[SerializedEvent]:
+        """All events of one aggregate, by sequence (one hop)."""
+        return await self.get_last_events(aggregate_type, aggregate_id, 0)
+
+    async def get_last_events(
+        self, aggregate_type: str, aggregate_id: str, after_sequence: int
+    ) -> list[SerializedEvent]:
+        """The events of one aggregate after ``after_sequence``, by sequence (one hop)."""
+        sql = self._sql_events
+        params = (aggregate_type, aggregate_id, after_sequence)
+
+        def read(connection: sqlite3.Connection) -> list[SerializedEvent]:
+            return _stream_rows(aggregate_type, aggregate_id, connection.execute(sql, params))
+
+        return await self.run(read, f"loading {aggregate_type} {aggregate_id!r}")
+
+    async def get_snapshot(
+        self, aggregate_type: str, aggregate_id: str
+    ) -> SerializedSnapshot | None:
+        """The aggregate's snapshot, or None (one hop)."""
+        sql = self._sql_snapshot
+        params = (aggregate_type, aggregate_id)
+
+        def read(connection: sqlite3.Connection) -> tuple[str, int, int] | None:
+            row: tuple[str, int, int] | None = connection.execute(sql, params).fetchone()
+            return row
+
+        row = await self.run(read, f"loading the snapshot of {aggregate_type} {aggregate_id!r}")
+        if row is None:
+            return None
+        return SerializedSnapshot(aggregate_type, aggregate_id, row[0], row[1], row[2])
+
+    async def stream_events(
+        self, aggregate_type: str, aggregate_id: str
+    ) -> AsyncIterator[SerializedEvent]:
+        """The aggregate's events by sequence, ``page_size`` per hop."""
+        sql, size, after = self._sql_events_page, self.page_size, 0
+        context = f"streaming {aggregate_type} {aggregate_id!r}"
+        while True:
+            params = (aggregate_type, aggregate_id, after, size)
+
+            def read(
+                connection: sqlite3.Connection, params: tuple[str, str, int, int] = params
+            ) -> list[SerializedEvent]:
+                return _stream_rows(aggregate_type, aggregate_id, connection.execute(sql, params))
+
+            page = await self.run(read, context)
+            for event in page:
+                yield event
+            if len(page) < size:
+                return
+            after = page[-1].sequence
+
+    async def stream_all_events(
+        self, aggregate_type: str | None, after_position: int | None = None
+    ) -> AsyncIterator[SerializedEvent]:
+        """Events in position order after ``after_position``, ``page_size`` per hop."""
+        size, after = self.page_size, after_position or 0
+        context = f"streaming the events of {aggregate_type or 'every type'}"
+        while True:
+            params: tuple[object, ...]
+            if aggregate_type is None:
+                sql, params = self._sql_all_page, (after, size)
+            else:
+                sql, params = self._sql_type_page, (after, aggregate_type, size)
+
+            def read(
+                connection: sqlite3.Connection,
+                sql: str = sql,
+                params: tuple[object, ...] = params,
+            ) -> list[SerializedEvent]:
+                return _all_rows(connection.execute(sql, params))
+
+            page = await self.run(read, context)
+            for event in page:
+                yield event
+            if len(page) < size:
+                return
+            after = page[-1].position
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def persist(
+        self, events: Sequence[SerializedEvent], snapshot: SerializedSnapshot | None
+    ) -> list[int]:
+        """Store the events and the snapshot in one write transaction (one hop).
+
+        The first sequence must follow the stored ones: a stored sequence or a gap raises
+        AggregateConflict and nothing is stored. The snapshot replaces the stored one only if
+        its ``last_sequence`` is greater.
+        """
+        if not events:
+            return []
+        first = events[0]
+        aggregate_type, aggregate_id, start = (
+            first.aggregate_type,
+            first.aggregate_id,
+            first.sequence,
+        )
+        rows = _event_rows(events)
+        count = len(rows)
+        insert, last_sequence, upsert = self._sql_insert, self._sql_last_sequence, self._sql_upsert
+        key = (aggregate_type, aggregate_id)
+        snapshot_row = (
+            None
+            if snapshot is None
+            else (
+                snapshot.aggregate_type,
+                snapshot.aggregate_id,
+                snapshot.last_sequence,
+                snapshot.snapshot_version,
+                snapshot.payload,
+            )
+        )
+
+        def write(connection: sqlite3.Connection) -> int:
+            execute = connection.execute
+
+            def body() -> int:
+                stored = execute(last_sequence, key).fetchone()[0] or 0
+                if stored != start - 1:
+                    msg = (
+                        f"{aggregate_type} {aggregate_id!r}: sequence {start} conflicts with "
+                        f"{stored} stored event(s); another writer committed first"
+                    )
+                    raise AggregateConflict(msg)
+                connection.executemany(insert, rows)
+                last: int = execute("SELECT last_insert_rowid()").fetchone()[0]
+                if snapshot_row is not None:
+                    execute(upsert, snapshot_row)
+                return last
+
+            return _write(connection, body)
+
+        last = await self.run(write, f"committing {aggregate_type} {aggregate_id!r} at {start}")
+        return list(range(last - count + 1, last + 1))
+
+    # -- views --------------------------------------------------------------------------
+
+    def view_repository(
+        self, view_type: type[V], table: str, *, codec: Codec = default_codec
+    ) -> SqliteViewRepository[V]:
+        """A view repository for ``view_type`` in ``table``, on this repository's connection
+        (open this repository first; call the view repository's ``create_schema()``)."""
+        from cqrs_sqlite.views import SqliteViewRepository  # noqa: PLC0415 - import cycle
+
+        return SqliteViewRepository(view_type, table, self, codec=codec)
+
+
+def _write(connection: sqlite3.Connection, body: Callable[[], T]) -> T:
+    """Run ``body`` in a write transaction: BEGIN IMMEDIATE takes the write lock up front
+    (waiting up to the busy timeout), so the transaction never fails half-way on a lock."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        result = body()
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _substitute(sql: str, names: dict[str, str]) -> str:
+    for placeholder, name in names.items():
+        sql = sql.replace(placeholder, name)
+    return sql
+
+
+def _statements(script: str) -> list[str]:
+    """Split a DDL script into statements (sqlite3's executescript would COMMIT first)."""
+    statements, pending = [], ""
+    for chunk in script.split(";"):
+        pending += chunk + ";"
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    return [s for s in statements if s.strip(" \n;")]
+
+
+def _format_timestamp(timestamp: datetime) -> str:
+    aware = timestamp.replace(tzinfo=UTC) if timestamp.tzinfo is None else timestamp.astimezone(UTC)
+    return aware.isoformat(sep=" ", timespec="microseconds")
+
+
+def _parse_timestamp(text: str) -> datetime:
+    parsed = datetime.fromisoformat(text)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def _event_rows(events: Sequence[SerializedEvent]) -> list[tuple[object, ...]]:
+    first = events[0]
+    key = (first.aggregate_type, first.aggregate_id)
+    sequence = first.sequence
+    last_timestamp: datetime | None = None
+    text = ""
+    rows: list[tuple[object, ...]] = []
+    for event in events:
+        if (event.aggregate_type, event.aggregate_id) != key or event.sequence != sequence:
+            msg = "persist takes consecutive events of one aggregate"
+            raise ValueError(msg)
+        sequence += 1
+        if event.timestamp is not last_timestamp:  # one commit shares one timestamp
+            last_timestamp = event.timestamp
+            text = _format_timestamp(last_timestamp)
+        rows.append(
+            (
+                event.aggregate_type,
+                event.aggregate_id,
+                event.sequence,
+                event.event_type,
+                event.event_version,
+                event.payload,
+                event.metadata,
+                text,
+                str(event.event_id),
+            )
+        )
+    return rows
+
+
+def _stream_rows(
+    aggregate_type: str, aggregate_id: str, cursor: sqlite3.Cursor
+) -> list[SerializedEvent]:
+    # One pass from the cursor to the events; rows of one commit share a timestamp string.
+    events = []
+    last_text, timestamp = "", _EPOCH
+    for sequence, event_type, version, payload, metadata, text, event_id, position in cursor:
+        if text != last_text:
+            last_text, timestamp = text, _parse_timestamp(text)
+        events.append(
+            SerializedEvent(
+                aggregate_type,
+                aggregate_id,
+                sequence,
+                event_type,
+                version,
+                payload,
+                metadata,
+                timestamp,
+                UUID(event_id),
+                position,
+            )
+        )
+    return events
+
+
+def _all_rows(cursor: sqlite3.Cursor) -> list[SerializedEvent]:
+    events = []
+    last_text, timestamp = "", _EPOCH
+    for (
+        aggregate_type,
+        aggregate_id,
+        sequence,
+        event_type,
+        version,
+        payload,
+        metadata,
+        text,
+        event_id,
+        position,
+    ) in cursor:
+        if text != last_text:
+            last_text, timestamp = text, _parse_timestamp(text)
+        events.append(
+            SerializedEvent(
+                aggregate_type,
+                aggregate_id,
+                sequence,
+                event_type,
+                version,
+                payload,
+                metadata,
+                timestamp,
+                UUID(event_id),
+                position,
+            )
+        )
+    return events

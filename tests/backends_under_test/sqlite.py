@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from cqrs_sqlite import SqliteEventRepository
+
+
+class SqliteFactory:
+    id = "sqlite"
+    capabilities = frozenset({"persistent", "multiprocess"})
+
+    async def unavailable(self) -> str | None:
+        return None
+
+    def repository(
+        self, workdir: Path, events_table: str, snapshots_table: str
+    ) -> SqliteEventRepository:
+        # One file per test: every repository of a test shares it, as processes would.
+        return SqliteEventRepository(workdir / "store.db", events_table, snapshots_table)
+
+    async def cleanup(self, workdir: Path, prefix: str) -> None:
+        return None  # the file lives in the test's own tmp_path
+
+
+FACTORY = SqliteFactory()
