@@ -6,9 +6,10 @@ A backend whose server is unreachable is skipped with a one-line reason; listing
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,13 +86,18 @@ class Backend:
         return repository
 
 
-@pytest.fixture(params=BACKEND_IDS)
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    backend_id: str = request.param
+def _factory(backend_id: str) -> BackendFactory:
     factory = load_factory(backend_id)
     if factory is None:
         _unusable(backend_id, "its backend is not built yet")
         raise AssertionError  # unreachable: _unusable raises
+    return factory
+
+
+@pytest.fixture(params=BACKEND_IDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    backend_id: str = request.param
+    factory = _factory(backend_id)
     reason = await factory.unavailable()
     if reason is not None:
         _unusable(backend_id, reason)
@@ -109,3 +115,17 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 async def repository(backend: Backend) -> PersistedEventRepository:
     """An open repository with its schema created, on each backend in turn."""
     return await backend.open_repository()
+
+
+@pytest.fixture(params=BACKEND_IDS)
+def sync_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Like ``backend``, for synchronous tests that run their own event loop (Hypothesis
+    state machines): open and close repositories inside that loop."""
+    backend_id: str = request.param
+    factory = _factory(backend_id)
+    reason = asyncio.run(factory.unavailable())
+    if reason is not None:
+        _unusable(backend_id, reason)
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    yield Backend(factory, tmp_path, prefix)
+    asyncio.run(factory.cleanup(tmp_path, prefix))
