@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 
 import cqrs
 from cqrs import ConfigurationError, connect
+from cqrs.ddl import ddl_files
 
 
 def test_all_is_sorted_and_complete():
@@ -51,3 +54,34 @@ async def test_missing_backend_names_the_extra(monkeypatch):
     monkeypatch.setitem(cqrs.connection.BACKENDS, "postgresql", ("no_such_module", "postgres"))
     with pytest.raises(ConfigurationError, match=r"pip install 'cqrs-es\[postgres\]'"):
         await connect("postgresql://localhost/db")
+
+
+def test_wheel_ships_the_packages_the_ddl_and_py_typed(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path)],
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "cqrs/py.typed" in names
+    for package in ("cqrs", "cqrs_memory", "cqrs_sqlite", "cqrs_postgres", "cqrs_mongodb"):
+        assert f"{package}/__init__.py" in names
+    for dialect in ("postgres", "sqlite"):
+        for path in sorted((root / "sql" / dialect).rglob("*.sql")):
+            packaged = f"cqrs/sql/{path.relative_to(root / 'sql').as_posix()}"
+            assert packaged in names
+            assert zipfile.ZipFile(wheel).read(packaged) == path.read_bytes()
+
+
+def test_ddl_files_are_read_from_the_sql_directory():
+    root = Path(__file__).resolve().parent.parent
+    for dialect in ("postgres", "sqlite"):
+        files = ddl_files(dialect)
+        assert files == [
+            (path.name, path.read_text("utf-8"))
+            for path in sorted((root / "sql" / dialect).glob("*.sql"))
+        ]
+        assert files
