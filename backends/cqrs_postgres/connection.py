@@ -1,0 +1,153 @@
+"""Pools and connections: opening a pool, and the one place driver errors are translated."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+from psycopg import AsyncConnection, AsyncCursor
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import TupleRow, tuple_row
+from psycopg.types.string import TextLoader
+from psycopg_pool import AsyncConnectionPool
+
+from cqrs.errors import (
+    AggregateConflict,
+    AggregateError,
+    ConfigurationError,
+    DatabaseConnectionError,
+    UnexpectedError,
+)
+
+__all__ = ["Pool", "borrow", "default_postgres_pool", "describe_url", "raw_json_cursor"]
+
+Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
+"""The pool type the repositories take (psycopg_pool's default for a URL)."""
+
+DEFAULT_MIN_SIZE = 1
+DEFAULT_MAX_SIZE = 10
+DEFAULT_TIMEOUT = 10.0
+
+
+def describe_url(url: str) -> str:
+    """``url`` without its password, for error messages."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as error:
+        msg = f"invalid PostgreSQL URL: {error}"
+        raise ConfigurationError(msg) from error
+    host = params.get("host") or "localhost"
+    port = params.get("port") or 5432
+    return f"postgresql://{params.get('user') or ''}@{host}:{port}/{params.get('dbname') or ''}"
+
+
+def new_pool(url: str, *, min_size: int, max_size: int, timeout: float) -> Pool:
+    """An unopened pool of autocommit connections to ``url`` (no I/O)."""
+    describe_url(url)
+    return AsyncConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=timeout,
+        kwargs={"autocommit": True},
+        open=False,
+        name=f"cqrs {describe_url(url)}",
+    )
+
+
+async def open_pool(pool: Pool, seconds: float, url: str | None = None) -> None:
+    """Open ``pool`` (idempotent), or raise DatabaseConnectionError within about ``seconds``,
+    naming the server (``url``, if given) and the reason."""
+    if not pool.closed:
+        return
+    target = describe_url(url) if url is not None else f"the server of pool {pool.name!r}"
+    try:
+        if url is not None:
+            # One direct attempt first: an unreachable server fails fast with its real
+            # reason, where the pool would retry silently until the timeout.
+            async with asyncio.timeout(seconds):
+                probe = await AsyncConnection.connect(url, autocommit=True)
+            await probe.close()
+        await pool.open(wait=True, timeout=seconds)
+    except (psycopg.Error, TimeoutError) as error:
+        await pool.close()
+        reason = str(error).strip() or f"no connection within {seconds:g} s"
+        msg = f"cannot connect to {target}: {reason}"
+        raise DatabaseConnectionError(msg) from error
+
+
+async def default_postgres_pool(
+    url: str,
+    *,
+    min_size: int = DEFAULT_MIN_SIZE,
+    max_size: int = DEFAULT_MAX_SIZE,
+    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - the pool's own wait bound, by design
+) -> Pool:
+    """An open pool of ``min_size`` to ``max_size`` autocommit connections to ``url``.
+
+    ``timeout`` bounds both opening and every later wait for a free connection. Raises
+    DatabaseConnectionError (naming the server, never the password) when the server cannot
+    be reached within ``timeout`` seconds. The caller closes the pool.
+    """
+    pool = new_pool(url, min_size=min_size, max_size=max_size, timeout=timeout)
+    await open_pool(pool, timeout, url)
+    return pool
+
+
+@asynccontextmanager
+async def borrow(pool: Pool, what: str) -> AsyncIterator[AsyncConnection[TupleRow]]:
+    """Lend a connection of ``pool`` in autocommit mode (restored afterwards).
+
+    This is the backend's one translation of driver errors, each raised ``from`` the driver
+    error: a unique violation or a serialization failure -> AggregateConflict; a connection,
+    pool or server-shutdown error -> DatabaseConnectionError; any other -> UnexpectedError.
+    ``what`` names the operation in the message. A connection found broken (a server
+    restart, a killed backend) makes the pool replace all its connections, so only the
+    commands already in flight fail.
+    """
+    if pool.closed:
+        msg = f"{what}: the connection pool is not open; call open() or use 'async with'"
+        raise ConfigurationError(msg)
+    conn: AsyncConnection[TupleRow] | None = None
+    try:
+        async with pool.connection() as conn:
+            restore = not conn.autocommit
+            if restore:
+                await conn.set_autocommit(True)
+            try:
+                yield conn
+            finally:
+                if restore and not conn.closed:
+                    await conn.set_autocommit(False)
+    except psycopg.Error as error:
+        if conn is not None and conn.broken:
+            await _replace_connections(pool)
+        raise _translate(error, what) from error
+
+
+def _translate(error: psycopg.Error, what: str) -> AggregateError:
+    primary = error.diag.message_primary if isinstance(error, psycopg.DatabaseError) else None
+    message = f"{what}: {primary or str(error).strip()}"
+    if primary and error.diag.message_detail:
+        message += f" ({error.diag.message_detail})"
+    if isinstance(error, psycopg.errors.UniqueViolation | psycopg.errors.TransactionRollback):
+        return AggregateConflict(message)
+    if isinstance(error, psycopg.OperationalError):
+        return DatabaseConnectionError(message)
+    return UnexpectedError(message)
+
+
+async def _replace_connections(pool: Pool) -> None:
+    drain = getattr(pool, "drain", None)  # psycopg_pool >= 3.3; check() is the older way
+    await (drain() if drain is not None else pool.check())
+
+
+def raw_json_cursor(conn: AsyncConnection[TupleRow]) -> AsyncCursor[TupleRow]:
+    """A tuple-row cursor that returns ``json``/``jsonb`` columns as undecoded text, so the
+    core codec decodes each payload exactly once."""
+    cursor = conn.cursor(row_factory=tuple_row)
+    cursor.adapters.register_loader("json", TextLoader)
+    cursor.adapters.register_loader("jsonb", TextLoader)
+    return cursor

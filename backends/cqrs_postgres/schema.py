@@ -1,0 +1,128 @@
+"""Applying the DDL files of ``sql/postgres/`` under the configured table names.
+
+The files are the one source of truth and contain no placeholders: they are written for the
+tables ``events``, ``snapshots`` and ``views``. :func:`render` replaces those identifiers,
+and the names derived from them (``events_position_key``), by the configured names, quoted;
+every resulting name is validated as an identifier. Files are applied in name order, each once,
+recorded in ``<events table>_schema_version``, inside one transaction that holds an advisory
+lock per table, so processes that start together do not race.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+
+from psycopg import AsyncConnection, sql
+from psycopg.rows import TupleRow
+
+from cqrs.ddl import DdlFile, ddl_files
+from cqrs.errors import ConfigurationError
+from cqrs.repository import validate_identifier
+
+__all__ = ["apply_event_schema", "apply_view_schema", "render", "schema_version_table"]
+
+SEED_FILE = "001_seed.sql"
+"""The seed's DDL; a database made with it has both tables and no schema-version table."""
+
+_WORDS = ("events", "snapshots", "views")
+
+_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS {} (file text PRIMARY KEY,
+  applied_at timestamp with time zone NOT NULL DEFAULT (CURRENT_TIMESTAMP))"""
+
+
+def render(text: str, names: Mapping[str, str]) -> str:
+    """``text`` with each identifier in ``names`` (or derived from it with a ``_`` suffix)
+    renamed, e.g. ``{"events": "orders"}`` turns ``events_position_key`` into
+    ``"orders_position_key"``. Names are emitted quoted, so they are case-sensitive like
+    everywhere else in this backend. Raises ConfigurationError if a name is not a valid
+    identifier (derived names count: keep table names under about 45 characters)."""
+    if not names:
+        return text
+    unknown = set(names) - set(_WORDS)
+    if unknown:
+        msg = f"the DDL files name no tables {sorted(unknown)}"
+        raise ConfigurationError(msg)
+    pattern = re.compile(r"\b(" + "|".join(names) + r")((?:_\w*)?)\b")
+
+    def rename(match: re.Match[str]) -> str:
+        name = validate_identifier(names[match[1]] + match[2], "table or index name")
+        return f'"{name}"'
+
+    return pattern.sub(rename, text)
+
+
+def schema_version_table(events_table: str) -> str:
+    """The table recording which DDL files were applied for ``events_table``."""
+    return validate_identifier(f"{events_table}_schema_version", "schema-version table name")
+
+
+def _lock_key(table: str) -> int:
+    digest = hashlib.blake2b(f"cqrs-es:{table}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+async def _lock(conn: AsyncConnection[TupleRow], *tables: str) -> None:
+    # Sorted, so two callers locking overlapping tables cannot deadlock.
+    for key in sorted({_lock_key(table) for table in tables}):
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+
+
+async def _exists(conn: AsyncConnection[TupleRow], table: str) -> bool:
+    cursor = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{table}"',))
+    row = await cursor.fetchone()
+    return bool(row and row[0])
+
+
+async def apply_event_schema(
+    conn: AsyncConnection[TupleRow], events_table: str, snapshots_table: str
+) -> list[str]:
+    """Bring the events and snapshots tables up to date on ``conn`` (an autocommit
+    connection); return the names of the files applied now.
+
+    A database created with the seed's DDL (both tables, no schema-version table) gets
+    ``001`` recorded without running it, then the later files upgrade it in place.
+    """
+    names = {"events": events_table, "snapshots": snapshots_table}
+    version_table = schema_version_table(events_table)
+    files: list[DdlFile] = ddl_files("postgres")
+    rendered = [(name, render(text, names)) for name, text in files]
+    applied_now: list[str] = []
+    async with conn.transaction():
+        await _lock(conn, events_table, snapshots_table)
+        await conn.execute(sql.SQL(_VERSION_TABLE).format(sql.Identifier(version_table)))
+        cursor = await conn.execute(
+            sql.SQL("SELECT file FROM {}").format(sql.Identifier(version_table))
+        )
+        done = {row[0] for row in await cursor.fetchall()}
+        for name, text in rendered:
+            if name in done:
+                continue
+            if name != SEED_FILE or not await _seeded(conn, events_table, snapshots_table):
+                await conn.execute(text.encode(), prepare=False)
+            await conn.execute(
+                sql.SQL("INSERT INTO {} (file) VALUES (%s)").format(sql.Identifier(version_table)),
+                (name,),
+            )
+            applied_now.append(name)
+    return applied_now
+
+
+async def _seeded(conn: AsyncConnection[TupleRow], events_table: str, snapshots_table: str) -> bool:
+    events, snapshots = await _exists(conn, events_table), await _exists(conn, snapshots_table)
+    if events != snapshots:
+        present, missing = (
+            (events_table, snapshots_table) if events else (snapshots_table, events_table)
+        )
+        msg = f"table {present} exists but {missing} does not; create both or neither"
+        raise ConfigurationError(msg)
+    return events
+
+
+async def apply_view_schema(conn: AsyncConnection[TupleRow], view_table: str) -> None:
+    """Create the view table if missing (its DDL file is idempotent), under its lock."""
+    async with conn.transaction():
+        await _lock(conn, view_table)
+        for _, text in ddl_files("postgres/views"):
+            await conn.execute(render(text, {"views": view_table}).encode(), prepare=False)
