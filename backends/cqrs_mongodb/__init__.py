@@ -5,11 +5,10 @@ Events are committed in multi-document transactions, so the server must be a rep
 """
 
 from cqrs_mongodb.factories import mongodb_aggregate_cqrs, mongodb_cqrs, mongodb_snapshot_cqrs
-from cqrs_mongodb.repository import PAGE_SIZE, MongoEventRepository, from_url
+from cqrs_mongodb.repository import MongoEventRepository, from_url
 from cqrs_mongodb.views import MongoViewRepository
 
 __all__ = [
-    "PAGE_SIZE",
     "MongoEventRepository",
     "MongoViewRepository",
     "from_url",

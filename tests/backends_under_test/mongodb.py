@@ -13,7 +13,7 @@ from cqrs_mongodb import MongoEventRepository, from_url
 DATABASE = "cqrs_test"
 
 
-def test_url() -> str | None:
+def database_url() -> str | None:
     """CQRS_TEST_MONGODB_URL with its path replaced by the test database."""
     url = os.environ.get("CQRS_TEST_MONGODB_URL")
     if not url:
@@ -29,7 +29,7 @@ class MongoFactory:
         self._reachable: bool | None = None
 
     async def unavailable(self) -> str | None:
-        url = test_url()
+        url = database_url()
         if url is None:
             return "CQRS_TEST_MONGODB_URL is not set"
         if self._reachable:
@@ -49,12 +49,12 @@ class MongoFactory:
     def repository(
         self, workdir: Path, events_table: str, snapshots_table: str
     ) -> MongoEventRepository:
-        url = test_url()
+        url = database_url()
         assert url is not None
         return from_url(url).with_tables(events_table, snapshots_table)
 
     async def cleanup(self, workdir: Path, prefix: str) -> None:
-        url = test_url()
+        url = database_url()
         assert url is not None
         client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(url)
         try:

@@ -1,0 +1,474 @@
+"""What only the MongoDB backend has: its client checks, its replica-set requirement, its
+document layout and its paged reads. The shared behaviour is in tests/conformance.
+
+The server is the one named by CQRS_TEST_MONGODB_URL (the nox session starts a SecantusDB
+test server). The standalone-server test starts its own ``secantusd-py --standalone`` on a
+free port and stops it by its process id; it finds the binary through CQRS_TEST_SECANTUSD,
+then PATH, then the nox session's virtualenv. Motor is not installed (and must not be): a
+stand-in class with Motor's module and class name shows the error a Motor client gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from backends_under_test.mongodb import FACTORY, database_url
+from pymongo import AsyncMongoClient, MongoClient, monitoring
+from pymongo.errors import PyMongoError
+
+import cqrs_mongodb
+import cqrs_mongodb.repository
+from cqrs import (
+    Aggregate,
+    AggregateConflict,
+    ConfigurationError,
+    DatabaseConnectionError,
+    DeserializationError,
+    DomainEvent,
+    SerializedEvent,
+    SerializedSnapshot,
+    ViewContext,
+    connect,
+    default_codec,
+)
+from cqrs_mongodb import (
+    MongoEventRepository,
+    MongoViewRepository,
+    from_url,
+    mongodb_aggregate_cqrs,
+    mongodb_cqrs,
+    mongodb_snapshot_cqrs,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRED = "mongodb" in os.environ.get("CQRS_TEST_REQUIRE", "").split(",")
+DATABASE = "cqrs_test"
+
+
+def _unusable(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"mongodb is required (CQRS_TEST_REQUIRE) but {reason}")
+    pytest.skip(f"mongodb: {reason}")
+
+
+@pytest.fixture
+async def url() -> str:
+    reason = await FACTORY.unavailable()
+    if reason is not None:
+        _unusable(reason)
+    found = database_url()
+    assert found is not None
+    return found
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"m{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def client(url: str, prefix: str) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url)
+    try:
+        yield client
+    finally:
+        await client.close()
+        await FACTORY.cleanup(Path(), prefix)
+
+
+@pytest.fixture
+async def repository(client, prefix: str) -> AsyncIterator[MongoEventRepository]:
+    repository = MongoEventRepository(
+        client, events_collection=f"{prefix}_events", snapshots_collection=f"{prefix}_snaps"
+    )
+    async with repository:
+        await repository.create_schema()
+        yield repository
+
+
+def event(aggregate_id: str, sequence: int, payload: object = None) -> SerializedEvent:
+    return SerializedEvent(
+        "Thing",
+        aggregate_id,
+        sequence,
+        "ThingHappened",
+        "1.0",
+        default_codec.encode({"n": sequence} if payload is None else payload),
+        b"{}",
+        datetime.now(UTC),
+        uuid.uuid4(),
+    )
+
+
+def batch(aggregate_id: str, first: int, count: int) -> list[SerializedEvent]:
+    return [event(aggregate_id, first + i) for i in range(count)]
+
+
+# -- a domain with every value type the codec must keep exact -------------------------------
+
+
+@dataclass(frozen=True)
+class Recorded(DomainEvent):
+    amount: Decimal
+    at: datetime
+    ref: uuid.UUID
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Record:
+    amount: Decimal
+    at: datetime
+    ref: uuid.UUID
+
+
+@dataclass
+class Ledger(Aggregate[Record, Recorded, None]):
+    aggregate_type: ClassVar[str] = "Ledger"
+    event_classes: ClassVar[Sequence[type[object]]] = (Recorded,)
+    entries: list[Recorded] = field(default_factory=list)
+
+    async def handle(self, command: Record, services: None) -> Sequence[Recorded]:
+        return [Recorded(command.amount, command.at, command.ref, ("a", "b"))]
+
+    def apply(self, event: Recorded) -> None:
+        self.entries.append(event)
+
+
+ODD_VALUES = [
+    Record(
+        Decimal("12345678901234567890.123456789"),
+        datetime(2024, 2, 29, 23, 59, 59, 999_999, tzinfo=UTC),
+        uuid.UUID("00000000-0000-0000-0000-000000000001"),
+    ),
+    Record(
+        Decimal("-0.000000000000000000001"),
+        datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+        uuid.uuid4(),
+    ),
+    Record(Decimal("1E+30"), datetime(9999, 12, 31, tzinfo=UTC), uuid.uuid4()),
+]
+
+
+@pytest.mark.parametrize("make", [mongodb_cqrs, mongodb_aggregate_cqrs])
+async def test_decimal_datetime_and_uuid_round_trip_exactly(repository, make):
+    cqrs = make(repository, Ledger)
+    committed = [await cqrs.execute("L1", record) for record in ODD_VALUES]
+    loaded = await cqrs.store.load_events("L1")
+    assert [e.payload for e in loaded] == [envelope[0].payload for envelope in committed]
+    for record, event in zip(ODD_VALUES, loaded, strict=True):
+        assert str(event.payload.amount) == str(record.amount)  # same digits and exponent
+        assert event.payload.at.utcoffset() == record.at.utcoffset()
+    state = (await cqrs.store.load_aggregate("L1")).aggregate
+    assert state.entries == [e.payload for e in loaded]
+
+
+async def test_envelope_timestamps_and_ids_round_trip_to_the_microsecond(repository):
+    cqrs = mongodb_snapshot_cqrs(repository, Ledger, [], 2)
+    committed = [(await cqrs.execute("L1", record))[0] for record in ODD_VALUES]
+    loaded = await cqrs.store.load_events("L1")
+    assert [(e.timestamp, e.event_id, e.position) for e in loaded] == [
+        (e.timestamp, e.event_id, e.position) for e in committed
+    ]
+    assert all(e.timestamp.tzinfo is not None for e in loaded)
+
+
+async def test_documents_have_the_documented_layout(repository, client, prefix):
+    cqrs = mongodb_snapshot_cqrs(repository, Ledger, [], 1)
+    [envelope] = await cqrs.execute_with_metadata("L1", ODD_VALUES[0], {"user": "ann"})
+    database = client[DATABASE]
+    document = await database[f"{prefix}_events"].find_one({})
+    assert document is not None
+    assert document["_id"] == envelope.position
+    assert (document["aggregate_type"], document["aggregate_id"], document["sequence"]) == (
+        "Ledger",
+        "L1",
+        1,
+    )
+    assert isinstance(document["payload"], str)  # the codec's JSON text, exactly
+    assert default_codec.decode(document["payload"], Recorded) == envelope.payload
+    assert document["metadata"] == '{"user":"ann"}'
+    assert document["timestamp_us"] == envelope.timestamp.microsecond % 1000
+    counter = await database["counters"].find_one({"_id": f"{prefix}_events"})
+    assert counter == {"_id": f"{prefix}_events", "position": envelope.position}
+    snapshot = await database[f"{prefix}_snaps"].find_one({})
+    assert snapshot is not None
+    assert (snapshot["last_sequence"], snapshot["current_snapshot"]) == (1, 1)
+    names = {
+        index["name"]
+        for index in await (await database[f"{prefix}_events"].list_indexes()).to_list()
+    }
+    assert {"aggregate_sequence", "type_position"} <= names
+
+
+# -- paged reads -----------------------------------------------------------------------------
+
+
+class _Finds(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.commands: list[dict[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name in ("find", "getMore"):
+            self.commands.append(dict(event.command))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_stream_all_events_reads_bounded_position_windows(url, prefix, monkeypatch):
+    monkeypatch.setattr(cqrs_mongodb.repository, "PAGE_SIZE", 4)
+    listener = _Finds()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, event_listeners=[listener])
+    try:
+        repository = MongoEventRepository(client, events_collection=f"{prefix}_events")
+        async with repository:
+            await repository.create_schema()
+            cqrs = mongodb_cqrs(repository, Ledger)
+            for _ in range(10):
+                await cqrs.execute("L1", ODD_VALUES[0])
+            listener.commands.clear()
+            streamed = [e.position async for e in repository.stream_all_events(None, 0)]
+            windows = list(listener.commands)
+            listener.commands.clear()
+            by_aggregate = [e.sequence async for e in repository.stream_events("Ledger", "L1")]
+    finally:
+        await client.close()
+        await FACTORY.cleanup(Path(), prefix)
+    assert streamed == sorted(streamed)
+    assert len(streamed) == 10
+    assert by_aggregate == list(range(1, 11))
+    assert [c["filter"]["_id"]["$gt"] for c in windows] == [0, streamed[3], streamed[7]]
+    assert all(c["limit"] == 4 and c["sort"] == {"_id": 1} for c in windows)
+    assert all(c["command_name"] != "getMore" for c in windows if "command_name" in c)
+    assert len(listener.commands) == 3  # 4 + 4 + 2 by sequence, each one bounded find
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+async def test_concurrent_first_commits_give_one_winner_and_conflicts_not_retries(repository):
+    async def attempt(n: int) -> str:
+        try:
+            await repository.persist([event("hot", 1, payload={"n": n})], None)
+        except AggregateConflict as error:
+            return f"conflict from {type(error.__cause__).__name__}"
+        return "stored"
+
+    started = time.monotonic()
+    outcomes = await asyncio.gather(*(attempt(n) for n in range(8)))
+    assert outcomes.count("stored") == 1
+    conflicts = [o for o in outcomes if o != "stored"]
+    assert len(conflicts) == 7
+    assert all(o.endswith("WriteError") for o in conflicts), conflicts
+    assert time.monotonic() - started < 30
+
+
+async def test_malformed_event_document_raises_deserialization_error(repository, client, prefix):
+    await client[DATABASE][f"{prefix}_events"].insert_one(
+        {"_id": 99, "aggregate_type": "Ledger", "aggregate_id": "bad", "sequence": 1}
+    )
+    with pytest.raises(DeserializationError, match="position 99"):
+        await repository.get_events("Ledger", "bad")
+
+
+async def test_unreachable_server_is_a_connection_error():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    repository = from_url(f"mongodb://127.0.0.1:{port}/x?serverSelectionTimeoutMS=200")
+    with pytest.raises(DatabaseConnectionError) as caught:
+        await repository.open()
+    assert isinstance(caught.value.__cause__, PyMongoError)
+    await repository.close()
+
+
+async def test_using_a_repository_before_open_is_a_clear_error(url):
+    repository = from_url(url)
+    with pytest.raises(ConfigurationError, match="not open"):
+        await repository.get_events("Ledger", "x")
+    views = repository.view_repository(Record, "views")
+    with pytest.raises(ConfigurationError, match="not open"):
+        await views.load("x")
+
+
+class AsyncIOMotorClient:
+    """Stands in for motor.motor_asyncio.AsyncIOMotorClient (Motor is not installed)."""
+
+
+AsyncIOMotorClient.__module__ = "motor.motor_asyncio"
+
+
+def test_a_motor_client_is_refused_with_what_to_pass_instead():
+    motor = AsyncIOMotorClient()
+    with pytest.raises(ConfigurationError, match=r"Motor.*Pass a pymongo\.AsyncMongoClient"):
+        MongoEventRepository(motor)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"pymongo\.AsyncMongoClient"):
+        MongoViewRepository(motor, Record)  # type: ignore[arg-type]
+
+
+def test_a_synchronous_client_is_refused():
+    client: MongoClient[dict[str, Any]] = MongoClient(connect=False)
+    try:
+        with pytest.raises(ConfigurationError, match=r"pymongo\.AsyncMongoClient"):
+            MongoEventRepository(client)  # type: ignore[arg-type]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "database"),
+    [
+        ("mongodb://h/?replicaSet=rs0", "cqrs"),
+        ("mongodb://h", "cqrs"),
+        ("mongodb://u:p@h1:27017,h2:27018/app_db?replicaSet=rs0", "app_db"),
+        ("mongodb+srv://cluster.example.com/bank", "bank"),
+    ],
+)
+def test_from_url_takes_the_database_from_the_path(url, database):
+    repository = from_url(url)
+    assert f"database={database!r}" in repr(repository)
+    assert repository.events_collection == "events"
+
+
+@pytest.mark.parametrize("url", ["mongodb://h/a.b", "mongodb://h/has%20space", "mongodb://h/$x"])
+def test_from_url_rejects_invalid_database_names(url):
+    with pytest.raises(ConfigurationError, match="invalid database name"):
+        from_url(url)
+
+
+def test_with_collections_validates_and_keeps_the_rest(url):
+    repository = from_url(url).with_collections(events="e1", counters="c1")
+    assert (
+        repository.events_collection,
+        repository.snapshots_collection,
+        repository.counters_collection,
+    ) == ("e1", "snapshots", "c1")
+    with pytest.raises(ConfigurationError, match="invalid collection name"):
+        repository.with_collections(snapshots="a.b")
+
+
+async def test_connect_opens_the_database_named_in_the_url(url, prefix):
+    async with connect(url) as repository:
+        assert isinstance(repository, MongoEventRepository)
+        assert repository.database.name == DATABASE
+        assert await repository.get_events("Ledger", prefix) == []
+
+
+async def test_view_repository_on_a_client(client, prefix):
+    views = MongoViewRepository(client, Record, f"{prefix}_views", database=DATABASE)
+    await views.create_schema()
+    await views.create_schema()
+    record = ODD_VALUES[1]
+    await views.update_view(record, ViewContext("v1", 0))
+    loaded = await views.load_with_context("v1")
+    assert loaded == (record, ViewContext("v1", 1))
+    with pytest.raises(AggregateConflict):
+        await views.update_view(record, ViewContext("v1", 0))
+    with pytest.raises(AggregateConflict):
+        await views.update_view(record, ViewContext("v1", 2))
+    await client[DATABASE][f"{prefix}_views"].update_one({"_id": "v1"}, {"$set": {"payload": "{"}})
+    with pytest.raises(DeserializationError, match="'v1'"):
+        await views.load("v1")
+
+
+async def test_a_snapshot_with_fewer_events_never_replaces_a_newer_one(repository):
+    await repository.persist(batch("s", 1, 5), SerializedSnapshot("Thing", "s", b'{"v":5}', 5, 2))
+    await repository.persist(batch("s", 6, 1), SerializedSnapshot("Thing", "s", b'{"v":1}', 1, 3))
+    snapshot = await repository.get_snapshot("Thing", "s")
+    assert snapshot is not None
+    assert (snapshot.payload, snapshot.last_sequence, snapshot.snapshot_version) == (
+        '{"v":5}',
+        5,
+        2,
+    )
+
+
+def test_public_names_are_exported_and_documented():
+    assert list(cqrs_mongodb.__all__) == sorted(cqrs_mongodb.__all__)
+    for name in cqrs_mongodb.__all__:
+        value = getattr(cqrs_mongodb, name)
+        assert value.__doc__, f"{name} has no docstring"
+
+
+# -- a standalone server ---------------------------------------------------------------------
+
+
+def _secantusd() -> str | None:
+    candidates = [
+        os.environ.get("CQRS_TEST_SECANTUSD"),
+        shutil.which("secantusd-py"),
+        str(ROOT / ".nox" / "_secantusdb" / "bin" / "secantusd-py"),
+    ]
+    return next((c for c in candidates if c and Path(c).is_file()), None)
+
+
+@contextlib.contextmanager
+def _standalone_server(tmp_path: Path) -> Iterator[str]:
+    server = _secantusd()
+    if server is None:
+        _unusable("no secantusd-py to start a standalone server (set CQRS_TEST_SECANTUSD)")
+        raise AssertionError  # unreachable: _unusable raises
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (tmp_path / "standalone.log").open("wb")
+    command = [server, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:"]
+    process = subprocess.Popen(
+        [*command, "--standalone"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            assert process.poll() is None, (tmp_path / "standalone.log").read_text()
+            assert time.monotonic() < deadline, "standalone server did not start"
+            time.sleep(0.1)
+        yield f"mongodb://127.0.0.1:{port}/cqrs_test?serverSelectionTimeoutMS=5000"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+async def test_a_standalone_server_is_refused_at_open_saying_why(tmp_path, url):
+    with _standalone_server(tmp_path) as standalone:
+        with pytest.raises(ConfigurationError, match=r"standalone.*replica set") as caught:
+            await from_url(standalone).open()
+        assert "rs.initiate()" in str(caught.value)
+        with pytest.raises(ConfigurationError, match="replica set"):
+            await connect(standalone)
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(standalone)
+        try:
+            repository = MongoEventRepository(client)
+            with pytest.raises(ConfigurationError, match="replica set"):
+                async with repository:
+                    pass
+            with pytest.raises(ConfigurationError, match="not open"):
+                await repository.get_events("Ledger", "x")
+        finally:
+            await client.close()
