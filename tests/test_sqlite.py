@@ -1,0 +1,495 @@
+"""SQLite-only behaviour: processes sharing a file, file errors, lock timeouts, one hop per
+call, URLs and factories. Everything the port promises is in tests/conformance."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+import cqrs
+from cqrs import (
+    ConfigurationError,
+    DatabaseConnectionError,
+    GenericQuery,
+    PersistedEventStore,
+    SerializedEvent,
+    SerializedSnapshot,
+    default_codec,
+)
+from cqrs.ddl import ddl_files
+from cqrs_sqlite import (
+    SqliteEventRepository,
+    SqliteViewRepository,
+    from_url,
+    sqlite_aggregate_cqrs,
+    sqlite_cqrs,
+    sqlite_snapshot_cqrs,
+)
+from examples.bank_account.domain import (
+    BankAccount,
+    BankAccountServices,
+    BankAccountView,
+    DepositMoney,
+    OpenAccount,
+)
+
+
+def rows(aggregate_id: str, first: int, count: int) -> list[SerializedEvent]:
+    now = datetime.now(UTC)
+    return [
+        SerializedEvent(
+            "T", aggregate_id, first + i, "E", "1.0", b'{"n": 1}', b"{}", now, uuid.uuid4()
+        )
+        for i in range(count)
+    ]
+
+
+@pytest.fixture
+async def repo(tmp_path: Path):
+    async with SqliteEventRepository(tmp_path / "store.db") as repository:
+        await repository.create_schema()
+        yield repository
+
+
+# -- several OS processes on one file --------------------------------------------------------
+
+WRITER = """
+import asyncio, json, sys, time, uuid
+from datetime import UTC, datetime
+from cqrs import AggregateConflict, SerializedEvent
+from cqrs_sqlite import SqliteEventRepository
+
+async def main(path, name, commits, start):
+    committed, conflicts = [], 0
+    async with SqliteEventRepository(path, busy_timeout=60) as repository:
+        await repository.create_schema()
+        await asyncio.sleep(max(0.0, start - time.time()))  # both processes start together
+        for i in range(commits):
+            aggregate_id = f"hot{i % 3}" if i % 2 else f"own-{name}"
+            while True:
+                stored = len(await repository.get_events("T", aggregate_id))
+                now = datetime.now(UTC)
+                batch = [
+                    SerializedEvent("T", aggregate_id, stored + k + 1, "E", "1.0",
+                                    json.dumps({"by": name, "i": i}).encode(), b"{}", now,
+                                    uuid.uuid4())
+                    for k in range(1 + i % 4)
+                ]
+                try:
+                    await repository.persist(batch, None)
+                except AggregateConflict:
+                    conflicts += 1
+                    continue
+                committed.extend(str(e.event_id) for e in batch)
+                break
+    print(json.dumps({"committed": committed, "conflicts": conflicts}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))
+"""
+
+
+async def test_two_processes_append_to_one_file_and_lose_or_duplicate_nothing(tmp_path):
+    path = tmp_path / "store.db"
+    commits = 200
+    start = time.time() + 2  # after both interpreters have started
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            WRITER,
+            str(path),
+            name,
+            str(commits),
+            str(start),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name in ("p1", "p2")
+    ]
+    # Tail the global stream from this process while the two writers run.
+    seen: list[tuple[int, str]] = []
+    async with SqliteEventRepository(path, busy_timeout=60) as reader:
+        await reader.create_schema()
+
+        async def tail() -> None:
+            checkpoint = None
+            while any(p.returncode is None for p in processes):
+                async for event in reader.stream_all_events(None, checkpoint):
+                    seen.append((event.position, str(event.event_id)))
+                    checkpoint = event.position
+                await asyncio.sleep(0.002)
+            seen.extend(
+                [
+                    (e.position, str(e.event_id))
+                    async for e in reader.stream_all_events(None, checkpoint)
+                ]
+            )
+
+        tailing = asyncio.create_task(tail())
+        outputs = [await p.communicate() for p in processes]
+        await tailing
+        for process, (_, err) in zip(processes, outputs, strict=True):
+            assert process.returncode == 0, err.decode()
+        reports = [json.loads(out) for out, _ in outputs]
+        committed = [event_id for report in reports for event_id in report["committed"]]
+        stored = [e async for e in reader.stream_all_events(None)]
+
+    assert len(committed) == len(set(committed))
+    assert sorted(str(e.event_id) for e in stored) == sorted(committed), "lost or extra events"
+    positions = [e.position for e in stored]
+    assert positions == sorted(set(positions))
+    by_aggregate: dict[str, list[int]] = {}
+    for event in stored:
+        by_aggregate.setdefault(event.aggregate_id, []).append(event.sequence)
+    for sequences in by_aggregate.values():
+        assert sequences == list(range(1, len(sequences) + 1)), "a gap or a duplicate sequence"
+    assert {"hot0", "hot1", "hot2", "own-p1", "own-p2"} == set(by_aggregate)
+    # The tailing reader in a third process saw every event once, in position order.
+    assert [event_id for _, event_id in seen] == [str(e.event_id) for e in stored]
+    # The writers really ran at the same time: their commits interleave in the stream.
+    writers = [default_codec.decode_untyped(e.payload)["by"] for e in stored]  # type: ignore[index]
+    assert sum(a != b for a, b in itertools.pairwise(writers)) > 10
+
+
+async def test_writers_on_two_connections_keep_positions_in_commit_order(tmp_path):
+    path = tmp_path / "store.db"
+    async with (
+        SqliteEventRepository(path) as first,
+        SqliteEventRepository(path) as second,
+        SqliteEventRepository(path) as reader,
+    ):
+        await first.create_schema()
+        seen: list[int] = []
+        done = asyncio.Event()
+
+        async def write(repository: SqliteEventRepository, name: str) -> None:
+            for i in range(40):
+                await repository.persist(rows(name, 1 + 3 * i, 3), None)
+
+        async def tail() -> None:
+            checkpoint = 0
+            while True:
+                finished = done.is_set()
+                async for event in reader.stream_all_events(None, checkpoint):
+                    seen.append(event.position)
+                    checkpoint = event.position
+                if finished:
+                    return
+                await asyncio.sleep(0)
+
+        tailing = asyncio.create_task(tail())
+        await asyncio.gather(write(first, "a"), write(second, "b"))
+        done.set()
+        await tailing
+    assert seen == sorted(set(seen))
+    assert len(seen) == 240
+
+
+# -- files that cannot be used -----------------------------------------------------------------
+
+
+async def test_missing_directory_is_a_clear_error_naming_the_path(tmp_path):
+    path = tmp_path / "no" / "such" / "dir" / "store.db"
+    repository = SqliteEventRepository(path)
+    with pytest.raises(DatabaseConnectionError, match="cannot be opened") as caught:
+        await repository.open()
+    assert str(path) in str(caught.value)
+    assert isinstance(caught.value.__cause__, sqlite3.Error)
+    await repository.close()  # a failed open leaves nothing to close
+
+
+async def test_a_directory_is_not_a_database_file(tmp_path):
+    with pytest.raises(DatabaseConnectionError, match=str(tmp_path)):
+        await SqliteEventRepository(tmp_path).open()
+
+
+async def test_corrupt_file_is_a_clear_error_naming_the_path(tmp_path):
+    path = tmp_path / "store.db"
+    path.write_bytes(b"this is certainly not an SQLite database\n" * 200)
+    with pytest.raises(DatabaseConnectionError, match="not a database") as caught:
+        await SqliteEventRepository(path).open()
+    assert str(path) in str(caught.value)
+    assert path.read_bytes().startswith(b"this is certainly not")  # left untouched
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """Make ``path`` unwritable for this process: chmod, or chattr +i when we are root."""
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        try:
+            yield
+        finally:
+            path.chmod(0o644)
+        return
+    chattr = shutil.which("chattr")
+    if (
+        chattr is None
+        or subprocess.run([chattr, "+i", str(path)], check=False, capture_output=True).returncode
+    ):
+        pytest.skip("running as root without chattr +i: cannot make a file read-only")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+async def test_read_only_file_is_a_clear_error_naming_the_path(tmp_path):
+    path = tmp_path / "store.db"
+    sqlite3.connect(path).close()  # an empty file, not yet in WAL mode
+    with read_only(path):
+        repository = SqliteEventRepository(path)
+        with pytest.raises(DatabaseConnectionError, match="read-only") as caught:
+            await repository.open()
+        assert str(path) in str(caught.value)
+
+
+async def test_busy_lock_waits_for_the_timeout_then_names_the_file(tmp_path):
+    path = tmp_path / "store.db"
+    async with SqliteEventRepository(path, busy_timeout=0.3) as repository:
+        await repository.create_schema()
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another writer keeps the write lock
+        try:
+            started = time.monotonic()
+            with pytest.raises(DatabaseConnectionError, match="busy timeout") as caught:
+                await repository.persist(rows("a1", 1, 2), None)
+            waited = time.monotonic() - started
+            assert str(path) in str(caught.value)
+            assert 0.25 <= waited < 3
+            assert await repository.get_events("T", "a1") == []  # reads are not blocked
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert await repository.persist(rows("a1", 1, 2), None) == [1, 2]
+        assert not await repository.run(lambda connection: connection.in_transaction)
+
+
+async def test_using_a_repository_before_open_is_a_clear_error(tmp_path):
+    repository = SqliteEventRepository(tmp_path / "store.db")
+    with pytest.raises(DatabaseConnectionError, match="not open"):
+        await repository.get_events("T", "a1")
+    await repository.open()
+    await repository.close()
+    with pytest.raises(DatabaseConnectionError, match="not open"):
+        await repository.persist(rows("a1", 1, 1), None)
+
+
+# -- one hop per call ------------------------------------------------------------------------
+
+
+async def test_commit_and_load_each_take_one_hop_to_the_database_thread(repo, monkeypatch):
+    hops: list[str] = []
+    statements: list[str] = []
+    call = repo._call
+
+    async def counting(executor, fn, context):
+        hops.append(context)
+        return await call(executor, fn, context)
+
+    await repo.run(lambda connection: connection.set_trace_callback(statements.append))
+    monkeypatch.setattr(repo, "_call", counting)
+
+    snapshot = SerializedSnapshot("T", "a1", b'{"s": 1}', 10, 1)
+    await repo.persist(rows("a1", 1, 10), snapshot)
+    assert len(hops) == 1
+    verbs = [s.split()[0].upper() for s in statements]
+    assert (verbs[0], verbs[-1]) == ("BEGIN", "COMMIT")
+    assert verbs.count("INSERT") == 11  # ten events (one prepared statement) and the snapshot
+
+    hops.clear()
+    assert len(await repo.get_events("T", "a1")) == 10
+    assert len(hops) == 1
+
+    store = PersistedEventStore(repo, BankAccount)
+    hops.clear()
+    await store.commit(await _bank_events(), await store.load_aggregate("acc"), {})
+    assert len(hops) == 2  # one load, one commit
+    hops.clear()
+    await store.load_aggregate("acc")
+    assert len(hops) == 1
+
+
+async def _bank_events():
+    account = BankAccount()
+    account.aggregate_id = "acc"
+    opened = await account.handle(OpenAccount("acc"), BankAccountServices())
+    for event in opened:
+        account.apply(event)
+    deposited = await account.handle(DepositMoney(Decimal("5.00")), BankAccountServices())
+    return [*opened, *deposited]
+
+
+async def test_a_cancelled_commit_leaves_no_transaction_open(repo):
+    for _ in range(20):
+        task = asyncio.create_task(repo.persist(rows("c", 1, 5), None))
+        await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert not await repo.run(lambda connection: connection.in_transaction)
+        stored = len(await repo.get_events("T", "c"))
+        assert stored in (0, 5)  # all or nothing
+        if stored:
+            break
+    assert await repo.persist(rows("other", 1, 1), None)
+
+
+async def test_concurrent_opens_share_one_connection(tmp_path):
+    repository = SqliteEventRepository(tmp_path / "store.db")
+    await asyncio.gather(*(repository.open() for _ in range(5)))
+    try:
+        assert repository._connection is not None
+        assert await repository.run(lambda c: c.execute("PRAGMA journal_mode").fetchone()) == (
+            "wal",
+        )
+    finally:
+        await repository.close()
+
+
+# -- schema ----------------------------------------------------------------------------------
+
+
+async def test_create_schema_applies_and_records_exactly_the_ddl_files(tmp_path):
+    path = tmp_path / "store.db"
+    first = SqliteEventRepository(path, "orders", "order_snapshots")
+    second = first.with_tables("invoices", "invoice_snapshots")
+    assert (second.path, second.busy_timeout, second.synchronous) == (
+        first.path,
+        first.busy_timeout,
+        first.synchronous,
+    )
+    async with first, second:
+        await first.create_schema()
+        await second.create_schema()
+        await second.create_schema()
+        names = [name for name, _ in ddl_files("sqlite")]
+        for repository in (first, second):
+            applied = await repository.run(
+                lambda c, r=repository: [
+                    row[0]
+                    for row in c.execute(f"SELECT name FROM {r.schema_table} ORDER BY name")  # noqa: S608
+                ]
+            )
+            assert applied == names
+        tables = await first.run(
+            lambda c: {row[0] for row in c.execute("SELECT name FROM sqlite_master")}
+        )
+    assert {
+        "orders",
+        "order_snapshots",
+        "orders_schema",
+        "invoices",
+        "invoice_snapshots",
+        "invoices_schema",
+    } <= tables
+
+
+# -- URLs and connect ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///bank.db", str(Path("bank.db").absolute())),
+        ("sqlite:///data/bank.db", str(Path("data/bank.db").absolute())),
+        ("sqlite:////var/lib/bank.db", "/var/lib/bank.db"),
+        ("sqlite:///my%20bank.db", str(Path("my bank.db").absolute())),
+        ("sqlite://:memory:", ":memory:"),
+        ("sqlite:///:memory:", ":memory:"),
+        ("sqlite://", ":memory:"),
+        ("SQLITE:///bank.db", str(Path("bank.db").absolute())),
+    ],
+)
+def test_from_url_maps_paths(url, expected):
+    assert from_url(url).path == expected
+
+
+def test_from_url_options():
+    repository = from_url(
+        "sqlite:///x.db?busy_timeout=0.5&synchronous=normal&events_table=ev&snapshots_table=sn"
+    )
+    assert (repository.busy_timeout, repository.synchronous) == (0.5, "NORMAL")
+    assert (repository.events_table, repository.snapshots_table) == ("ev", "sn")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://somehost/x.db",
+        "sqlite://:memory:/x.db",
+        "sqlite:///x.db?colour=blue",
+        "sqlite:///x.db?busy_timeout=soon",
+        "sqlite:///x.db?synchronous=sometimes",
+        "sqlite:///x.db?events_table=bad-name",
+    ],
+)
+def test_bad_sqlite_urls_are_configuration_errors(url):
+    with pytest.raises(ConfigurationError):
+        from_url(url)
+
+
+async def test_connect_opens_a_file_and_memory(tmp_path):
+    async with cqrs.connect(f"sqlite:///{tmp_path}/bank.db") as repository:
+        assert isinstance(repository, SqliteEventRepository)
+        await repository.persist(rows("a1", 1, 2), None)
+    async with cqrs.connect(f"sqlite:///{tmp_path}/bank.db") as repository:
+        assert len(await repository.get_events("T", "a1")) == 2
+    async with cqrs.connect("sqlite://:memory:") as repository:
+        assert await repository.get_events("T", "a1") == []
+        await repository.persist(rows("a1", 1, 1), None)
+        assert len(await repository.get_events("T", "a1")) == 1
+
+
+# -- factories and views -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["events", "snapshots", "aggregate"])
+async def test_factories_run_the_bank_account(repo, kind):
+    views = repo.view_repository(BankAccountView, "accounts")
+    assert isinstance(views, SqliteViewRepository)
+    await views.create_schema()
+    queries = [GenericQuery(views, BankAccountView)]
+    services = BankAccountServices()
+    if kind == "events":
+        framework = sqlite_cqrs(repo, BankAccount, queries, services)
+    elif kind == "snapshots":
+        framework = sqlite_snapshot_cqrs(repo, BankAccount, queries, services, snapshot_every=2)
+    else:
+        framework = sqlite_aggregate_cqrs(repo, BankAccount, queries, services)
+    await framework.execute("acc-1", OpenAccount("acc-1"))
+    for amount in ("10.00", "2.50", "0.25"):
+        await framework.execute("acc-1", DepositMoney(Decimal(amount)))
+    context = await framework.store.load_aggregate("acc-1")
+    assert (context.version, context.aggregate.balance) == (4, Decimal("12.75"))
+    view = await views.load("acc-1")
+    assert view is not None
+    assert view.balance == Decimal("12.75")
+    snapshot = await repo.get_snapshot(BankAccount.aggregate_type, "acc-1")
+    expected = {"events": None, "snapshots": 4, "aggregate": 4}[kind]
+    assert (snapshot and snapshot.last_sequence) == expected
+
+
+async def test_factory_with_a_path_builds_an_unopened_repository(tmp_path):
+    framework = sqlite_cqrs(tmp_path / "bank.db", BankAccount)
+    repository = framework.store.repository
+    assert isinstance(repository, SqliteEventRepository)
+    async with repository:
+        await repository.create_schema()
+        await framework.execute("acc", OpenAccount("acc"))
+    assert (tmp_path / "bank.db").exists()
