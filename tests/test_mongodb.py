@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import pytest
 from backends_under_test.mongodb import FACTORY, database_url
@@ -238,7 +239,9 @@ async def test_stream_all_events_reads_bounded_position_windows(url, prefix, mon
     listener = _Finds()
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, event_listeners=[listener])
     try:
-        repository = MongoEventRepository(client, events_collection=f"{prefix}_events")
+        repository = MongoEventRepository(
+            client, events_collection=f"{prefix}_events", snapshots_collection=f"{prefix}_snaps"
+        )
         async with repository:
             await repository.create_schema()
             cqrs = mongodb_cqrs(repository, Ledger)
@@ -365,11 +368,18 @@ def test_with_collections_validates_and_keeps_the_rest(url):
         repository.with_collections(snapshots="a.b")
 
 
-async def test_connect_opens_the_database_named_in_the_url(url, prefix):
-    async with connect(url) as repository:
-        assert isinstance(repository, MongoEventRepository)
-        assert repository.database.name == DATABASE
-        assert await repository.get_events("Ledger", prefix) == []
+async def test_connect_opens_the_database_named_in_the_url(url, client, prefix):
+    own_database = urlsplit(url)._replace(path=f"/{prefix}").geturl()
+    try:
+        async with connect(own_database) as repository:
+            assert isinstance(repository, MongoEventRepository)
+            assert repository.database.name == prefix
+            assert await repository.get_events("Ledger", "x") == []
+        assert {"events", "snapshots", "counters"} <= set(
+            await client[prefix].list_collection_names()
+        )
+    finally:
+        await client.drop_database(prefix)
 
 
 async def test_view_repository_on_a_client(client, prefix):
