@@ -469,7 +469,7 @@ async def test_factories_run_the_bank_account(repo, kind):
     if kind == "events":
         framework = sqlite_cqrs(repo, BankAccount, queries, services)
     elif kind == "snapshots":
-        framework = sqlite_snapshot_cqrs(repo, BankAccount, queries, services, snapshot_every=2)
+        framework = sqlite_snapshot_cqrs(repo, BankAccount, queries, 2, services)
     else:
         framework = sqlite_aggregate_cqrs(repo, BankAccount, queries, services)
     await framework.execute("acc-1", OpenAccount("acc-1"))

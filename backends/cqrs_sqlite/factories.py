@@ -47,10 +47,9 @@ def sqlite_cqrs(
 def sqlite_snapshot_cqrs(
     path_or_repo: PathOrRepository,
     aggregate_class: type[Aggregate[C, E, S]],
-    queries: Sequence[Query[E]] = (),
-    services: S | None = None,
-    *,
+    queries: Sequence[Query[E]],
     snapshot_every: int,
+    services: S | None = None,
 ) -> CqrsFramework[C, E, S]:
     """Like :func:`sqlite_cqrs`, storing a snapshot whenever a commit crosses a multiple of
     ``snapshot_every`` events; a load reads the snapshot and the events after it."""

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
-from uuid import UUID
+from uuid import UUID, SafeUUID, uuid4
 
 from cqrs.codec import Codec, default_codec
 from cqrs.ddl import ddl_files
@@ -467,6 +467,33 @@ def _statements(script: str) -> list[str]:
     return [s for s in statements if s.strip(" \n;")]
 
 
+def _uuid_from_text(
+    text: str,
+    _new: Callable[[type[UUID]], UUID] = object.__new__,
+    _set: Callable[[object, str, object], None] = object.__setattr__,
+) -> UUID:
+    # UUID(text) costs about 0.8 us, a tenth of a whole load per event; the ids come from
+    # our own column, written as str(UUID), so build the object from its int directly.
+    value = _new(UUID)
+    _set(value, "int", int(text.replace("-", ""), 16))
+    _set(value, "is_safe", SafeUUID.unknown)
+    return value
+
+
+def _check_uuid_shortcut() -> Callable[[str], UUID]:
+    sample = uuid4()
+    try:
+        fast = _uuid_from_text(str(sample))
+        if fast == sample and hash(fast) == hash(sample) and str(fast) == str(sample):
+            return _uuid_from_text
+    except (AttributeError, TypeError):
+        pass
+    return UUID  # a Python whose UUID is built differently: the public constructor
+
+
+_parse_uuid = _check_uuid_shortcut()
+
+
 def _format_timestamp(timestamp: datetime) -> str:
     aware = timestamp.replace(tzinfo=UTC) if timestamp.tzinfo is None else timestamp.astimezone(UTC)
     return aware.isoformat(sep=" ", timespec="microseconds")
@@ -527,7 +554,7 @@ def _stream_rows(
                 payload,
                 metadata,
                 timestamp,
-                UUID(event_id),
+                _parse_uuid(event_id),
                 position,
             )
         )
@@ -561,7 +588,7 @@ def _all_rows(cursor: sqlite3.Cursor) -> list[SerializedEvent]:
                 payload,
                 metadata,
                 timestamp,
-                UUID(event_id),
+                _parse_uuid(event_id),
                 position,
             )
         )
