@@ -57,23 +57,24 @@ def new_pool(url: str, *, min_size: int, max_size: int, timeout: float) -> Pool:
     )
 
 
-async def open_pool(pool: Pool, seconds: float, url: str | None = None) -> None:
+async def open_pool(pool: Pool, seconds: float) -> None:
     """Open ``pool`` (idempotent), or raise DatabaseConnectionError within about ``seconds``,
-    naming the server (``url``, if given) and the reason."""
+    naming the server and the reason."""
     if not pool.closed:
         return
+    url = pool.conninfo if isinstance(pool.conninfo, str) else None
     target = describe_url(url) if url is not None else f"the server of pool {pool.name!r}"
     try:
         if url is not None:
             # One direct attempt first: an unreachable server fails fast with its real
-            # reason, where the pool would retry silently until the timeout.
+            # reason, where the pool would retry quietly until the timeout.
             async with asyncio.timeout(seconds):
                 probe = await AsyncConnection.connect(url, autocommit=True)
             await probe.close()
         await pool.open(wait=True, timeout=seconds)
     except (psycopg.Error, TimeoutError) as error:
         await pool.close()
-        reason = str(error).strip() or f"no connection within {seconds:g} s"
+        reason = " ".join(str(error).split()) or f"no connection within {seconds:g} s"
         msg = f"cannot connect to {target}: {reason}"
         raise DatabaseConnectionError(msg) from error
 
@@ -92,7 +93,7 @@ async def default_postgres_pool(
     be reached within ``timeout`` seconds. The caller closes the pool.
     """
     pool = new_pool(url, min_size=min_size, max_size=max_size, timeout=timeout)
-    await open_pool(pool, timeout, url)
+    await open_pool(pool, timeout)
     return pool
 
 

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Self, TypeVar, cast
 
 from psycopg import sql
+from psycopg.rows import tuple_row
 
 from cqrs.codec import Codec, default_codec
 from cqrs.repository import SerializedEvent, SerializedSnapshot, validate_identifier
@@ -254,7 +255,8 @@ class PostgresEventRepository:
             ]
         what = f"persist {first.aggregate_type} {first.aggregate_id!r}"
         async with borrow(self.pool, what) as conn:
-            cursor = await conn.execute(statement, params, prepare=True)
+            cursor = conn.cursor(row_factory=tuple_row)
+            await cursor.execute(statement, params, prepare=True)
             rows = await cursor.fetchall()
         return [cast("int", row[0]) for row in rows]
 

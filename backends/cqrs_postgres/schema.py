@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 
 from psycopg import AsyncConnection, sql
-from psycopg.rows import TupleRow
+from psycopg.rows import TupleRow, tuple_row
 
 from cqrs.ddl import DdlFile, ddl_files
 from cqrs.errors import ConfigurationError
@@ -70,7 +70,8 @@ async def _lock(conn: AsyncConnection[TupleRow], *tables: str) -> None:
 
 
 async def _exists(conn: AsyncConnection[TupleRow], table: str) -> bool:
-    cursor = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{table}"',))
+    cursor = conn.cursor(row_factory=tuple_row)
+    await cursor.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{table}"',))
     row = await cursor.fetchone()
     return bool(row and row[0])
 
@@ -92,9 +93,8 @@ async def apply_event_schema(
     async with conn.transaction():
         await _lock(conn, events_table, snapshots_table)
         await conn.execute(sql.SQL(_VERSION_TABLE).format(sql.Identifier(version_table)))
-        cursor = await conn.execute(
-            sql.SQL("SELECT file FROM {}").format(sql.Identifier(version_table))
-        )
+        cursor = conn.cursor(row_factory=tuple_row)
+        await cursor.execute(sql.SQL("SELECT file FROM {}").format(sql.Identifier(version_table)))
         done = {row[0] for row in await cursor.fetchall()}
         for name, text in rendered:
             if name in done:
