@@ -23,6 +23,7 @@ import pytest
 
 import cqrs
 from cqrs import (
+    AggregateConflict,
     ConfigurationError,
     DatabaseConnectionError,
     GenericQuery,
@@ -493,3 +494,28 @@ async def test_factory_with_a_path_builds_an_unopened_repository(tmp_path):
         await repository.create_schema()
         await framework.execute("acc", OpenAccount("acc"))
     assert (tmp_path / "bank.db").exists()
+
+
+# -- surface ---------------------------------------------------------------------------------
+
+
+def test_all_is_sorted_complete_and_documented():
+    import cqrs_sqlite  # noqa: PLC0415 - the module under test
+
+    assert list(cqrs_sqlite.__all__) == sorted(cqrs_sqlite.__all__)
+    modules = {"factories", "repository", "url", "views"}
+    public = {name for name in dir(cqrs_sqlite) if not name.startswith("_")} - modules
+    assert public == set(cqrs_sqlite.__all__)
+    for name in cqrs_sqlite.__all__:
+        assert getattr(cqrs_sqlite, name).__doc__, f"{name} has no docstring"
+
+
+async def test_a_gap_in_sequences_is_a_conflict_and_a_mixed_batch_is_refused(repo):
+    await repo.persist(rows("a1", 1, 2), None)
+    with pytest.raises(AggregateConflict, match="sequence 5"):
+        await repo.persist(rows("a1", 5, 1), None)
+    with pytest.raises(ValueError, match="consecutive"):
+        await repo.persist([*rows("a1", 3, 1), *rows("a1", 5, 1)], None)
+    with pytest.raises(ValueError, match="consecutive"):
+        await repo.persist([*rows("a1", 3, 1), *rows("b1", 4, 1)], None)
+    assert [e.sequence for e in await repo.get_events("T", "a1")] == [1, 2]
