@@ -1,0 +1,430 @@
+"""Timing, alternation, medians, the markdown table, the JSON report and the command line.
+
+For each backend and workload the harness opens the sides (framework, raw, peer: those that
+exist there), seeds each one untimed, then runs ``warmups + repetitions`` rounds; in each
+round every side runs the workload once, in an order rotated by one per round (A/B/C,
+B/C/A, ...) so that no side always goes first. Warm-up rounds are not counted. A side's
+result is the median of its rates over the counted rounds; ``ratio_raw = framework / raw``
+and ``ratio_peer = framework / peer`` (null when either is not measured).
+Everything runs in one process, on one event loop; the garbage collector runs before each
+timed run so that no side pays for another's garbage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import json
+import os
+import platform
+import pstats
+import secrets
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.targets import (
+    MemoryTarget,
+    MongoTarget,
+    PostgresTarget,
+    SqliteTarget,
+    Target,
+    version,
+)
+from benchmarks.workloads import SNAPSHOT_EVERY, UNITS, WORKLOADS, Side, Sizes, prepare
+
+__all__ = ["FULL", "QUICK", "Report", "bars", "main", "markdown", "run"]
+
+QUICK = Sizes(
+    commit_1=300,
+    commit_10=100,
+    load_100=200,
+    load_1000=30,
+    load_snapshot=500,
+    concurrent_8=400,
+    repetitions=3,
+)
+"""``--quick``: a few minutes at most on 2 cores for memory, SQLite and PostgreSQL."""
+
+FULL = Sizes(
+    commit_1=1000,
+    commit_10=300,
+    load_100=600,
+    load_1000=100,
+    load_snapshot=1500,
+    concurrent_8=1200,
+    repetitions=7,
+)
+"""The default: larger runs, seven counted rounds."""
+
+SIDES = ("framework", "raw", "peer")
+DEFAULT_BACKENDS = ("memory", "sqlite", "postgres")
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass
+class Report:
+    """What a run measured: rows for the table and the JSON, plus the raw samples."""
+
+    machine: dict[str, object]
+    rows: list[dict[str, object]] = field(default_factory=list)
+    samples: list[dict[str, object]] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        """``{"machine", "rows", "bars", "samples", "skipped", "errors"}``."""
+        return {
+            "machine": self.machine,
+            "rows": self.rows,
+            "bars": bars(self.rows),
+            "samples": self.samples,
+            "skipped": self.skipped,
+            "errors": self.errors,
+        }
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return round(numerator / denominator, 3)
+
+
+async def _measure(
+    target: Target,
+    workload: str,
+    sizes: Sizes,
+    profiler: cProfile.Profile | None,
+) -> tuple[dict[str, object], list[dict[str, object]]]:
+    sides: list[Side] = target.sides(workload, SNAPSHOT_EVERY.get(workload))
+    opened: list[Side] = []
+    rates: dict[str, list[float]] = {side.name: [] for side in sides}
+    try:
+        preparers = {}
+        for side in sides:
+            await side.open()
+            opened.append(side)
+            started = time.perf_counter()
+            preparers[side.name] = await prepare(workload, side, sizes)
+            _log(
+                f"  {target.name}/{workload}/{side.name}: seeded in "
+                f"{time.perf_counter() - started:.1f}s"
+            )
+        rounds = sizes.warmups + sizes.repetitions
+        for round_index in range(rounds):
+            shift = round_index % len(sides)
+            for side in sides[shift:] + sides[:shift]:
+                operation = await preparers[side.name](round_index)
+                if operation is None:
+                    rates.pop(side.name, None)
+                    continue
+                gc.collect()
+                profiling = profiler is not None and side.name == "framework"
+                if profiling and round_index >= sizes.warmups:
+                    profiler.enable()  # type: ignore[union-attr]
+                started = time.perf_counter()
+                units = await operation()
+                elapsed = time.perf_counter() - started
+                if profiling:
+                    profiler.disable()  # type: ignore[union-attr]
+                if round_index >= sizes.warmups and side.name in rates:
+                    rates[side.name].append(units / elapsed)
+    finally:
+        for side in opened:
+            await side.close()
+    medians = {name: statistics.median(values) for name, values in rates.items() if values}
+    framework = medians.get("framework")
+    raw, peer = medians.get("raw"), medians.get("peer")
+    row: dict[str, object] = {
+        "backend": target.name,
+        "workload": workload,
+        "unit": UNITS[workload],
+        "framework": None if framework is None else round(framework, 1),
+        "raw": None if raw is None else round(raw, 1),
+        "peer": None if peer is None else round(peer, 1),
+        "ratio_raw": _ratio(framework, raw),
+        "ratio_peer": _ratio(framework, peer),
+    }
+    samples = [
+        {
+            "backend": target.name,
+            "workload": workload,
+            "side": name,
+            "rates": [round(value, 1) for value in values],
+        }
+        for name, values in rates.items()
+    ]
+    return row, samples
+
+
+def _targets(options: argparse.Namespace, prefix: str) -> list[Target]:
+    targets: list[Target] = []
+    for name in options.backends:
+        if name == "memory":
+            targets.append(MemoryTarget())
+        elif name == "sqlite":
+            targets.append(SqliteTarget(options.sqlite_dir))
+        elif name == "postgres":
+            targets.append(PostgresTarget(options.postgres_url, prefix))
+        elif name == "mongodb":
+            targets.append(MongoTarget(options.mongodb_url, prefix))
+    return targets
+
+
+def _machine(options: argparse.Namespace, sizes: Sizes) -> dict[str, object]:
+    try:
+        affinity: int | None = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        affinity = None
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": affinity,
+        "cpu_model": _cpu_model(),
+        "mode": "quick" if options.quick else "full",
+        "sizes": asdict(sizes),
+        "cqrs_es": version("cqrs-es"),
+        "msgspec": version("msgspec"),
+        "eventsourcing": version("eventsourcing"),
+    }
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+async def run(options: argparse.Namespace) -> Report:
+    """Run the benchmark described by parsed command-line ``options``."""
+    sizes: Sizes = options.sizes
+    prefix = f"bench_{os.getpid()}_{secrets.token_hex(2)}"
+    report = Report(_machine(options, sizes))
+    for target in _targets(options, prefix):
+        reason = await target.unavailable()
+        if reason is not None:
+            _log(f"{target.name}: skipped ({reason})")
+            report.skipped[target.name] = reason
+            continue
+        report.machine.update(await target.describe())
+        try:
+            for workload in options.workloads:
+                _log(f"{target.name}/{workload} ...")
+                profiler = cProfile.Profile() if options.profile else None
+                started = time.perf_counter()
+                try:
+                    row, samples = await _measure(target, workload, sizes, profiler)
+                except Exception as error:  # noqa: BLE001 - reported, the run goes on
+                    _log(f"{target.name}/{workload}: FAILED: {error!r}")
+                    report.errors.append(
+                        {"backend": target.name, "workload": workload, "error": repr(error)}
+                    )
+                    continue
+                _log(f"{target.name}/{workload}: {time.perf_counter() - started:.1f}s {row}")
+                report.rows.append(row)
+                report.samples.extend(samples)
+                if profiler is not None:
+                    _dump_profile(profiler, Path(options.profile), target.name, workload)
+        finally:
+            await target.cleanup()
+    return report
+
+
+def _dump_profile(profiler: cProfile.Profile, directory: Path, backend: str, workload: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{backend}_{workload}.prof"
+    profiler.dump_stats(path)
+    _log(f"  profile of the framework side: {path}")
+
+
+def _number(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value < 100:
+        return f"{value:,.1f}"
+    return f"{value:,.0f}"
+
+
+def _ratio_text(value: object) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a markdown table."""
+    lines = [
+        "| backend | workload | unit | framework | raw | peer | framework/raw | framework/peer |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    lines.extend(
+        f"| {row['backend']} | {row['workload']} | {row['unit']} | {_number(row['framework'])} "
+        f"| {_number(row['raw'])} | {_number(row['peer'])} | {_ratio_text(row['ratio_raw'])} "
+        f"| {_ratio_text(row['ratio_peer'])} |"
+        for row in rows
+    )
+    return "\n".join(lines)
+
+
+RAW_BAR = ("commit_1", "commit_10", "load_100", "load_1000", "load_snapshot")
+PEER_BAR = ("commit_1", "commit_10", "load_1000")
+
+
+def bars(rows: Sequence[dict[str, Any]]) -> list[dict[str, object]]:
+    """The bars of DESIGN.md section 7 that these rows can check, each with its outcome."""
+    by_key = {(row["backend"], row["workload"]): row for row in rows}
+    results: list[dict[str, object]] = []
+
+    def check(bar: str, backend: str, workload: str, value: float | None, minimum: float) -> None:
+        results.append(
+            {
+                "bar": bar,
+                "backend": backend,
+                "workload": workload,
+                "value": value,
+                "minimum": minimum,
+                "ok": None if value is None else value >= minimum,
+            }
+        )
+
+    for backend in ("sqlite", "postgres"):
+        for workload in RAW_BAR:
+            row = by_key.get((backend, workload))
+            if row is not None:
+                check("ratio_raw >= 0.8", backend, workload, row["ratio_raw"], 0.8)
+        for workload in PEER_BAR:
+            row = by_key.get((backend, workload))
+            if row is not None:
+                check("ratio_peer >= 2.0", backend, workload, row["ratio_peer"], 2.0)
+    many, one = by_key.get(("postgres", "concurrent_8")), by_key.get(("postgres", "commit_1"))
+    if many is not None and one is not None:
+        check(
+            "concurrent_8 / commit_1 > 1 (writers scale)",
+            "postgres",
+            "concurrent_8",
+            _ratio(many["framework"], one["framework"]),
+            1.0,
+        )
+    memory = by_key.get(("memory", "commit_10"))
+    if memory is not None:
+        check("events/s >= 100k", "memory", "commit_10", memory["framework"], 100_000.0)
+    return results
+
+
+def _bars_text(results: Sequence[dict[str, Any]]) -> str:
+    lines = []
+    for result in results:
+        mark = {True: "PASS", False: "FAIL", None: "n/a "}[result["ok"]]
+        value = result["value"]
+        value = "-" if value is None else f"{value:,.0f}" if value >= 1000 else f"{value:.2f}"
+        lines.append(
+            f"- {mark} {result['backend']} {result['workload']}: {result['bar']} (got {value})"
+        )
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=(
+            "Side-by-side benchmarks: CqrsFramework vs the raw driver vs the eventsourcing "
+            "package, alternating in one process; medians."
+        ),
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, 3 rounds (minutes)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument(
+        "--backends",
+        default=",".join(DEFAULT_BACKENDS),
+        help="comma-separated: memory,sqlite,postgres,mongodb (default: memory,sqlite,postgres;"
+        " mongodb needs --mongodb-url)",
+    )
+    parser.add_argument(
+        "--workloads", default=",".join(WORKLOADS), help="comma-separated workload ids"
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("CQRS_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        help="default: $CQRS_TEST_POSTGRES_URL or " + DEFAULT_POSTGRES_URL,
+    )
+    parser.add_argument(
+        "--mongodb-url",
+        help="a real mongod replica set (never defaulted: test servers are not benchmarked)",
+    )
+    parser.add_argument("--repetitions", type=int, help="counted rounds (overrides the mode)")
+    parser.add_argument("--sqlite-dir", help="where the SQLite files go (default: the temp dir)")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="cProfile the framework side's counted runs; one .prof per backend and workload",
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line (see ``python -m benchmarks --help``)."""
+    parser = _parser()
+    options = parser.parse_args(argv)
+    options.backends = [name.strip() for name in options.backends.split(",") if name.strip()]
+    unknown = set(options.backends) - {"memory", "sqlite", "postgres", "mongodb"}
+    if unknown:
+        parser.error(f"unknown backend(s): {', '.join(sorted(unknown))}")
+    if "mongodb" in options.backends and not options.mongodb_url:
+        parser.error("--backends mongodb needs --mongodb-url (a real mongod replica set)")
+    if options.mongodb_url and "mongodb" not in options.backends:
+        options.backends.append("mongodb")
+    options.workloads = [name.strip() for name in options.workloads.split(",") if name.strip()]
+    unknown = set(options.workloads) - set(WORKLOADS)
+    if unknown:
+        parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
+    options.workloads = [name for name in WORKLOADS if name in options.workloads]
+    sizes = QUICK if options.quick else FULL
+    if options.repetitions is not None:
+        if options.repetitions < 1:
+            parser.error("--repetitions must be at least 1")
+        sizes = Sizes(**{**asdict(sizes), "repetitions": options.repetitions})
+    options.sizes = sizes
+    return options
+
+
+def main(argv: Sequence[str] | None = None, *, options: argparse.Namespace | None = None) -> int:
+    """The command line: run, print the table and the bars, write the JSON; exit status 1
+    if a workload failed."""
+    if options is None:
+        options = parse_args(argv)
+    started = time.perf_counter()
+    report = asyncio.run(run(options))
+    print(markdown(report.rows))
+    results = bars(report.rows)
+    if results:
+        print()
+        print("Bars (DESIGN.md section 7):")
+        print(_bars_text(results))
+    for name, reason in report.skipped.items():
+        print(f"\n{name} skipped: {reason}")
+    if options.json:
+        Path(options.json).write_text(json.dumps(report.as_json(), indent=2) + "\n")
+    _log(f"done in {time.perf_counter() - started:.0f}s")
+    if options.profile:
+        _log(f"profiles in {options.profile}: python -m pstats <file>, or see top costs below")
+        for path in sorted(Path(options.profile).glob("*.prof")):
+            _log(f"--- {path.name}")
+            stats = pstats.Stats(str(path), stream=sys.stderr)
+            stats.sort_stats("tottime").print_stats(12)
+    return 1 if report.errors else 0

@@ -1,0 +1,217 @@
+"""Raw PostgreSQL: the Postgres backend's statements and round trips, directly on psycopg 3.
+
+Like the backend: a psycopg_pool pool of autocommit connections (1 to 10), one connection
+borrowed per operation, server-side prepared statements, ``json`` columns read as text and
+decoded once. A load is one SELECT; a commit is one statement (the events inserted from
+``unnest`` arrays, with the snapshot upsert in the same CTE when due), so it is atomic
+without BEGIN/COMMIT round trips. The json-as-text loaders are registered once per
+connection (the cheapest way to get the same result). The tables are created by the
+backend's ``create_schema`` (the DDL is not what is measured).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from psycopg import AsyncConnection, sql
+from psycopg.rows import TupleRow
+from psycopg.types.string import TextLoader
+from psycopg_pool import AsyncConnectionPool
+
+from benchmarks.raw import AGGREGATE_TYPE, METADATA, RawSide, Row, Snapshot
+from cqrs.ddl import ddl_files
+from cqrs_postgres import PostgresEventRepository
+from cqrs_postgres.schema import render
+
+__all__ = ["RawPostgresSide"]
+
+_EVENTS = """WITH written AS (
+  INSERT INTO {events} (aggregate_type, aggregate_id, sequence, event_type, event_version,
+    payload, metadata, timestamp, event_id, position)
+  SELECT %b, %b, sequence, event_type, event_version, payload, metadata, timestamp, event_id,
+    (pg_current_xact_id()::text::bigint << 20) + ordinal
+  FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::json[], %b::json[],
+    %b::timestamptz[], %b::uuid[])
+    WITH ORDINALITY AS batch (sequence, event_type, event_version, payload, metadata,
+      timestamp, event_id, ordinal)
+  RETURNING position
+)"""
+
+_SNAPSHOT = """, snapshot AS (
+  INSERT INTO {snapshots} AS stored (aggregate_type, aggregate_id, last_sequence,
+    current_snapshot, payload, timestamp)
+  VALUES (%b, %b, %b, %b, %b::json, CURRENT_TIMESTAMP)
+  ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+  SET last_sequence = excluded.last_sequence, current_snapshot = excluded.current_snapshot,
+    payload = excluded.payload, timestamp = excluded.timestamp
+  WHERE stored.last_sequence < excluded.last_sequence
+)"""
+
+_RETURN = " SELECT position FROM written ORDER BY position"
+
+_ONE_AGGREGATE = """SELECT sequence, event_type, event_version, payload, metadata,
+  COALESCE(timestamp, 'epoch'), event_id, position
+FROM {events} WHERE aggregate_type = %b AND aggregate_id = %b AND sequence > %b
+ORDER BY sequence LIMIT %b"""
+
+_ALL_OF_TYPE = """SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
+  payload, metadata, COALESCE(timestamp, 'epoch'), event_id, position
+FROM {events} WHERE aggregate_type = %b AND position > %b
+  AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)
+ORDER BY position LIMIT %b"""
+
+_GET_SNAPSHOT = """SELECT payload, last_sequence, current_snapshot FROM {snapshots}
+WHERE aggregate_type = %b AND aggregate_id = %b"""
+
+_LOAD_VIEW = "SELECT version, payload FROM {table} WHERE view_id = %b"
+_INSERT_VIEW = "INSERT INTO {table} (view_id, version, payload) VALUES (%b, 1, %b::json)"
+_UPDATE_VIEW = """UPDATE {table} SET version = version + 1, payload = %b::json
+WHERE view_id = %b AND version = %b"""
+
+
+async def _configure(connection: AsyncConnection[TupleRow]) -> None:
+    connection.adapters.register_loader("json", TextLoader)
+    connection.adapters.register_loader("jsonb", TextLoader)
+
+
+class RawPostgresSide(RawSide):
+    """The raw side on tables ``events_table``/``snapshots_table`` of the server at ``url``."""
+
+    page_size = 1000
+
+    def __init__(
+        self,
+        url: str,
+        events_table: str,
+        snapshots_table: str,
+        *,
+        view_prefix: str,
+        snapshot_every: int | None = None,
+        max_size: int = 10,
+    ) -> None:
+        super().__init__(snapshot_every=snapshot_every)
+        self.url = url
+        self.events_table = events_table
+        self.snapshots_table = snapshots_table
+        self.view_prefix = view_prefix
+        self.pool: AsyncConnectionPool[AsyncConnection[TupleRow]] = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            kwargs={"autocommit": True},
+            configure=_configure,
+            open=False,
+        )
+        names = {
+            "events": sql.Identifier(events_table),
+            "snapshots": sql.Identifier(snapshots_table),
+        }
+
+        def build(text: str) -> bytes:
+            return sql.SQL(text).format(**names).as_bytes(None)
+
+        self._persist = build(_EVENTS + _RETURN)
+        self._persist_with_snapshot = build(_EVENTS + _SNAPSHOT + _RETURN)
+        self._one_aggregate = build(_ONE_AGGREGATE)
+        self._all_of_type = build(_ALL_OF_TYPE)
+        self._get_snapshot = build(_GET_SNAPSHOT)
+        self._views: dict[str, tuple[bytes, bytes, bytes]] = {}
+
+    async def open(self) -> None:
+        await self.pool.open(wait=True, timeout=10)
+        await PostgresEventRepository(
+            self.pool, self.events_table, self.snapshots_table
+        ).create_schema()
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def read_events(self, aggregate_id: str, after: int) -> list[Row]:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                self._one_aggregate, (AGGREGATE_TYPE, aggregate_id, after, None), prepare=True
+            )
+            return await cursor.fetchall()
+
+    async def read_snapshot(self, aggregate_id: str) -> tuple[bytes | str, int, int] | None:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                self._get_snapshot, (AGGREGATE_TYPE, aggregate_id), prepare=True
+            )
+            return await cursor.fetchone()  # type: ignore[return-value]
+
+    async def write_events(
+        self,
+        aggregate_id: str,
+        version: int,
+        events: Sequence[object],
+        payloads: list[bytes],
+        *,
+        timestamp: datetime,
+        snapshot: Snapshot | None,
+    ) -> None:
+        count = len(events)
+        metadata = METADATA.decode()
+        params: list[object] = [
+            AGGREGATE_TYPE,
+            aggregate_id,
+            list(range(version + 1, version + count + 1)),
+            [type(event).event_type for event in events],  # type: ignore[attr-defined]
+            [type(event).event_version for event in events],  # type: ignore[attr-defined]
+            [payload.decode() for payload in payloads],
+            [metadata] * count,
+            [timestamp] * count,
+            [uuid.uuid4() for _ in range(count)],
+        ]
+        statement = self._persist
+        if snapshot is not None:
+            statement = self._persist_with_snapshot
+            params += [
+                AGGREGATE_TYPE,
+                aggregate_id,
+                snapshot.last_sequence,
+                snapshot.version,
+                snapshot.payload.decode(),
+            ]
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(statement, params, prepare=True)
+            await cursor.fetchall()
+
+    async def read_page(self, after: int, limit: int) -> list[Row]:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                self._all_of_type, (AGGREGATE_TYPE, after, limit), prepare=True
+            )
+            return await cursor.fetchall()
+
+    async def create_view_table(self, table: str) -> str:
+        full = f"{self.view_prefix}{table}"
+        name = sql.Identifier(full)
+        self._views[full] = (
+            sql.SQL(_LOAD_VIEW).format(table=name).as_bytes(None),
+            sql.SQL(_INSERT_VIEW).format(table=name).as_bytes(None),
+            sql.SQL(_UPDATE_VIEW).format(table=name).as_bytes(None),
+        )
+        async with self.pool.connection() as conn:
+            for _, text in ddl_files("postgres/views"):
+                await conn.execute(render(text, {"views": full}).encode())
+        return full
+
+    async def read_view(self, table: str, view_id: str) -> tuple[bytes | str, int] | None:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(self._views[table][0], (view_id,), prepare=True)
+            row = await cursor.fetchone()
+        return None if row is None else (row[1], row[0])
+
+    async def write_view(self, table: str, view_id: str, payload: bytes, version: int) -> None:
+        _, insert, update = self._views[table]
+        async with self.pool.connection() as conn:
+            if version == 0:
+                await conn.execute(insert, (view_id, payload.decode()), prepare=True)
+                return
+            cursor = await conn.execute(update, (payload.decode(), view_id, version), prepare=True)
+            if cursor.rowcount != 1:
+                msg = f"view {view_id!r} changed"
+                raise RuntimeError(msg)

@@ -1,0 +1,238 @@
+"""Raw SQLite: the SQLite backend's statements and hops, written directly on ``sqlite3``.
+
+Like the backend, one connection is owned by one worker thread (WAL, ``synchronous=FULL``,
+autocommit mode) and every round trip below is one hop to it: a load is one hop (one
+SELECT), a commit is one hop (``BEGIN IMMEDIATE``, the max-sequence check, ``executemany``
+of the rows, ``last_insert_rowid()``, the snapshot upsert when due, ``COMMIT``). The tables
+are created by the backend's ``create_schema`` (the DDL is not what is measured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import TypeVar
+
+from benchmarks.raw import AGGREGATE_TYPE, METADATA, RawSide, Row, Snapshot
+from cqrs.ddl import ddl_files
+from cqrs_sqlite import SqliteEventRepository
+
+__all__ = ["RawSqliteSide"]
+
+T = TypeVar("T")
+
+_COLUMNS = (
+    "aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, "
+    "timestamp, event_id"
+)
+_SELECT = "sequence, event_type, event_version, payload, metadata, timestamp, event_id, position"
+
+
+class RawSqliteSide(RawSide):
+    """The raw side on one SQLite file, tables ``events_table``/``snapshots_table``."""
+
+    def __init__(
+        self,
+        path: str,
+        events_table: str,
+        snapshots_table: str,
+        *,
+        view_prefix: str,
+        snapshot_every: int | None = None,
+        synchronous: str = "FULL",
+        busy_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(snapshot_every=snapshot_every)
+        self.path = path
+        self.events_table = events_table
+        self.snapshots_table = snapshots_table
+        self.view_prefix = view_prefix
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self._executor: ThreadPoolExecutor | None = None
+        self._connection: sqlite3.Connection | None = None
+        events, snapshots = events_table, snapshots_table
+        self._sql_insert = (
+            f"INSERT INTO {events} ({_COLUMNS}) "  # noqa: S608 - our own identifiers
+            "VALUES (?, ?, ?, ?, ?, CAST(? AS TEXT), CAST(? AS TEXT), ?, ?)"
+        )
+        self._sql_last_sequence = (
+            f"SELECT max(sequence) FROM {events} "  # noqa: S608
+            "WHERE aggregate_type = ? AND aggregate_id = ?"
+        )
+        self._sql_events = (
+            f"SELECT {_SELECT} FROM {events} "  # noqa: S608
+            "WHERE aggregate_type = ? AND aggregate_id = ? AND sequence > ? ORDER BY sequence"
+        )
+        self._sql_type_page = (
+            f"SELECT aggregate_type, aggregate_id, {_SELECT} FROM {events} "  # noqa: S608
+            "WHERE position > ? AND aggregate_type = ? ORDER BY position LIMIT ?"
+        )
+        self._sql_snapshot = (
+            f"SELECT payload, last_sequence, current_snapshot FROM {snapshots} "  # noqa: S608
+            "WHERE aggregate_type = ? AND aggregate_id = ?"
+        )
+        self._sql_upsert = (
+            f"INSERT INTO {snapshots} (aggregate_type, aggregate_id, last_sequence, "  # noqa: S608
+            "current_snapshot, payload) VALUES (?, ?, ?, ?, CAST(? AS TEXT)) "
+            "ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET "
+            "last_sequence = excluded.last_sequence, "
+            "current_snapshot = excluded.current_snapshot, payload = excluded.payload, "
+            "timestamp = CURRENT_TIMESTAMP "
+            f"WHERE excluded.last_sequence > {snapshots}.last_sequence"
+        )
+
+    async def open(self) -> None:
+        async with SqliteEventRepository(
+            self.path, self.events_table, self.snapshots_table
+        ) as schema:
+            await schema.create_schema()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="raw-sqlite")
+        self._connection = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._connect
+        )
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        connection.execute("PRAGMA journal_mode = WAL").fetchone()
+        connection.execute(f"PRAGMA synchronous = {self.synchronous}")
+        return connection
+
+    async def close(self) -> None:
+        if self._connection is not None and self._executor is not None:
+            await self._hop(lambda connection: connection.close())
+            self._executor.shutdown()
+        self._connection = self._executor = None
+
+    async def _hop(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor,
+            fn,
+            self._connection,  # type: ignore[arg-type]
+        )
+
+    async def read_events(self, aggregate_id: str, after: int) -> list[Row]:
+        sql, params = self._sql_events, (AGGREGATE_TYPE, aggregate_id, after)
+        return await self._hop(lambda connection: connection.execute(sql, params).fetchall())
+
+    async def read_snapshot(self, aggregate_id: str) -> tuple[bytes | str, int, int] | None:
+        sql, params = self._sql_snapshot, (AGGREGATE_TYPE, aggregate_id)
+        return await self._hop(lambda connection: connection.execute(sql, params).fetchone())
+
+    async def write_events(
+        self,
+        aggregate_id: str,
+        version: int,
+        events: Sequence[object],
+        payloads: list[bytes],
+        *,
+        timestamp: datetime,
+        snapshot: Snapshot | None,
+    ) -> None:
+        text = timestamp.isoformat(sep=" ", timespec="microseconds")
+        rows = [
+            (
+                AGGREGATE_TYPE,
+                aggregate_id,
+                version + index,
+                type(event).event_type,  # type: ignore[attr-defined]
+                type(event).event_version,  # type: ignore[attr-defined]
+                payload,
+                METADATA,
+                text,
+                str(uuid.uuid4()),
+            )
+            for index, (event, payload) in enumerate(zip(events, payloads, strict=True), 1)
+        ]
+        insert, last_sequence, upsert = self._sql_insert, self._sql_last_sequence, self._sql_upsert
+        key = (AGGREGATE_TYPE, aggregate_id)
+        snapshot_row = (
+            None
+            if snapshot is None
+            else (
+                AGGREGATE_TYPE,
+                aggregate_id,
+                snapshot.last_sequence,
+                snapshot.version,
+                snapshot.payload,
+            )
+        )
+
+        def body(connection: sqlite3.Connection) -> int:
+            stored = connection.execute(last_sequence, key).fetchone()[0] or 0
+            if stored != version:
+                msg = f"conflict on {aggregate_id!r}"
+                raise RuntimeError(msg)
+            connection.executemany(insert, rows)
+            last: int = connection.execute("SELECT last_insert_rowid()").fetchone()[0]
+            if snapshot_row is not None:
+                connection.execute(upsert, snapshot_row)
+            return last
+
+        def write(connection: sqlite3.Connection) -> int:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                last = body(connection)
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            return last
+
+        await self._hop(write)
+
+    async def read_page(self, after: int, limit: int) -> list[Row]:
+        sql, params = self._sql_type_page, (after, AGGREGATE_TYPE, limit)
+        return await self._hop(lambda connection: connection.execute(sql, params).fetchall())
+
+    async def create_view_table(self, table: str) -> str:
+        full = f"{self.view_prefix}{table}"
+        scripts = [sql.replace("{table}", full) for _, sql in ddl_files("sqlite/views")]
+
+        def create(connection: sqlite3.Connection) -> None:
+            for script in scripts:
+                connection.execute(script)
+
+        await self._hop(create)
+        return full
+
+    async def read_view(self, table: str, view_id: str) -> tuple[bytes | str, int] | None:
+        sql = f"SELECT payload, version FROM {table} WHERE view_id = ?"  # noqa: S608
+        return await self._hop(lambda connection: connection.execute(sql, (view_id,)).fetchone())
+
+    async def write_view(self, table: str, view_id: str, payload: bytes, version: int) -> None:
+        params: tuple[object, ...]
+        if version == 0:
+            sql = (
+                f"INSERT INTO {table} (view_id, version, payload) "  # noqa: S608
+                "VALUES (?, 1, CAST(? AS TEXT)) ON CONFLICT (view_id) DO NOTHING"
+            )
+            params = (view_id, payload)
+        else:
+            sql = (
+                f"UPDATE {table} SET version = version + 1, payload = CAST(? AS TEXT) "  # noqa: S608
+                "WHERE view_id = ? AND version = ?"
+            )
+            params = (payload, view_id, version)
+
+        def write(connection: sqlite3.Connection) -> int:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                changed = connection.execute(sql, params).rowcount
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            return changed
+
+        if await self._hop(write) != 1:
+            msg = f"view {view_id!r} changed"
+            raise RuntimeError(msg)

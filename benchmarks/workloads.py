@@ -1,0 +1,278 @@
+"""The workloads, written once over the primitives every side implements.
+
+A *side* is one way of doing the work on one database: ``framework`` (CqrsFramework and
+PersistedEventStore), ``raw`` (the same statements straight on the driver) or ``peer`` (the
+``eventsourcing`` package). Each side implements :class:`Side`; each workload below seeds its
+data through the side (untimed), then returns the operation the harness times.
+
+Workloads and units (the ids and units are fixed; they appear in the JSON):
+
+==============  ============  ===============================================================
+id              unit          one timed unit
+==============  ============  ===============================================================
+commit_1        commands/s    load an aggregate of ~10 events, handle ``DepositMoney``,
+                              commit its 1 event (each command on a different aggregate)
+commit_10       events/s      one ``OpenWithDeposits`` on a new aggregate: 10 events in one
+                              commit
+load_100        loads/s       load (replay) an aggregate of 100 events
+load_1000       loads/s       load (replay) an aggregate of 1000 events
+load_snapshot   loads/s       load an aggregate of 1000 events with a snapshot every 100:
+                              read the snapshot (taken at 1000) and the events after it
+concurrent_8    commands/s    ``commit_1`` from 8 concurrent tasks, each on its own
+                              aggregates (the peer, being synchronous, uses 8 threads)
+replay_10k      events/s      ``QueryReplay`` of 10,000 events (100 aggregates of 100) into
+                              a new view table of ``BankAccountView`` s
+==============  ============  ===============================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = [
+    "SNAPSHOT_EVERY",
+    "UNITS",
+    "WORKLOADS",
+    "Operation",
+    "PerRound",
+    "Side",
+    "Sizes",
+    "commit_groups_with_tasks",
+    "prepare",
+]
+
+WORKLOADS = (
+    "commit_1",
+    "commit_10",
+    "load_100",
+    "load_1000",
+    "load_snapshot",
+    "concurrent_8",
+    "replay_10k",
+)
+"""Every workload id, in the order they run and print."""
+
+UNITS = {
+    "commit_1": "commands/s",
+    "commit_10": "events/s",
+    "load_100": "loads/s",
+    "load_1000": "loads/s",
+    "load_snapshot": "loads/s",
+    "concurrent_8": "commands/s",
+    "replay_10k": "events/s",
+}
+"""The unit each workload's rates are given in."""
+
+SNAPSHOT_EVERY = {"load_snapshot": 100}
+"""Workloads whose sides snapshot, and how often (in events)."""
+
+SEED_EVENTS = 10
+"""Events in each aggregate a ``commit_1``/``concurrent_8`` command runs on, before the first
+repetition (each repetition adds one)."""
+
+TASKS = 8
+REPLAY_AGGREGATES = 100
+REPLAY_EVENTS_EACH = 100
+
+Operation = Callable[[], Awaitable[int]]
+"""A timed operation: does the work and returns how many units it did."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work one repetition does, and how many repetitions run.
+
+    ``commit_1``/``concurrent_8``: commands per repetition; ``commit_10``: new aggregates
+    (10 events each) per repetition; ``load_*``: loads per repetition. ``replay_10k`` always
+    replays 10,000 events unless ``replay_events`` says otherwise (tests shrink it).
+    """
+
+    commit_1: int
+    commit_10: int
+    load_100: int
+    load_1000: int
+    load_snapshot: int
+    concurrent_8: int
+    repetitions: int
+    warmups: int = 1
+    replay_events: int = REPLAY_AGGREGATES * REPLAY_EVENTS_EACH
+
+
+class Side(Protocol):
+    """The primitives a side offers; every method does its work on the side's own tables."""
+
+    name: str
+
+    async def open(self) -> None:
+        """Connect and create the side's (new, empty) tables."""
+
+    async def close(self) -> None:
+        """Disconnect (the harness drops the tables afterwards)."""
+
+    async def create(self, aggregate_id: str, events: int) -> None:
+        """One command creating ``aggregate_id`` with ``events`` events (opened + deposits)."""
+
+    async def grow(self, aggregate_id: str, events: int) -> None:
+        """One command adding ``events`` deposits to an existing aggregate."""
+
+    async def deposit(self, aggregate_id: str) -> None:
+        """Load the aggregate, handle ``DepositMoney``, commit the one event."""
+
+    async def load(self, aggregate_id: str) -> object:
+        """Rebuild the aggregate's state; return it."""
+
+    async def commit_groups(self, groups: list[list[str]]) -> None:
+        """Run one task per group, concurrently; each deposits into its aggregates in turn."""
+
+    async def prepare_replay(self, table: str) -> Operation | None:
+        """Make an empty view table; return the replay of every event into it (returning
+        how many events it dispatched), or None if this side has no such feature."""
+
+
+async def commit_groups_with_tasks(side: Side, groups: list[list[str]]) -> None:
+    """:meth:`Side.commit_groups` for async sides: one asyncio task per group."""
+
+    async def run(group: list[str]) -> None:
+        for aggregate_id in group:
+            await side.deposit(aggregate_id)
+
+    async with asyncio.TaskGroup() as tasks:
+        for group in groups:
+            tasks.create_task(run(group))
+
+
+def balance_of(state: object) -> object:
+    """The balance of a loaded state (the bench account or the peer's aggregate)."""
+    return getattr(state, "balance", None)
+
+
+PerRound = Callable[[int], Awaitable[Operation | None]]
+"""Prepares round ``n`` (untimed) and returns the operation to time, or None if the side
+cannot do the workload."""
+
+
+async def prepare(workload: str, side: Side, sizes: Sizes) -> PerRound:
+    """Seed ``side`` for ``workload`` (untimed) and return its :data:`PerRound`."""
+    try:
+        preparer = _PREPARERS[workload]
+    except KeyError:
+        msg = f"unknown workload {workload!r}; known: {', '.join(WORKLOADS)}"
+        raise ValueError(msg) from None
+    return await preparer(side, sizes)
+
+
+async def _commit_1(side: Side, sizes: Sizes) -> PerRound:
+    ids = [f"c1-{i}" for i in range(sizes.commit_1)]
+    for aggregate_id in ids:
+        await side.create(aggregate_id, SEED_EVENTS)
+
+    async def commit_1() -> int:
+        for aggregate_id in ids:
+            await side.deposit(aggregate_id)
+        return len(ids)
+
+    return _same(commit_1)
+
+
+async def _commit_10(side: Side, sizes: Sizes) -> PerRound:
+    async def for_round(index: int) -> Operation:
+        ids = [f"c10-{index}-{i}" for i in range(sizes.commit_10)]
+
+        async def commit_10() -> int:
+            for aggregate_id in ids:
+                await side.create(aggregate_id, 10)
+            return 10 * len(ids)
+
+        return commit_10
+
+    return for_round
+
+
+async def _load(side: Side, events: int, loads: int, aggregate_id: str) -> PerRound:
+    # Commits of 100 events: with snapshots every 100, every side snapshots at 1000.
+    await side.create(aggregate_id, min(events, 100))
+    for _ in range(events // 100 - 1):
+        await side.grow(aggregate_id, 100)
+    expected = balance_of(await side.load(aggregate_id))
+
+    async def load() -> int:
+        state = None
+        for _ in range(loads):
+            state = await side.load(aggregate_id)
+        if balance_of(state) != expected:
+            msg = f"{side.name} loaded balance {balance_of(state)}, expected {expected}"
+            raise AssertionError(msg)
+        return loads
+
+    return _same(load)
+
+
+async def _load_100(side: Side, sizes: Sizes) -> PerRound:
+    return await _load(side, 100, sizes.load_100, "l100")
+
+
+async def _load_1000(side: Side, sizes: Sizes) -> PerRound:
+    return await _load(side, 1000, sizes.load_1000, "l1000")
+
+
+async def _load_snapshot(side: Side, sizes: Sizes) -> PerRound:
+    return await _load(side, 1000, sizes.load_snapshot, "lsnap")
+
+
+async def _concurrent_8(side: Side, sizes: Sizes) -> PerRound:
+    count = max(sizes.concurrent_8 // TASKS, 1)
+    groups = [[f"cc-{task}-{i}" for i in range(count)] for task in range(TASKS)]
+    for group in groups:
+        for aggregate_id in group:
+            await side.create(aggregate_id, SEED_EVENTS)
+
+    async def concurrent_8() -> int:
+        await side.commit_groups(groups)
+        return TASKS * count
+
+    return _same(concurrent_8)
+
+
+async def _replay_10k(side: Side, sizes: Sizes) -> PerRound:
+    each = min(REPLAY_EVENTS_EACH, sizes.replay_events)
+    aggregates = max(sizes.replay_events // each, 1)
+    for index in range(aggregates):
+        await side.create(f"r-{index}", each)
+    total = aggregates * each
+
+    async def for_round(index: int) -> Operation | None:
+        replay = await side.prepare_replay(f"views_{index}")
+        if replay is None:
+            return None
+
+        async def replay_10k() -> int:
+            count = await replay()
+            if count != total:
+                msg = f"{side.name} replayed {count} events, expected {total}"
+                raise AssertionError(msg)
+            return count
+
+        return replay_10k
+
+    return for_round
+
+
+def _same(operation: Operation) -> PerRound:
+    async def for_round(index: int) -> Operation:  # noqa: ARG001 - every round is alike
+        return operation
+
+    return for_round
+
+
+_PREPARERS: dict[str, Callable[[Side, Sizes], Awaitable[PerRound]]] = {
+    "commit_1": _commit_1,
+    "commit_10": _commit_10,
+    "load_100": _load_100,
+    "load_1000": _load_1000,
+    "load_snapshot": _load_snapshot,
+    "concurrent_8": _concurrent_8,
+    "replay_10k": _replay_10k,
+}
