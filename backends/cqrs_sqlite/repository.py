@@ -1,4 +1,12 @@
-"""The SQLite event repository: one connection owned by one worker thread."""
+"""The SQLite event repository: one connection owned by one worker thread.
+
+Why not aiosqlite: its public API is one statement per hop to its thread (``execute``,
+``executemany``, ``commit``...), so BEGIN + INSERT + COMMIT costs three hops; running a whole
+transaction as one function needs its private ``Connection._execute``. A one-thread
+``ThreadPoolExecutor`` owning a plain ``sqlite3`` connection is the same mechanism through
+public APIs (measured here: about 17k hops/s for both), so this backend needs only the
+standard library.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ from cqrs.codec import Codec, default_codec
 from cqrs.ddl import ddl_files
 from cqrs.errors import (
     AggregateConflict,
+    ConfigurationError,
     CqrsError,
     DatabaseConnectionError,
     UnexpectedError,
@@ -106,13 +115,13 @@ class SqliteEventRepository:
         self.path = raw if raw == MEMORY else str(Path(raw).absolute())
         if not isinstance(busy_timeout, int | float) or busy_timeout < 0:
             msg = f"busy_timeout must be a number of seconds >= 0, not {busy_timeout!r}"
-            raise ValueError(msg)
-        if synchronous.upper() not in _SYNCHRONOUS:
+            raise ConfigurationError(msg)
+        if not isinstance(synchronous, str) or synchronous.upper() not in _SYNCHRONOUS:
             msg = f"synchronous must be one of {sorted(_SYNCHRONOUS)}, not {synchronous!r}"
-            raise ValueError(msg)
+            raise ConfigurationError(msg)
         if not isinstance(page_size, int) or page_size < 1:
             msg = f"page_size must be a positive int, not {page_size!r}"
-            raise ValueError(msg)
+            raise ConfigurationError(msg)
         self.busy_timeout = float(busy_timeout)
         self.synchronous = synchronous.upper()
         self.page_size = page_size
