@@ -15,8 +15,10 @@ and COMMIT; a load is the same SELECT, then the codec's decoder for each event's
 ``apply``. "raw sync" calls sqlite3 on the event loop's thread (no hop, blocking the loop);
 "raw 1-hop" runs each transaction/query as one call on a worker thread, the round trips the
 framework makes. Rounds alternate the order of the sides; the table shows medians.
+(``python -m benchmarks`` is the project-wide harness; this script is the SQLite backend's own
+quick check, with the extra "raw sync" column.)
 
-    python benchmarks/sqlite_vs_raw.py [--rounds 7] [--synchronous FULL|NORMAL]
+    python -m benchmarks.sqlite_vs_raw [--rounds 7] [--synchronous FULL|NORMAL]
 """
 
 from __future__ import annotations
@@ -37,10 +39,9 @@ from typing import Any
 
 import msgspec
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from domain import (
+from benchmarks.domain import (
     AMOUNT,
     AccountOpened,
     BenchAccount,
@@ -49,7 +50,6 @@ from domain import (
     amounts,
     open_command,
 )
-
 from cqrs import AggregateContext, PersistedEventStore, default_codec
 from cqrs_sqlite import SqliteEventRepository, sqlite_cqrs
 

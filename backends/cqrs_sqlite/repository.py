@@ -227,12 +227,9 @@ class SqliteEventRepository:
         await self.close()
 
     def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: the module never opens transactions behind our back.
-        # check_same_thread=False only so close() may run after a failed open; every call
-        # still runs on the one worker thread.
-        connection = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
+        # Runs on the worker thread, which then makes every call on this connection.
+        # isolation_level=None: the sqlite3 module never opens transactions behind our back.
+        connection = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
             connection.execute("PRAGMA journal_mode = WAL").fetchone()
             connection.execute(f"PRAGMA synchronous = {self.synchronous}")
