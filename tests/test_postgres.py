@@ -436,6 +436,25 @@ async def test_connect_url_opens_a_repository_that_owns_its_pool(tables):
     await broken.close()
 
 
+async def test_an_owned_pool_reopens_after_close(repository):
+    await repository.persist(batch("a", 1, 1), None)
+    await repository.close()
+    await repository.open()
+    await repository.open()
+    assert len(await repository.get_events(TYPE, "a")) == 1
+
+
+async def test_jsonb_columns_are_read_as_undecoded_text_too(tables):
+    from cqrs_postgres.connection import raw_json_cursor  # noqa: PLC0415
+
+    async with await raw() as conn:
+        cursor = raw_json_cursor(conn)
+        await cursor.execute(
+            b"SELECT %b::jsonb, %b::json", ('{"a": [1, "x"]}', '{"b":  2}'), prepare=True
+        )
+        assert await cursor.fetchone() == (b'{"a": [1, "x"]}', '{"b":  2}')
+
+
 # -- pools and connections ---------------------------------------------------------------------
 
 

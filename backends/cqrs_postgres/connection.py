@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import psycopg
-from psycopg import AsyncConnection, AsyncCursor
+from psycopg import AsyncConnection, AsyncCursor, pq
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow, tuple_row
-from psycopg.types.string import TextLoader
+from psycopg.types.string import TextBinaryLoader
 from psycopg_pool import AsyncConnectionPool
 
 from cqrs.errors import (
@@ -145,10 +147,20 @@ async def _replace_connections(pool: Pool) -> None:
     await (drain() if drain is not None else pool.check())
 
 
+class _JsonbBinaryLoader(Loader):
+    """jsonb's binary form is a version byte then the JSON text: return the text."""
+
+    format = pq.Format.BINARY
+
+    def load(self, data: Buffer) -> bytes:
+        return bytes(data[1:])
+
+
 def raw_json_cursor(conn: AsyncConnection[TupleRow]) -> AsyncCursor[TupleRow]:
-    """A tuple-row cursor that returns ``json``/``jsonb`` columns as undecoded text, so the
-    core codec decodes each payload exactly once."""
-    cursor = conn.cursor(row_factory=tuple_row)
-    cursor.adapters.register_loader("json", TextLoader)
-    cursor.adapters.register_loader("jsonb", TextLoader)
+    """A tuple-row cursor with binary results (cheaper timestamps and UUIDs) that returns
+    ``json``/``jsonb`` columns as undecoded JSON text, so the core codec decodes each
+    payload exactly once."""
+    cursor = conn.cursor(row_factory=tuple_row, binary=True)
+    cursor.adapters.register_loader("json", TextBinaryLoader)
+    cursor.adapters.register_loader("jsonb", _JsonbBinaryLoader)
     return cursor

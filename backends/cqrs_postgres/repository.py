@@ -22,6 +22,7 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 
 from cqrs.codec import Codec, default_codec
+from cqrs.errors import DatabaseConnectionError
 from cqrs.repository import SerializedEvent, SerializedSnapshot, validate_identifier
 from cqrs_postgres.connection import (
     DEFAULT_MAX_SIZE,
@@ -126,6 +127,7 @@ class PostgresEventRepository:
             raise ValueError(msg)
         self.page_size = page_size
         self._owns_pool = owns_pool
+        self._pool_spent = False
         self._open_timeout = open_timeout
         names = {
             "events": sql.Identifier(self.events_table),
@@ -150,13 +152,28 @@ class PostgresEventRepository:
 
     async def open(self) -> None:
         """Open the pool if it is not open yet (idempotent); raise DatabaseConnectionError if
-        the server cannot be reached."""
-        await open_pool(self.pool, self._open_timeout)
+        the server cannot be reached. An owned pool, once closed, is replaced by a new one
+        (psycopg pools cannot reopen)."""
+        if self._owns_pool and self._pool_spent:
+            old = self.pool
+            self.pool = new_pool(
+                cast("str", old.conninfo),
+                min_size=old.min_size,
+                max_size=old.max_size,
+                timeout=old.timeout,
+            )
+            self._pool_spent = False
+        try:
+            await open_pool(self.pool, self._open_timeout)
+        except DatabaseConnectionError:
+            self._pool_spent = True
+            raise
 
     async def close(self) -> None:
         """Close the pool if this repository owns it (idempotent)."""
         if self._owns_pool and not self.pool.closed:
             await self.pool.close()
+            self._pool_spent = True
 
     async def __aenter__(self) -> Self:
         await self.open()
