@@ -35,7 +35,7 @@ from cqrs.repository import SerializedEvent, SerializedSnapshot, validate_identi
 if TYPE_CHECKING:
     from cqrs_sqlite.views import SqliteViewRepository
 
-__all__ = ["SqliteEventRepository"]
+__all__ = ["SqliteEventRepository", "write_transaction"]
 
 T = TypeVar("T")
 V = TypeVar("V")
@@ -287,7 +287,7 @@ class SqliteEventRepository:
                             connection.execute(statement)
                         connection.execute(f"INSERT INTO {schema} (name) VALUES (?)", (name,))  # noqa: S608
 
-            _write(connection, write)
+            write_transaction(connection, write)
 
         await self.run(apply, f"creating the schema of {self.events_table}")
 
@@ -425,7 +425,7 @@ class SqliteEventRepository:
                     execute(upsert, snapshot_row)
                 return last
 
-            return _write(connection, body)
+            return write_transaction(connection, body)
 
         last = await self.run(write, f"committing {aggregate_type} {aggregate_id!r} at {start}")
         return list(range(last - count + 1, last + 1))
@@ -442,7 +442,7 @@ class SqliteEventRepository:
         return SqliteViewRepository(view_type, table, self, codec=codec)
 
 
-def _write(connection: sqlite3.Connection, body: Callable[[], T]) -> T:
+def write_transaction(connection: sqlite3.Connection, body: Callable[[], T]) -> T:
     """Run ``body`` in a write transaction: BEGIN IMMEDIATE takes the write lock up front
     (waiting up to the busy timeout), so the transaction never fails half-way on a lock."""
     connection.execute("BEGIN IMMEDIATE")

@@ -9,6 +9,7 @@ from cqrs.codec import Codec, default_codec
 from cqrs.ddl import ddl_files
 from cqrs.errors import AggregateConflict, DeserializationError
 from cqrs.repository import ViewContext, validate_identifier
+from cqrs_sqlite.repository import write_transaction
 
 if TYPE_CHECKING:
     from cqrs_sqlite.repository import SqliteEventRepository
@@ -95,15 +96,7 @@ class SqliteViewRepository(Generic[V]):
             sql, params = self._sql_update, (payload, view_id, version)
 
         def write(connection: sqlite3.Connection) -> int:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                changed = connection.execute(sql, params).rowcount
-                connection.execute("COMMIT")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-            return changed
+            return write_transaction(connection, lambda: connection.execute(sql, params).rowcount)
 
         context_text = f"updating view {view_id!r} in {self.table}"
         if await self.repository.run(write, context_text) != 1:
