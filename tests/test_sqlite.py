@@ -70,16 +70,21 @@ async def repo(tmp_path: Path):
 # -- several OS processes on one file --------------------------------------------------------
 
 WRITER = """
-import asyncio, json, sys, time, uuid
+import asyncio, json, pathlib, sys, time, uuid
 from datetime import UTC, datetime
 from cqrs import AggregateConflict, SerializedEvent
 from cqrs_sqlite import SqliteEventRepository
 
-async def main(path, name, commits, start):
+async def main(path, name, commits, writers):
     committed, conflicts = [], 0
     async with SqliteEventRepository(path, busy_timeout=60) as repository:
         await repository.create_schema()
-        await asyncio.sleep(max(0.0, start - time.time()))  # both processes start together
+        # A barrier: every writer starts once all of them are ready.
+        ready = pathlib.Path(path).parent
+        (ready / f"ready-{name}").touch()
+        deadline = time.monotonic() + 60
+        while len(list(ready.glob("ready-*"))) < writers and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
         for i in range(commits):
             aggregate_id = f"hot{i % 3}" if i % 2 else f"own-{name}"
             while True:
@@ -100,14 +105,13 @@ async def main(path, name, commits, start):
                 break
     print(json.dumps({"committed": committed, "conflicts": conflicts}))
 
-asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
 """
 
 
 async def test_two_processes_append_to_one_file_and_lose_or_duplicate_nothing(tmp_path):
     path = tmp_path / "store.db"
     commits = 200
-    start = time.time() + 2  # after both interpreters have started
     processes = [
         await asyncio.create_subprocess_exec(
             sys.executable,
@@ -116,7 +120,7 @@ async def test_two_processes_append_to_one_file_and_lose_or_duplicate_nothing(tm
             str(path),
             name,
             str(commits),
-            str(start),
+            "2",
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
