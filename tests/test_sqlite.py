@@ -507,7 +507,7 @@ def test_all_is_sorted_complete_and_documented():
     import cqrs_sqlite  # noqa: PLC0415 - the module under test
 
     assert list(cqrs_sqlite.__all__) == sorted(cqrs_sqlite.__all__)
-    modules = {"factories", "repository", "url", "views"}
+    modules = {"factories", "repository", "rows", "url", "views"}
     public = {name for name in dir(cqrs_sqlite) if not name.startswith("_")} - modules
     assert public == set(cqrs_sqlite.__all__)
     for name in cqrs_sqlite.__all__:

@@ -15,11 +15,9 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
-from uuid import UUID, SafeUUID, uuid4
 
 from cqrs.codec import Codec, default_codec
 from cqrs.ddl import ddl_files
@@ -31,6 +29,7 @@ from cqrs.errors import (
     UnexpectedError,
 )
 from cqrs.repository import SerializedEvent, SerializedSnapshot, validate_identifier
+from cqrs_sqlite.rows import all_rows, event_rows, stream_rows
 
 if TYPE_CHECKING:
     from cqrs_sqlite.views import SqliteViewRepository
@@ -41,7 +40,6 @@ T = TypeVar("T")
 V = TypeVar("V")
 
 MEMORY = ":memory:"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 _EVENT_COLUMNS = (
     "aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, "
@@ -305,7 +303,7 @@ class SqliteEventRepository:
         params = (aggregate_type, aggregate_id, after_sequence)
 
         def read(connection: sqlite3.Connection) -> list[SerializedEvent]:
-            return _stream_rows(aggregate_type, aggregate_id, connection.execute(sql, params))
+            return stream_rows(aggregate_type, aggregate_id, connection.execute(sql, params))
 
         return await self.run(read, f"loading {aggregate_type} {aggregate_id!r}")
 
@@ -337,7 +335,7 @@ class SqliteEventRepository:
             def read(
                 connection: sqlite3.Connection, params: tuple[str, str, int, int] = params
             ) -> list[SerializedEvent]:
-                return _stream_rows(aggregate_type, aggregate_id, connection.execute(sql, params))
+                return stream_rows(aggregate_type, aggregate_id, connection.execute(sql, params))
 
             page = await self.run(read, context)
             for event in page:
@@ -364,7 +362,7 @@ class SqliteEventRepository:
                 sql: str = sql,
                 params: tuple[object, ...] = params,
             ) -> list[SerializedEvent]:
-                return _all_rows(connection.execute(sql, params))
+                return all_rows(connection.execute(sql, params))
 
             page = await self.run(read, context)
             for event in page:
@@ -392,7 +390,7 @@ class SqliteEventRepository:
             first.aggregate_id,
             first.sequence,
         )
-        rows = _event_rows(events)
+        rows = event_rows(events)
         count = len(rows)
         insert, last_sequence, upsert = self._sql_insert, self._sql_last_sequence, self._sql_upsert
         key = (aggregate_type, aggregate_id)
@@ -471,131 +469,3 @@ def _statements(script: str) -> list[str]:
             statements.append(pending.strip())
             pending = ""
     return [s for s in statements if s.strip(" \n;")]
-
-
-def _uuid_from_text(
-    text: str,
-    _new: Callable[[type[UUID]], UUID] = object.__new__,
-    _set: Callable[[object, str, object], None] = object.__setattr__,
-) -> UUID:
-    # UUID(text) costs about 0.8 us, a tenth of a whole load per event; the ids come from
-    # our own column, written as str(UUID), so build the object from its int directly.
-    value = _new(UUID)
-    _set(value, "int", int(text.replace("-", ""), 16))
-    _set(value, "is_safe", SafeUUID.unknown)
-    return value
-
-
-def _check_uuid_shortcut() -> Callable[[str], UUID]:
-    sample = uuid4()
-    try:
-        fast = _uuid_from_text(str(sample))
-        if fast == sample and hash(fast) == hash(sample) and str(fast) == str(sample):
-            return _uuid_from_text
-    except (AttributeError, TypeError):
-        pass
-    return UUID  # a Python whose UUID is built differently: the public constructor
-
-
-_parse_uuid = _check_uuid_shortcut()
-
-
-def _format_timestamp(timestamp: datetime) -> str:
-    aware = timestamp.replace(tzinfo=UTC) if timestamp.tzinfo is None else timestamp.astimezone(UTC)
-    return aware.isoformat(sep=" ", timespec="microseconds")
-
-
-def _parse_timestamp(text: str) -> datetime:
-    parsed = datetime.fromisoformat(text)
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
-
-
-def _event_rows(events: Sequence[SerializedEvent]) -> list[tuple[object, ...]]:
-    first = events[0]
-    key = (first.aggregate_type, first.aggregate_id)
-    sequence = first.sequence
-    last_timestamp: datetime | None = None
-    text = ""
-    rows: list[tuple[object, ...]] = []
-    for event in events:
-        if (event.aggregate_type, event.aggregate_id) != key or event.sequence != sequence:
-            msg = "persist takes consecutive events of one aggregate"
-            raise ValueError(msg)
-        sequence += 1
-        if event.timestamp is not last_timestamp:  # one commit shares one timestamp
-            last_timestamp = event.timestamp
-            text = _format_timestamp(last_timestamp)
-        rows.append(
-            (
-                event.aggregate_type,
-                event.aggregate_id,
-                event.sequence,
-                event.event_type,
-                event.event_version,
-                event.payload,
-                event.metadata,
-                text,
-                str(event.event_id),
-            )
-        )
-    return rows
-
-
-def _stream_rows(
-    aggregate_type: str, aggregate_id: str, cursor: sqlite3.Cursor
-) -> list[SerializedEvent]:
-    # One pass from the cursor to the events; rows of one commit share a timestamp string.
-    events = []
-    last_text, timestamp = "", _EPOCH
-    for sequence, event_type, version, payload, metadata, text, event_id, position in cursor:
-        if text != last_text:
-            last_text, timestamp = text, _parse_timestamp(text)
-        events.append(
-            SerializedEvent(
-                aggregate_type,
-                aggregate_id,
-                sequence,
-                event_type,
-                version,
-                payload,
-                metadata,
-                timestamp,
-                _parse_uuid(event_id),
-                position,
-            )
-        )
-    return events
-
-
-def _all_rows(cursor: sqlite3.Cursor) -> list[SerializedEvent]:
-    events = []
-    last_text, timestamp = "", _EPOCH
-    for (
-        aggregate_type,
-        aggregate_id,
-        sequence,
-        event_type,
-        version,
-        payload,
-        metadata,
-        text,
-        event_id,
-        position,
-    ) in cursor:
-        if text != last_text:
-            last_text, timestamp = text, _parse_timestamp(text)
-        events.append(
-            SerializedEvent(
-                aggregate_type,
-                aggregate_id,
-                sequence,
-                event_type,
-                version,
-                payload,
-                metadata,
-                timestamp,
-                _parse_uuid(event_id),
-                position,
-            )
-        )
-    return events
