@@ -76,7 +76,7 @@ class BenchAccount(BankAccount):
 
     aggregate_type: ClassVar[str] = "BankAccount"
 
-    async def handle(  # type: ignore[override]
+    async def handle(
         self, command: BenchCommand, services: BankAccountServices
     ) -> Sequence[BankAccountEvent]:
         if isinstance(command, OpenWithDeposits):

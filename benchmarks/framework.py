@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from benchmarks.domain import AMOUNT, BenchAccount, DepositMany, amounts, open_command
 from benchmarks.workloads import Operation, commit_groups_with_tasks
@@ -48,7 +49,9 @@ class FrameworkSide:
         self.store = PersistedEventStore(
             repository, BenchAccount, snapshot_every=self._snapshot_every
         )
-        self.cqrs = CqrsFramework(self.store, services=BankAccountServices())
+        self.cqrs: CqrsFramework[Any, Any, Any] = CqrsFramework(
+            self.store, services=BankAccountServices()
+        )
         self._deposit = DepositMoney(AMOUNT)
 
     async def close(self) -> None:

@@ -43,26 +43,26 @@ from benchmarks.workloads import SNAPSHOT_EVERY, UNITS, WORKLOADS, Side, Sizes, 
 __all__ = ["FULL", "QUICK", "Report", "bars", "main", "markdown", "run"]
 
 QUICK = Sizes(
-    commit_1=300,
-    commit_10=100,
-    load_100=200,
-    load_1000=30,
-    load_snapshot=500,
-    concurrent_8=400,
-    repetitions=3,
+    commit_1=100,
+    commit_10=40,
+    load_100=60,
+    load_1000=8,
+    load_snapshot=200,
+    concurrent_8=160,
+    repetitions=9,
 )
-"""``--quick``: a few minutes at most on 2 cores for memory, SQLite and PostgreSQL."""
+"""``--quick``: about two minutes on 2 cores for memory, SQLite and PostgreSQL."""
 
 FULL = Sizes(
-    commit_1=1000,
-    commit_10=300,
-    load_100=600,
-    load_1000=100,
-    load_snapshot=1500,
-    concurrent_8=1200,
-    repetitions=7,
+    commit_1=250,
+    commit_10=100,
+    load_100=150,
+    load_1000=20,
+    load_snapshot=500,
+    concurrent_8=400,
+    repetitions=21,
 )
-"""The default: larger runs, seven counted rounds."""
+"""The default: the same work in more, larger rounds (for the README's table)."""
 
 SIDES = ("framework", "raw", "peer")
 DEFAULT_BACKENDS = ("memory", "sqlite", "postgres")
@@ -156,7 +156,7 @@ async def _measure(
         "ratio_raw": _ratio(framework, raw),
         "ratio_peer": _ratio(framework, peer),
     }
-    samples = [
+    samples: list[dict[str, object]] = [
         {
             "backend": target.name,
             "workload": workload,
@@ -287,18 +287,30 @@ PEER_BAR = ("commit_1", "commit_10", "load_1000")
 
 
 def bars(rows: Sequence[dict[str, Any]]) -> list[dict[str, object]]:
-    """The bars of DESIGN.md section 7 that these rows can check, each with its outcome."""
+    """The bars of DESIGN.md section 7 that these rows can check, each with its outcome.
+
+    ``ceiling`` is the best the framework could score on this database with this design:
+    1.0 for ``ratio_raw`` and ``raw / peer`` for ``ratio_peer`` (a framework as fast as
+    the raw driver), so a bar above its ceiling is out of reach here whatever the code does.
+    """
     by_key = {(row["backend"], row["workload"]): row for row in rows}
     results: list[dict[str, object]] = []
 
-    def check(bar: str, backend: str, workload: str, value: float | None, minimum: float) -> None:
+    def check(
+        bar: str,
+        row: dict[str, Any],
+        value: float | None,
+        minimum: float,
+        ceiling: float | None,
+    ) -> None:
         results.append(
             {
                 "bar": bar,
-                "backend": backend,
-                "workload": workload,
+                "backend": row["backend"],
+                "workload": row["workload"],
                 "value": value,
                 "minimum": minimum,
+                "ceiling": ceiling,
                 "ok": None if value is None else value >= minimum,
             }
         )
@@ -307,23 +319,20 @@ def bars(rows: Sequence[dict[str, Any]]) -> list[dict[str, object]]:
         for workload in RAW_BAR:
             row = by_key.get((backend, workload))
             if row is not None:
-                check("ratio_raw >= 0.8", backend, workload, row["ratio_raw"], 0.8)
+                check("ratio_raw >= 0.8", row, row["ratio_raw"], 0.8, 1.0)
         for workload in PEER_BAR:
             row = by_key.get((backend, workload))
             if row is not None:
-                check("ratio_peer >= 2.0", backend, workload, row["ratio_peer"], 2.0)
+                ceiling = _ratio(row["raw"], row["peer"])
+                check("ratio_peer >= 2.0", row, row["ratio_peer"], 2.0, ceiling)
     many, one = by_key.get(("postgres", "concurrent_8")), by_key.get(("postgres", "commit_1"))
     if many is not None and one is not None:
-        check(
-            "concurrent_8 / commit_1 > 1 (writers scale)",
-            "postgres",
-            "concurrent_8",
-            _ratio(many["framework"], one["framework"]),
-            1.0,
-        )
+        ceiling = _ratio(many["raw"], one["raw"])
+        scaling = _ratio(many["framework"], one["framework"])
+        check("concurrent_8 / commit_1 > 1 (writers scale)", many, scaling, 1.0, ceiling)
     memory = by_key.get(("memory", "commit_10"))
     if memory is not None:
-        check("events/s >= 100k", "memory", "commit_10", memory["framework"], 100_000.0)
+        check("events/s >= 100k", memory, memory["framework"], 100_000.0, None)
     return results
 
 
@@ -333,8 +342,11 @@ def _bars_text(results: Sequence[dict[str, Any]]) -> str:
         mark = {True: "PASS", False: "FAIL", None: "n/a "}[result["ok"]]
         value = result["value"]
         value = "-" if value is None else f"{value:,.0f}" if value >= 1000 else f"{value:.2f}"
+        ceiling = result["ceiling"]
+        limit = "" if ceiling is None else f"; ceiling with raw speed: {ceiling:.2f}"
         lines.append(
-            f"- {mark} {result['backend']} {result['workload']}: {result['bar']} (got {value})"
+            f"- {mark} {result['backend']} {result['workload']}: {result['bar']} "
+            f"(got {value}{limit})"
         )
     return "\n".join(lines)
 

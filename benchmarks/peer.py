@@ -67,7 +67,7 @@ class PeerSide:
         self._app_class = type(f"Peer_{app_name}", (Application,), attributes)
         self._env = env
         self._ids: dict[str, UUID] = {}
-        self.app: Application | None = None
+        self.app: Application[UUID] | None = None
 
     async def open(self) -> None:
         self.app = self._app_class(env=self._env)
@@ -77,7 +77,7 @@ class PeerSide:
             self.app.close()
             self.app = None
 
-    def _application(self) -> Application:
+    def _application(self) -> Application[UUID]:
         assert self.app is not None  # noqa: S101 - opened by the harness
         return self.app
 
@@ -90,14 +90,14 @@ class PeerSide:
 
     async def grow(self, aggregate_id: str, events: int) -> None:
         app = self._application()
-        account = app.repository.get(self._ids[aggregate_id])
+        account: PeerAccount = app.repository.get(self._ids[aggregate_id])
         for _ in range(events):
             account.deposit(AMOUNT)
         app.save(account)
 
     def _deposit(self, aggregate_id: str) -> None:
         app = self._application()
-        account = app.repository.get(self._ids[aggregate_id])
+        account: PeerAccount = app.repository.get(self._ids[aggregate_id])
         account.deposit(AMOUNT)
         app.save(account)
 

@@ -58,7 +58,7 @@ class ViewEvent:
         self.payload = payload
 
 
-Row = Sequence[Any]
+Row = tuple[Any, ...]
 
 
 class RawSide:
@@ -76,6 +76,14 @@ class RawSide:
         self._view_decoder = msgspec.json.Decoder(BankAccountView).decode
         self._services = BankAccountServices()
         self._snapshot_versions: dict[str, int] = {}
+
+    async def open(self) -> None:
+        """Connect and create the tables."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Disconnect."""
+        raise NotImplementedError
 
     # -- I/O, one round trip each -----------------------------------------------------------
 

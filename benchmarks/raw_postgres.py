@@ -140,7 +140,8 @@ class RawPostgresSide(RawSide):
             cursor = await conn.execute(
                 self._get_snapshot, (AGGREGATE_TYPE, aggregate_id), prepare=True
             )
-            return await cursor.fetchone()  # type: ignore[return-value]
+            row = await cursor.fetchone()
+        return None if row is None else (row[0], row[1], row[2])
 
     async def write_events(
         self,

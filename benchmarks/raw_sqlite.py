@@ -111,11 +111,9 @@ class RawSqliteSide(RawSide):
         self._connection = self._executor = None
 
     async def _hop(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor,
-            fn,
-            self._connection,  # type: ignore[arg-type]
-        )
+        connection = self._connection
+        assert connection is not None  # noqa: S101 - opened by the harness
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, connection)
 
     async def read_events(self, aggregate_id: str, after: int) -> list[Row]:
         sql, params = self._sql_events, (AGGREGATE_TYPE, aggregate_id, after)

@@ -36,6 +36,15 @@ def version(distribution: str) -> str | None:
         return None
 
 
+def _peer(app_name: str, env: dict[str, str], snapshot_every: int | None) -> list[Side]:
+    """The peer side, or nothing when the ``eventsourcing`` package is not installed."""
+    try:
+        from benchmarks.peer import PeerSide  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        return []
+    return [PeerSide(app_name, env, snapshot_every=snapshot_every)]
+
+
 class Target(Protocol):
     """One backend under benchmark."""
 
@@ -64,15 +73,14 @@ class MemoryTarget:
 
     def sides(self, workload: str, snapshot_every: int | None) -> list[Side]:
         from benchmarks.framework import FrameworkSide  # noqa: PLC0415
-        from benchmarks.peer import PeerSide  # noqa: PLC0415
         from cqrs_memory import MemoryEventRepository  # noqa: PLC0415 - per backend
 
         return [
             FrameworkSide(MemoryEventRepository, snapshot_every=snapshot_every),
-            PeerSide(
+            *_peer(
                 f"mem_{SHORT[workload]}",
                 {"PERSISTENCE_MODULE": "eventsourcing.popo"},
-                snapshot_every=snapshot_every,
+                snapshot_every,
             ),
         ]
 
@@ -106,7 +114,6 @@ class SqliteTarget:
 
     def sides(self, workload: str, snapshot_every: int | None) -> list[Side]:
         from benchmarks.framework import FrameworkSide  # noqa: PLC0415
-        from benchmarks.peer import PeerSide  # noqa: PLC0415
         from benchmarks.raw_sqlite import RawSqliteSide  # noqa: PLC0415
         from cqrs_sqlite import SqliteEventRepository  # noqa: PLC0415
 
@@ -125,13 +132,13 @@ class SqliteTarget:
                 view_prefix="",
                 snapshot_every=snapshot_every,
             ),
-            PeerSide(
+            *_peer(
                 f"sqlite_{short}",
                 {
                     "PERSISTENCE_MODULE": "eventsourcing.sqlite",
                     "SQLITE_DBNAME": str(base / f"{short}_peer.db"),
                 },
-                snapshot_every=snapshot_every,
+                snapshot_every,
             ),
         ]
 
@@ -194,7 +201,6 @@ class PostgresTarget:
 
     def sides(self, workload: str, snapshot_every: int | None) -> list[Side]:
         from benchmarks.framework import FrameworkSide  # noqa: PLC0415
-        from benchmarks.peer import PeerSide  # noqa: PLC0415
         from benchmarks.raw_postgres import RawPostgresSide  # noqa: PLC0415
         from cqrs_postgres import from_url  # noqa: PLC0415
 
@@ -215,7 +221,7 @@ class PostgresTarget:
                 view_prefix=f"{base}_raw_",
                 snapshot_every=snapshot_every,
             ),
-            PeerSide(f"{base}_peer", self._peer_env(), snapshot_every=snapshot_every),
+            *_peer(f"{base}_peer", self._peer_env(), snapshot_every),
         ]
 
     async def describe(self) -> dict[str, object]:

@@ -1,0 +1,112 @@
+"""Smoke test of the benchmark harness: tiny sizes on memory:// and SQLite, JSON shape."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import replace
+
+import pytest
+
+from benchmarks.harness import QUICK, bars, main, markdown, parse_args
+from benchmarks.workloads import UNITS, WORKLOADS
+
+TINY = replace(
+    QUICK,
+    commit_1=3,
+    commit_10=2,
+    load_100=2,
+    load_1000=1,
+    load_snapshot=2,
+    concurrent_8=8,
+    repetitions=2,
+    warmups=0,
+    replay_events=200,
+)
+ROW_KEYS = {"backend", "workload", "unit", "framework", "raw", "peer", "ratio_raw", "ratio_peer"}
+
+
+def test_quick_run_on_memory_and_sqlite_writes_the_table_and_json(tmp_path, capsys):
+    path = tmp_path / "out.json"
+    options = parse_args(
+        [
+            "--quick",
+            "--backends",
+            "memory,sqlite",
+            "--json",
+            str(path),
+            "--sqlite-dir",
+            str(tmp_path),
+        ]
+    )
+    options.sizes = TINY
+    assert main(options=options) == 0
+
+    report = json.loads(path.read_text())
+    assert {"machine", "rows"} <= set(report)
+    machine = report["machine"]
+    for key in ("python", "platform", "cpu_count", "sqlite", "msgspec"):
+        assert machine[key]
+    rows = report["rows"]
+    assert [(row["backend"], row["workload"]) for row in rows] == [
+        (backend, workload) for backend in ("memory", "sqlite") for workload in WORKLOADS
+    ]
+    peer = importlib.util.find_spec("eventsourcing") is not None
+    for row in rows:
+        assert set(row) == ROW_KEYS
+        assert row["unit"] == UNITS[row["workload"]]
+        assert row["framework"] > 0
+        if row["backend"] == "memory":
+            assert row["raw"] is None
+            assert row["ratio_raw"] is None
+        else:
+            assert row["raw"] > 0
+            assert row["ratio_raw"] == pytest.approx(row["framework"] / row["raw"], rel=0.01)
+        if peer and row["workload"] != "replay_10k":
+            assert row["peer"] > 0
+            assert row["ratio_peer"] == pytest.approx(row["framework"] / row["peer"], rel=0.01)
+        else:
+            assert row["peer"] is None
+            assert row["ratio_peer"] is None
+    assert list(tmp_path.glob("cqrs-bench-*")) == []  # the SQLite files are removed
+
+    out = capsys.readouterr().out
+    assert out.startswith(markdown([]).splitlines()[0])
+    assert "| sqlite | load_1000 | loads/s |" in out
+
+
+def test_bars_name_the_out_of_reach_ones():
+    rows = [
+        {
+            "backend": "sqlite",
+            "workload": "commit_10",
+            "unit": "events/s",
+            "framework": 90.0,
+            "raw": 100.0,
+            "peer": 80.0,
+            "ratio_raw": 0.9,
+            "ratio_peer": 1.125,
+        },
+        {
+            "backend": "memory",
+            "workload": "commit_10",
+            "unit": "events/s",
+            "framework": 150_000.0,
+            "raw": None,
+            "peer": None,
+            "ratio_raw": None,
+            "ratio_peer": None,
+        },
+    ]
+    results = {(r["backend"], r["bar"]): r for r in bars(rows)}
+    assert results["sqlite", "ratio_raw >= 0.8"]["ok"] is True
+    peer_bar = results["sqlite", "ratio_peer >= 2.0"]
+    assert peer_bar["ok"] is False
+    assert peer_bar["ceiling"] == 1.25  # raw / peer: 2.0 is out of reach on this database
+    assert results["memory", "events/s >= 100k"]["ok"] is True
+
+
+def test_mongodb_needs_an_explicit_url():
+    with pytest.raises(SystemExit):
+        parse_args(["--backends", "mongodb"])
+    assert "mongodb" not in parse_args([]).backends
