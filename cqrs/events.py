@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar, Generic, TypeVar
 from uuid import UUID
+
+import msgspec
 
 __all__ = ["DomainEvent", "EventEnvelope", "event_type_of", "event_version_of"]
 
@@ -43,8 +44,7 @@ def event_version_of(event_class: type[object]) -> str:
     return value if isinstance(value, str) else "1.0"
 
 
-@dataclass(frozen=True, slots=True)
-class EventEnvelope(Generic[E_co]):
+class EventEnvelope(msgspec.Struct, Generic[E_co], frozen=True, gc=False):
     """A committed event with everything known about it.
 
     - ``sequence`` is 1-based and gapless per aggregate.
@@ -52,6 +52,8 @@ class EventEnvelope(Generic[E_co]):
       ``stream_all_events`` and no event at or below a position already seen appears later.
     - ``event_id`` is a random UUID fixed at commit, for idempotent consumers.
     - ``timestamp`` is the commit time (timezone-aware, UTC) as recorded by the framework.
+
+    It is a frozen ``msgspec.Struct`` (cheap to build, compared by value, encodable).
     """
 
     aggregate_type: str

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -45,19 +47,29 @@ class GenericQuery(Generic[V]):
 
     On each dispatch it loads the view (or starts an empty one), applies the events and
     stores it with optimistic locking; when another writer changed the view in between, it
-    reloads and applies again, up to ``attempts`` times, then raises AggregateConflict.
+    waits a random moment (up to ``max_delay`` seconds, growing with each try), reloads and
+    applies again, up to ``attempts`` times, then raises AggregateConflict.
     """
 
     def __init__(
-        self, view_repository: ViewRepository[V], view_type: Callable[[], V], *, attempts: int = 5
+        self,
+        view_repository: ViewRepository[V],
+        view_type: Callable[[], V],
+        *,
+        attempts: int = 20,
+        max_delay: float = 0.05,
     ) -> None:
         self.view_repository = view_repository
         self.view_type = view_type
         self.attempts = attempts
+        self.max_delay = max_delay
 
     async def dispatch(self, aggregate_id: str, events: Sequence[EventEnvelope[object]]) -> None:
         """Apply ``events`` to the view of ``aggregate_id`` and store it."""
-        for _ in range(self.attempts):
+        for attempt in range(self.attempts):
+            if attempt:
+                delay = min(self.max_delay, 0.001 * 2**attempt)
+                await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter
             loaded = await self.view_repository.load_with_context(aggregate_id)
             view, context = loaded or (self.view_type(), ViewContext(aggregate_id, 0))
             for event in events:

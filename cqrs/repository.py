@@ -14,6 +14,8 @@ from datetime import datetime
 from typing import Protocol, TypeVar
 from uuid import UUID
 
+import msgspec
+
 from cqrs.errors import ConfigurationError
 
 __all__ = [
@@ -42,11 +44,11 @@ def validate_identifier(name: str, what: str = "table name") -> str:
     return name
 
 
-@dataclass(frozen=True, slots=True)
-class SerializedEvent:
+class SerializedEvent(msgspec.Struct, frozen=True, gc=False):
     """One event as stored: the payload and metadata are JSON text (bytes or str).
 
-    ``position`` is 0 for an event not yet persisted; backends fill it in on read.
+    ``position`` is 0 for an event not yet persisted; backends fill it in on read. A frozen
+    ``msgspec.Struct``: building one costs a few dozen nanoseconds, which loads feel.
     """
 
     aggregate_type: str
@@ -61,8 +63,7 @@ class SerializedEvent:
     position: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class SerializedSnapshot:
+class SerializedSnapshot(msgspec.Struct, frozen=True, gc=False):
     """The state of one aggregate as stored.
 
     ``last_sequence`` is the exact sequence of the last event the state includes;

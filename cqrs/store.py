@@ -194,10 +194,10 @@ class PersistedEventStore(Generic[C, E, S]):
         else:
             rows = await self.repository.get_last_events(aggregate_type, aggregate_id, after)
         apply = aggregate.apply
-        version = after
+        decode = self.decode_payload
         for row in rows:
-            apply(self.decode(row).payload)
-            version = row.sequence
+            apply(decode(row))
+        version = rows[-1].sequence if rows else after
         return AggregateContext(aggregate_id, aggregate, version, snapshot_version)
 
     async def stream_events(self, aggregate_id: str) -> AsyncIterator[EventEnvelope[E]]:
@@ -215,23 +215,13 @@ class PersistedEventStore(Generic[C, E, S]):
 
     def decode(self, row: SerializedEvent) -> EventEnvelope[E]:
         """Upcast and decode one stored event; raise DeserializationError naming it."""
-        event_type = row.event_type
+        payload = self.decode_payload(row)
         try:
-            if self._upcasters and self._needs_upcast(event_type, row.event_version):
-                raw = self._upcast(row)
-                event_type = raw.event_type
-                payload: E = self.codec.convert(raw.payload, self._class_for(event_type))
-            else:
-                payload = self.codec.decode(row.payload, self._class_for(event_type))
             metadata = (
                 {} if row.metadata in _EMPTY_METADATA else self.codec.decode_metadata(row.metadata)
             )
-        except (ValueError, TypeError, KeyError) as error:
-            msg = (
-                f"cannot decode event {row.event_type!r} version {row.event_version!r} of "
-                f"{row.aggregate_type} {row.aggregate_id!r} at sequence {row.sequence}: {error}"
-            )
-            raise DeserializationError(msg) from error
+        except ValueError as error:
+            raise _deserialization_error(row, "metadata", error) from error
         return EventEnvelope(
             row.aggregate_type,
             row.aggregate_id,
@@ -242,6 +232,17 @@ class PersistedEventStore(Generic[C, E, S]):
             row.event_id,
             row.position,
         )
+
+    def decode_payload(self, row: SerializedEvent) -> E:
+        """Upcast and decode only the payload of a stored event (what loading needs)."""
+        event_type = row.event_type
+        try:
+            if self._upcasters and self._needs_upcast(event_type, row.event_version):
+                raw = self._upcast(row)
+                return self.codec.convert(raw.payload, self._class_for(raw.event_type))
+            return self.codec.decode(row.payload, self._class_for(event_type))
+        except (ValueError, TypeError, KeyError) as error:
+            raise _deserialization_error(row, "payload", error) from error
 
     def _class_for(self, event_type: str) -> type[E]:
         try:
@@ -372,6 +373,16 @@ class PersistedEventStore(Generic[C, E, S]):
             last,
             context.snapshot_version + 1,
         )
+
+
+def _deserialization_error(
+    row: SerializedEvent, part: str, error: Exception
+) -> DeserializationError:
+    reason = error.args[0] if isinstance(error, KeyError) and error.args else error
+    return DeserializationError(
+        f"cannot decode the {part} of event {row.event_type!r} version {row.event_version!r} "
+        f"of {row.aggregate_type} {row.aggregate_id!r} at sequence {row.sequence}: {reason}"
+    )
 
 
 def _aggregate_type(aggregate_class: type[object]) -> str:

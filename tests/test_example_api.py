@@ -18,7 +18,8 @@ from examples.bank_account.service import BankService
 
 @pytest.fixture
 async def client(backend) -> AsyncIterator[httpx.AsyncClient]:
-    service = await BankService.over(await backend.open_repository(), snapshot_every=3)
+    repository = await backend.open_repository()
+    service = await BankService.over(repository, snapshot_every=3, view_table=backend.name("views"))
     transport = httpx.ASGITransport(app=create_app(service))
     async with httpx.AsyncClient(transport=transport, base_url="http://bank") as client:
         yield client

@@ -51,15 +51,19 @@ class BankService:
 
     @classmethod
     async def over(
-        cls, repository: PersistedEventRepository, *, snapshot_every: int | None = 20
+        cls,
+        repository: PersistedEventRepository,
+        *,
+        snapshot_every: int | None = 20,
+        view_table: str = VIEW_TABLE,
     ) -> BankService:
         """Build the app over an open repository (creating the view table if needed)."""
-        views = repository.view_repository(BankAccountView, VIEW_TABLE)
+        views = repository.view_repository(BankAccountView, view_table)
         await views.create_schema()
         store = PersistedEventStore(repository, BankAccount, snapshot_every=snapshot_every)
         framework = CqrsFramework(
             store,
-            [EventLogger(), GenericQuery(views, BankAccountView)],
+            [EventLogger(), GenericQuery(views, BankAccountView, attempts=100)],
             BankAccountServices(),
             retry=Retry(attempts=50, base_delay=0.002, max_delay=0.05),
         )

@@ -3,10 +3,10 @@ already stored is harmed."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from decimal import Decimal
 
 import pytest
+from msgspec.structs import replace
 from support import TYPE, batch, collect, event
 
 from cqrs import (
