@@ -10,9 +10,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from cqrs_sqlite import SqliteEventRepository
 
 from cqrs import CqrsFramework, PersistedEventStore
+from cqrs_sqlite import SqliteEventRepository
 from examples.bank_account.domain import (
     BankAccount,
     BankAccountServices,
