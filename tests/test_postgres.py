@@ -251,6 +251,7 @@ async def test_a_later_commit_of_an_older_transaction_is_never_skipped(repositor
         await older.execute("SELECT pg_current_xact_id()")  # takes its id now, commits last
         younger = await repository.persist(batch("young", 1, 2), None)
 
+        repository.hold_back_wait = 0.2
         first_read = await collect(repository.stream_all_events(None))
         assert first_read == []  # held back: an older transaction is still running
         # Without the horizon, a reader would already see the younger commit.
@@ -266,6 +267,17 @@ async def test_a_later_commit_of_an_older_transaction_is_never_skipped(repositor
     streamed = await collect(repository.stream_all_events(None))
     assert [e.aggregate_id for e in streamed] == ["old", "young", "young"]
     assert [e.position for e in streamed] == old + younger
+
+
+async def test_a_stream_waits_for_a_short_older_transaction_to_include_a_commit(repository):
+    async with await psycopg.AsyncConnection.connect(URL) as older:
+        await older.execute("SELECT pg_current_xact_id()")
+        await repository.persist(batch("mine", 1, 2), None)
+        streaming = asyncio.create_task(collect(repository.stream_all_events(TYPE)))
+        await asyncio.sleep(0.1)
+        assert not streaming.done()  # waiting for the older transaction
+        await older.commit()
+        assert [e.sequence for e in await streaming] == [1, 2]
 
 
 async def test_writers_on_different_aggregates_do_not_wait_for_each_other(repository):
@@ -494,13 +506,15 @@ async def test_factories_build_working_frameworks(tables):
     pool = await default_postgres_pool(f"{URL}?options=-csearch_path%3D{schema}", max_size=2)
     try:
         await PostgresEventRepository(pool).create_schema()
-        for build in (
-            lambda: postgres_cqrs(pool, BankAccount, (), BankAccountServices()),
-            lambda: postgres_snapshot_cqrs(pool, BankAccount, (), 2, BankAccountServices()),
-            lambda: postgres_aggregate_cqrs(pool, BankAccount, (), BankAccountServices()),
+        for number, build in enumerate(
+            (
+                lambda: postgres_cqrs(pool, BankAccount, (), BankAccountServices()),
+                lambda: postgres_snapshot_cqrs(pool, BankAccount, (), 2, BankAccountServices()),
+                lambda: postgres_aggregate_cqrs(pool, BankAccount, (), BankAccountServices()),
+            )
         ):
             framework = build()
-            name = f"acct-{id(framework)}"
+            name = f"acct-{number}"
             await framework.execute(name, OpenAccount(name))
             await framework.execute(name, DepositMoney(Decimal("2.50")))
             await framework.execute(name, DepositMoney(Decimal("0.25")))

@@ -7,19 +7,25 @@ page was read. A transaction that is still running has an id at or above that xm
 its rows get positions above everything a reader can have seen: positions only grow along
 the stream even though writers commit in parallel and out of id order.
 
-The cost: one long-running writing transaction anywhere on the server (any table, even an
-idle-in-transaction session that wrote something) holds ``stream_all_events`` back until it
-ends. Per-aggregate reads (``get_events``, loads) are not affected.
+The cost: a writing transaction anywhere on the server (any table, even an idle session
+that wrote something and did not commit) holds ``stream_all_events`` back until it ends.
+Short ones are waited for: a stream waits up to ``hold_back_wait`` seconds for the events
+already committed when it reached its end, so a stream started after a commit includes it.
+A long-running transaction makes each stream end after that wait without the events
+committed since it began; they follow in a later read, in order. Per-aggregate reads
+(``get_events``, loads) are never held back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Self, TypeVar, cast
 
-from psycopg import sql
-from psycopg.rows import tuple_row
+from psycopg import AsyncConnection, sql
+from psycopg.rows import TupleRow, tuple_row
 
 from cqrs.codec import Codec, default_codec
 from cqrs.errors import DatabaseConnectionError
@@ -86,6 +92,9 @@ FROM {events} WHERE aggregate_type = %b AND position > %b
   AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)
 ORDER BY position LIMIT %b"""
 
+_NEWEST_ALL = "SELECT max(position) FROM {events}"
+_NEWEST_OF_TYPE = "SELECT max(position) FROM {events} WHERE aggregate_type = %b"
+
 _GET_SNAPSHOT = """SELECT payload, last_sequence, current_snapshot FROM {snapshots}
 WHERE aggregate_type = %b AND aggregate_id = %b"""
 
@@ -116,6 +125,7 @@ class PostgresEventRepository:
         *,
         owns_pool: bool = False,
         page_size: int = 1000,
+        hold_back_wait: float = 1.0,
         open_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.pool = pool
@@ -126,6 +136,7 @@ class PostgresEventRepository:
             msg = f"page_size must be a positive int, not {page_size!r}"
             raise ValueError(msg)
         self.page_size = page_size
+        self.hold_back_wait = hold_back_wait
         self._owns_pool = owns_pool
         self._pool_spent = False
         self._open_timeout = open_timeout
@@ -143,11 +154,17 @@ class PostgresEventRepository:
         self._all = build(_ALL)
         self._all_of_type = build(_ALL_OF_TYPE)
         self._get_snapshot = build(_GET_SNAPSHOT)
+        self._newest_all = build(_NEWEST_ALL)
+        self._newest_of_type = build(_NEWEST_OF_TYPE)
 
     def with_tables(self, events_table: str, snapshots_table: str) -> PostgresEventRepository:
         """A repository on the same pool (which it does not own) using these tables."""
         return PostgresEventRepository(
-            self.pool, events_table, snapshots_table, page_size=self.page_size
+            self.pool,
+            events_table,
+            snapshots_table,
+            page_size=self.page_size,
+            hold_back_wait=self.hold_back_wait,
         )
 
     async def open(self) -> None:
@@ -294,9 +311,17 @@ class PostgresEventRepository:
         self, aggregate_type: str | None, after_position: int | None = None
     ) -> AsyncIterator[SerializedEvent]:
         """Events by position after ``after_position``, one page per query, each page
-        limited to finished transactions (see the module docstring)."""
+        limited to finished transactions (see the module docstring).
+
+        At the end it waits (up to ``hold_back_wait`` seconds) until the events that were
+        already committed then but held back by an older, still running transaction can be
+        read safely, so a stream started after a commit includes that commit.
+        """
         after = 0 if after_position is None else after_position
         what = f"stream {self.events_table}"
+        newest: int | None = None
+        deadline = 0.0
+        pause = 0.0005
         while True:
             async with borrow(self.pool, what) as conn:
                 cursor = raw_json_cursor(conn)
@@ -306,11 +331,30 @@ class PostgresEventRepository:
                     params = (aggregate_type, after, self.page_size)
                     await cursor.execute(self._all_of_type, params, prepare=True)
                 rows = await cursor.fetchall()
+                if len(rows) < self.page_size and newest is None:
+                    newest = await self._newest(conn, aggregate_type)
+                    deadline = time.monotonic() + self.hold_back_wait
             for row in rows:
                 yield SerializedEvent(*row)
-            if len(rows) < self.page_size:
+            if rows:
+                after = rows[-1][-1]
+            if len(rows) == self.page_size:
+                continue
+            if newest is None or after >= newest or time.monotonic() >= deadline:
                 return
-            after = rows[-1][-1]
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    async def _newest(
+        self, conn: AsyncConnection[TupleRow], aggregate_type: str | None
+    ) -> int | None:
+        cursor = conn.cursor(row_factory=tuple_row, binary=True)
+        if aggregate_type is None:
+            await cursor.execute(self._newest_all, prepare=True)
+        else:
+            await cursor.execute(self._newest_of_type, (aggregate_type,), prepare=True)
+        row = await cursor.fetchone()
+        return None if row is None else cast("int | None", row[0])
 
     def view_repository(
         self, view_type: type[V], table: str, *, codec: Codec = default_codec
