@@ -6,8 +6,10 @@ round every side runs the workload once, in an order rotated by one per round (A
 B/C/A, ...) so that no side always goes first. Warm-up rounds are not counted. A side's
 result is the median of its rates over the counted rounds; ``ratio_raw = framework / raw``
 and ``ratio_peer = framework / peer`` (null when either is not measured).
-Everything runs in one process, on one event loop; the garbage collector runs before each
-timed run so that no side pays for another's garbage.
+Rounds are short (tens of milliseconds) and many: on a shared machine the load changes over
+seconds, and short alternating rounds let every side see the same conditions. Everything
+runs in one process, on one event loop; the garbage collector runs before each timed run so
+that no side pays for another's garbage. The per-round rates are in the JSON's ``samples``.
 """
 
 from __future__ import annotations
@@ -38,29 +40,37 @@ from benchmarks.targets import (
     Target,
     version,
 )
-from benchmarks.workloads import SNAPSHOT_EVERY, UNITS, WORKLOADS, Side, Sizes, prepare
+from benchmarks.workloads import (
+    SNAPSHOT_EVERY,
+    UNITS,
+    WORKLOADS,
+    PerRound,
+    Side,
+    Sizes,
+    prepare,
+)
 
 __all__ = ["FULL", "QUICK", "Report", "bars", "main", "markdown", "run"]
 
 QUICK = Sizes(
-    commit_1=100,
-    commit_10=40,
-    load_100=60,
-    load_1000=8,
-    load_snapshot=200,
-    concurrent_8=160,
-    repetitions=9,
+    commit_1=40,
+    commit_10=16,
+    load_100=30,
+    load_1000=4,
+    load_snapshot=100,
+    concurrent_8=80,
+    repetitions=25,
 )
 """``--quick``: about two minutes on 2 cores for memory, SQLite and PostgreSQL."""
 
 FULL = Sizes(
-    commit_1=250,
-    commit_10=100,
-    load_100=150,
-    load_1000=20,
-    load_snapshot=500,
-    concurrent_8=400,
-    repetitions=21,
+    commit_1=100,
+    commit_10=40,
+    load_100=75,
+    load_1000=10,
+    load_snapshot=250,
+    concurrent_8=200,
+    repetitions=41,
 )
 """The default: the same work in more, larger rounds (for the README's table)."""
 
@@ -101,48 +111,119 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(numerator / denominator, 3)
 
 
+async def _time_once(
+    per_round: PerRound, round_index: int, profiler: cProfile.Profile | None
+) -> float | None:
+    """Prepare round ``round_index`` (untimed), time its operation, return units/second
+    (None when the side does not do this workload)."""
+    operation = await per_round(round_index)
+    if operation is None:
+        return None
+    gc.collect()
+    if profiler is not None:
+        profiler.enable()
+    started = time.perf_counter()
+    units = await operation()
+    elapsed = time.perf_counter() - started
+    if profiler is not None:
+        profiler.disable()
+    return units / elapsed
+
+
+class _WorkloadRun:
+    """One workload on one target: its sides, their per-round rates, their failures.
+
+    A raw or peer side that fails is reported in ``errors`` and left out (its column is
+    null); a framework failure propagates.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        workload: str,
+        sizes: Sizes,
+        profiler: cProfile.Profile | None,
+        errors: list[dict[str, str]],
+    ) -> None:
+        self.target, self.workload, self.sizes = target, workload, sizes
+        self.profiler, self.errors = profiler, errors
+        self.sides: list[Side] = target.sides(workload, SNAPSHOT_EVERY.get(workload))
+        self.opened: list[Side] = []
+        self.rates: dict[str, list[float]] = {}
+        self.preparers: dict[str, PerRound] = {}
+
+    def failed(self, side: Side, error: Exception) -> None:
+        if side.name == "framework":
+            raise error
+        where = f"{self.target.name}/{self.workload}/{side.name}"
+        _log(f"  {where}: FAILED, left out: {error!r}")
+        self.errors.append(
+            {
+                "backend": self.target.name,
+                "workload": self.workload,
+                "side": side.name,
+                "error": repr(error),
+            }
+        )
+        self.preparers.pop(side.name, None)
+        self.rates.pop(side.name, None)
+
+    async def seed(self) -> None:
+        for side in self.sides:
+            started = time.perf_counter()
+            try:
+                await side.open()
+                self.opened.append(side)
+                self.preparers[side.name] = await prepare(self.workload, side, self.sizes)
+            except Exception as error:  # noqa: BLE001 - reported by failed()
+                self.failed(side, error)
+                continue
+            self.rates[side.name] = []
+            _log(
+                f"  {self.target.name}/{self.workload}/{side.name}: seeded in "
+                f"{time.perf_counter() - started:.1f}s"
+            )
+
+    async def rounds(self) -> None:
+        sides, sizes = self.sides, self.sizes
+        for round_index in range(sizes.warmups + sizes.repetitions):
+            shift = round_index % len(sides)
+            for side in sides[shift:] + sides[:shift]:
+                per_round = self.preparers.get(side.name)
+                if per_round is None:
+                    continue
+                counted = round_index >= sizes.warmups
+                profiler = self.profiler if counted and side.name == "framework" else None
+                try:
+                    rate = await _time_once(per_round, round_index, profiler)
+                except Exception as error:  # noqa: BLE001 - reported by failed()
+                    self.failed(side, error)
+                    continue
+                if rate is None:
+                    self.preparers.pop(side.name)
+                    self.rates.pop(side.name)
+                elif counted:
+                    self.rates[side.name].append(rate)
+
+    async def close(self) -> None:
+        for side in self.opened:
+            await side.close()
+
+
 async def _measure(
     target: Target,
     workload: str,
     sizes: Sizes,
     profiler: cProfile.Profile | None,
+    errors: list[dict[str, str]],
 ) -> tuple[dict[str, object], list[dict[str, object]]]:
-    sides: list[Side] = target.sides(workload, SNAPSHOT_EVERY.get(workload))
-    opened: list[Side] = []
-    rates: dict[str, list[float]] = {side.name: [] for side in sides}
+    run = _WorkloadRun(target, workload, sizes, profiler, errors)
     try:
-        preparers = {}
-        for side in sides:
-            await side.open()
-            opened.append(side)
-            started = time.perf_counter()
-            preparers[side.name] = await prepare(workload, side, sizes)
-            _log(
-                f"  {target.name}/{workload}/{side.name}: seeded in "
-                f"{time.perf_counter() - started:.1f}s"
-            )
-        rounds = sizes.warmups + sizes.repetitions
-        for round_index in range(rounds):
-            shift = round_index % len(sides)
-            for side in sides[shift:] + sides[:shift]:
-                operation = await preparers[side.name](round_index)
-                if operation is None:
-                    rates.pop(side.name, None)
-                    continue
-                gc.collect()
-                profiling = profiler is not None and side.name == "framework"
-                if profiling and round_index >= sizes.warmups:
-                    profiler.enable()  # type: ignore[union-attr]
-                started = time.perf_counter()
-                units = await operation()
-                elapsed = time.perf_counter() - started
-                if profiling:
-                    profiler.disable()  # type: ignore[union-attr]
-                if round_index >= sizes.warmups and side.name in rates:
-                    rates[side.name].append(units / elapsed)
+        await run.seed()
+        await run.rounds()
     finally:
-        for side in opened:
-            await side.close()
+        await run.close()
+    rates = run.rates
     medians = {name: statistics.median(values) for name, values in rates.items() if values}
     framework = medians.get("framework")
     raw, peer = medians.get("raw"), medians.get("peer")
@@ -231,11 +312,16 @@ async def run(options: argparse.Namespace) -> Report:
                 profiler = cProfile.Profile() if options.profile else None
                 started = time.perf_counter()
                 try:
-                    row, samples = await _measure(target, workload, sizes, profiler)
+                    row, samples = await _measure(target, workload, sizes, profiler, report.errors)
                 except Exception as error:  # noqa: BLE001 - reported, the run goes on
                     _log(f"{target.name}/{workload}: FAILED: {error!r}")
                     report.errors.append(
-                        {"backend": target.name, "workload": workload, "error": repr(error)}
+                        {
+                            "backend": target.name,
+                            "workload": workload,
+                            "side": "framework",
+                            "error": repr(error),
+                        }
                     )
                     continue
                 _log(f"{target.name}/{workload}: {time.perf_counter() - started:.1f}s {row}")
@@ -359,7 +445,7 @@ def _parser() -> argparse.ArgumentParser:
             "package, alternating in one process; medians."
         ),
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes, 3 rounds (minutes)")
+    parser.add_argument("--quick", action="store_true", help="25 short rounds (about 2 minutes)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument(
         "--backends",
@@ -417,7 +503,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None, *, options: argparse.Namespace | None = None) -> int:
     """The command line: run, print the table and the bars, write the JSON; exit status 1
-    if a workload failed."""
+    if the framework failed a workload (a failing raw or peer side is reported and left
+    out)."""
     if options is None:
         options = parse_args(argv)
     started = time.perf_counter()
@@ -439,4 +526,6 @@ def main(argv: Sequence[str] | None = None, *, options: argparse.Namespace | Non
             _log(f"--- {path.name}")
             stats = pstats.Stats(str(path), stream=sys.stderr)
             stats.sort_stats("tottime").print_stats(12)
-    return 1 if report.errors else 0
+    for error in report.errors:
+        print(f"\nerror: {error['backend']}/{error['workload']}/{error['side']}: {error['error']}")
+    return 1 if any(error["side"] == "framework" for error in report.errors) else 0

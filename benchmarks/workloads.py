@@ -10,7 +10,7 @@ Workloads and units (the ids and units are fixed; they appear in the JSON):
 ==============  ============  ===============================================================
 id              unit          one timed unit
 ==============  ============  ===============================================================
-commit_1        commands/s    load an aggregate of ~10 events, handle ``DepositMoney``,
+commit_1        commands/s    load an aggregate of 10 events, handle ``DepositMoney``,
                               commit its 1 event (each command on a different aggregate)
 commit_10       events/s      one ``OpenWithDeposits`` on a new aggregate: 10 events in one
                               commit
@@ -70,8 +70,8 @@ SNAPSHOT_EVERY = {"load_snapshot": 100}
 """Workloads whose sides snapshot, and how often (in events)."""
 
 SEED_EVENTS = 10
-"""Events in each aggregate a ``commit_1``/``concurrent_8`` command runs on, before the first
-repetition (each repetition adds one)."""
+"""Events in each aggregate a ``commit_1``/``concurrent_8`` command runs on (new aggregates
+are seeded, untimed, before each round)."""
 
 TASKS = 8
 REPLAY_AGGREGATES = 100
@@ -165,16 +165,19 @@ async def prepare(workload: str, side: Side, sizes: Sizes) -> PerRound:
 
 
 async def _commit_1(side: Side, sizes: Sizes) -> PerRound:
-    ids = [f"c1-{i}" for i in range(sizes.commit_1)]
-    for aggregate_id in ids:
-        await side.create(aggregate_id, SEED_EVENTS)
-
-    async def commit_1() -> int:
+    async def for_round(index: int) -> Operation:
+        ids = [f"c1-{index}-{i}" for i in range(sizes.commit_1)]
         for aggregate_id in ids:
-            await side.deposit(aggregate_id)
-        return len(ids)
+            await side.create(aggregate_id, SEED_EVENTS)
 
-    return _same(commit_1)
+        async def commit_1() -> int:
+            for aggregate_id in ids:
+                await side.deposit(aggregate_id)
+            return len(ids)
+
+        return commit_1
+
+    return for_round
 
 
 async def _commit_10(side: Side, sizes: Sizes) -> PerRound:
@@ -224,16 +227,20 @@ async def _load_snapshot(side: Side, sizes: Sizes) -> PerRound:
 
 async def _concurrent_8(side: Side, sizes: Sizes) -> PerRound:
     count = max(sizes.concurrent_8 // TASKS, 1)
-    groups = [[f"cc-{task}-{i}" for i in range(count)] for task in range(TASKS)]
-    for group in groups:
-        for aggregate_id in group:
-            await side.create(aggregate_id, SEED_EVENTS)
 
-    async def concurrent_8() -> int:
-        await side.commit_groups(groups)
-        return TASKS * count
+    async def for_round(index: int) -> Operation:
+        groups = [[f"cc-{index}-{task}-{i}" for i in range(count)] for task in range(TASKS)]
+        for group in groups:
+            for aggregate_id in group:
+                await side.create(aggregate_id, SEED_EVENTS)
 
-    return _same(concurrent_8)
+        async def concurrent_8() -> int:
+            await side.commit_groups(groups)
+            return TASKS * count
+
+        return concurrent_8
+
+    return for_round
 
 
 async def _replay_10k(side: Side, sizes: Sizes) -> PerRound:
