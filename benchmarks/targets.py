@@ -278,7 +278,9 @@ class MongoTarget:
             import cqrs_mongodb  # noqa: F401, PLC0415
         except ImportError as error:
             return f"the MongoDB backend is not importable: {error}"
-        client = pymongo.AsyncMongoClient(self.url, serverSelectionTimeoutMS=3000)
+        client: pymongo.AsyncMongoClient[dict[str, object]] = pymongo.AsyncMongoClient(
+            self.url, serverSelectionTimeoutMS=3000
+        )
         try:
             await client.admin.command("ping")
         except pymongo.errors.PyMongoError as error:
@@ -305,7 +307,9 @@ class MongoTarget:
     async def describe(self) -> dict[str, object]:
         import pymongo  # noqa: PLC0415
 
-        client = pymongo.AsyncMongoClient(self.url, serverSelectionTimeoutMS=3000)
+        client: pymongo.AsyncMongoClient[dict[str, object]] = pymongo.AsyncMongoClient(
+            self.url, serverSelectionTimeoutMS=3000
+        )
         try:
             info = await client.server_info()
         finally:
@@ -315,7 +319,9 @@ class MongoTarget:
     async def cleanup(self) -> None:
         import pymongo  # noqa: PLC0415
 
-        client = pymongo.AsyncMongoClient(self.url, serverSelectionTimeoutMS=3000)
+        client: pymongo.AsyncMongoClient[dict[str, object]] = pymongo.AsyncMongoClient(
+            self.url, serverSelectionTimeoutMS=3000
+        )
         try:
             database = client.get_default_database("cqrs")
             for name in await database.list_collection_names():
