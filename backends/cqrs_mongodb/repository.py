@@ -24,8 +24,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from bson.errors import BSONError
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
-from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure, PyMongoError
@@ -42,6 +41,7 @@ from cqrs_mongodb._driver import (
     translate,
     validate_database_name,
 )
+from cqrs_mongodb._group_commit import Commit, GroupCommitter
 from cqrs_mongodb.views import MongoViewRepository
 
 __all__ = ["PAGE_SIZE", "MongoEventRepository", "from_url"]
@@ -96,6 +96,7 @@ class MongoEventRepository:
             self._database_name = self._source.name
         self._client: AsyncMongoClient[Document] | None = None
         self._database: AsyncDatabase[Document] | None = None
+        self._committer: GroupCommitter | None = None
 
     def with_collections(
         self,
@@ -152,9 +153,19 @@ class MongoEventRepository:
             raise
         self._client = client
         self._database = database
+        self._committer = GroupCommitter(
+            database.get_collection(self.counters_collection),
+            self.events_collection,
+            database.get_collection(self.events_collection),
+            database.get_collection(self.snapshots_collection),
+        )
 
     async def close(self) -> None:
-        """Close the client if this repository created it. Idempotent."""
+        """Wait for the commits in flight, then close the client if this repository
+        created it. Idempotent."""
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            await committer.drain()
         client, self._client, self._database = self._client, None, None
         if client is not None:
             await client.close()
@@ -312,55 +323,26 @@ class MongoEventRepository:
     async def persist(
         self, events: Sequence[SerializedEvent], snapshot: SerializedSnapshot | None
     ) -> list[int]:
-        """Insert the events, take their positions from the counter and write the snapshot
-        in one transaction; a stored sequence raises AggregateConflict and stores nothing.
-
-        Every commit increments the one counter document, so concurrent commits to the same
-        events collection write-conflict there and run one after another (the driver's
-        transaction helper retries the loser with backoff). That serializes writers, which
-        we accept on MongoDB: it is what makes positions gapless and in commit order.
-        """
+        """Insert the events, take their positions from the counter document and write the
+        snapshot, in one transaction; a stored sequence raises AggregateConflict and stores
+        nothing. Concurrent calls share transactions (see ``_group_commit``)."""
         if not events:
             return []
         _check_batch(events)
-        database = self.database
-        counters = database.get_collection(self.counters_collection)
-        collection = database.get_collection(self.events_collection)
-        snapshots = database.get_collection(self.snapshots_collection)
-        documents = [_event_document(event) for event in events]
-        count = len(documents)
-        snapshot_update = None if snapshot is None else _snapshot_update(snapshot)
-
-        async def attempt(session: AsyncClientSession) -> int:
-            # Re-run from scratch on a transient error; a duplicate key is not transient,
-            # so it leaves the helper at once and becomes AggregateConflict below.
-            counter = await counters.find_one_and_update(
-                {"_id": self.events_collection},
-                {"$inc": {"position": count}},
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
-                session=session,
-            )
-            assert counter is not None  # noqa: S101 - upsert with AFTER returns the document
-            start: int = counter["position"] - count + 1
-            for offset, document in enumerate(documents):
-                document["_id"] = start + offset
-            await collection.insert_many(documents, session=session)
-            if snapshot_update is not None:
-                await snapshots.update_one(*snapshot_update, upsert=True, session=session)
-            return start
-
-        first = events[0]
-        try:
-            async with database.client.start_session() as session:
-                start = await session.with_transaction(attempt)
-        except (PyMongoError, BSONError) as error:
-            doing = (
-                f"storing {first.aggregate_type} {first.aggregate_id!r} sequence "
-                f"{first.sequence} to {events[-1].sequence}"
-            )
-            raise translate(error, doing) from error
-        return list(range(start, start + count))
+        committer = self._committer
+        if committer is None:
+            self.database  # noqa: B018 - raises the "not open" error
+            raise AssertionError  # unreachable: not open
+        first, last = events[0], events[-1]
+        commit = Commit(
+            (first.aggregate_type, first.aggregate_id),
+            [_event_document(event) for event in events],
+            None if snapshot is None else _snapshot_update(snapshot),
+            f"storing {first.aggregate_type} {first.aggregate_id!r} sequence {first.sequence} "
+            f"to {last.sequence}",
+        )
+        start = await committer.commit(commit)
+        return list(range(start, start + len(events)))
 
     def view_repository(
         self, view_type: type[V], table: str, *, codec: Codec = default_codec
@@ -433,7 +415,7 @@ def _event(document: Document) -> SerializedEvent:
         raise DeserializationError(msg) from error
 
 
-def _snapshot_update(snapshot: SerializedSnapshot) -> tuple[Document, list[Document]]:
+def _snapshot_update(snapshot: SerializedSnapshot) -> UpdateOne:
     """Filter and pipeline for an upsert that replaces the stored snapshot only when the new
     one includes more events (one round trip, no read-then-write race)."""
     newer = {"$lt": [{"$ifNull": ["$last_sequence", -1]}, snapshot.last_sequence]}
@@ -447,7 +429,7 @@ def _snapshot_update(snapshot: SerializedSnapshot) -> tuple[Document, list[Docum
         name: {"$cond": [newer, {"$literal": value}, f"${name}"]} for name, value in fields.items()
     }
     key = {"aggregate_type": snapshot.aggregate_type, "aggregate_id": snapshot.aggregate_id}
-    return key, [{"$set": changes}]
+    return UpdateOne(key, [{"$set": changes}], upsert=True)
 
 
 def from_url(url: str) -> MongoEventRepository:

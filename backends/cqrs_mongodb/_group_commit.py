@@ -1,0 +1,214 @@
+"""Group commit: concurrent ``persist`` calls of one repository share one transaction.
+
+Every transaction increments the one counter document, so two transactions in flight at
+once write-conflict and one of them is retried after a backoff; with many writers that
+retry traffic would make throughput fall below that of a single writer. Instead, the
+commits waiting in one process are taken together by a single committer task: one counter
+increment, one ``insert_many`` and one snapshot ``bulk_write`` for all of them, in one
+transaction. Each caller still gets its own outcome:
+
+- a group holds at most one commit per aggregate (the others wait for the next group), so
+  a duplicate key names exactly one culprit: it gets AggregateConflict and the group is
+  retried without it;
+- a lost connection fails the whole group with DatabaseConnectionError;
+- any other error is retried commit by commit, so one bad commit cannot fail the others.
+
+Across processes the counter still serializes writers (the driver's transaction helper
+retries the write conflicts); that is accepted on MongoDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bson.errors import BSONError
+from pymongo import ReturnDocument, UpdateOne
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
+
+from cqrs.errors import AggregateConflict
+from cqrs_mongodb._driver import Document, translate
+
+MAX_GROUP_DOCUMENTS = 1000
+"""A group takes further commits only while it holds fewer event documents than this."""
+
+_DUPLICATE_KEY = 11000
+
+
+@dataclass(eq=False)
+class Commit:
+    """One ``persist`` call: its event documents (``_id`` set at commit), its snapshot
+    upsert, and the future that receives its first position or its error."""
+
+    key: tuple[str, str]
+    documents: list[Document]
+    snapshot: UpdateOne | None
+    doing: str
+    done: asyncio.Future[int] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class GroupCommitter:
+    """Runs the transactions of one repository's commits (see the module docstring)."""
+
+    def __init__(
+        self,
+        counters: AsyncCollection[Document],
+        counter_id: str,
+        events: AsyncCollection[Document],
+        snapshots: AsyncCollection[Document],
+    ) -> None:
+        self._counters = counters
+        self._counter_id = counter_id
+        self._events = events
+        self._snapshots = snapshots
+        self._queue: list[Commit] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def commit(self, commit: Commit) -> int:
+        """Queue ``commit`` and wait for its first position (or its error)."""
+        self._queue.append(commit)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return await commit.done
+
+    async def drain(self) -> None:
+        """Wait until every queued commit has its outcome."""
+        task = self._task
+        if task is not None:
+            await asyncio.wait({task})
+
+    async def _run(self) -> None:
+        try:
+            while self._queue:
+                await self._commit_group(self._next_group())
+        except BaseException as error:  # e.g. the loop is shutting down: nobody waits forever
+            for commit in self._queue:
+                _fail(commit, error)
+            self._queue.clear()
+            raise
+
+    def _next_group(self) -> list[Commit]:
+        group: list[Commit] = []
+        later: list[Commit] = []
+        keys: set[tuple[str, str]] = set()
+        size = 0
+        for commit in self._queue:
+            if commit.done.done():  # its caller was cancelled before the commit ran
+                continue
+            if commit.key in keys or (group and size + len(commit.documents) > MAX_GROUP_DOCUMENTS):
+                later.append(commit)
+                continue
+            group.append(commit)
+            keys.add(commit.key)
+            size += len(commit.documents)
+        self._queue = later
+        return group
+
+    async def _commit_group(self, group: list[Commit]) -> None:
+        while group:
+            try:
+                starts = await self._transaction(group)
+            except (PyMongoError, BSONError) as error:
+                group = await self._after_error(group, error)
+                continue
+            except BaseException as error:
+                for commit in group:
+                    _fail(commit, error)
+                raise
+            for commit, start in zip(group, starts, strict=True):
+                if not commit.done.done():
+                    commit.done.set_result(start)
+            self._fail_superseded(group)
+            return
+
+    def _fail_superseded(self, committed: Sequence[Commit]) -> None:
+        """Fail the queued commits that reuse a sequence just committed: their duplicate key
+        is certain, so they need no transaction to find out."""
+        stored = {commit.key: commit.documents[-1]["sequence"] for commit in committed}
+        waiting = []
+        for commit in self._queue:
+            last = stored.get(commit.key)
+            if last is not None and commit.documents[0]["sequence"] <= last:
+                msg = f"conflict while {commit.doing}: sequence {last} was committed first"
+                _fail(commit, AggregateConflict(msg))
+            else:
+                waiting.append(commit)
+        self._queue = waiting
+
+    async def _after_error(
+        self, group: list[Commit], error: PyMongoError | BSONError
+    ) -> list[Commit]:
+        """Give the failed commits their errors; return the commits to retry together."""
+        culprit = _duplicate_key_culprit(error, group)
+        if culprit is not None:
+            _fail(culprit, translate(error, culprit.doing), error)
+            return [commit for commit in group if commit is not culprit]
+        if len(group) == 1 or isinstance(error, ConnectionFailure):
+            for commit in group:
+                _fail(commit, translate(error, commit.doing), error)
+            return []
+        for commit in group:
+            await self._commit_group([commit])
+        return []
+
+    async def _transaction(self, group: Sequence[Commit]) -> list[int]:
+        documents = [document for commit in group for document in commit.documents]
+        snapshots = [commit.snapshot for commit in group if commit.snapshot is not None]
+        total = len(documents)
+
+        async def attempt(session: AsyncClientSession) -> list[int]:
+            # Re-run from scratch on a transient error (a write conflict on the counter);
+            # a duplicate key is not transient, so it leaves the helper at once.
+            counter = await self._counters.find_one_and_update(
+                {"_id": self._counter_id},
+                {"$inc": {"position": total}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+                session=session,
+            )
+            assert counter is not None  # noqa: S101 - upsert with AFTER returns the document
+            position: int = counter["position"] - total + 1
+            starts = []
+            for commit in group:
+                starts.append(position)
+                for document in commit.documents:
+                    document["_id"] = position
+                    position += 1
+            await self._events.insert_many(documents, session=session)
+            if snapshots:
+                await self._snapshots.bulk_write(snapshots, session=session)
+            return starts
+
+        async with self._events.database.client.start_session() as session:
+            return await session.with_transaction(attempt)
+
+
+def _duplicate_key_culprit(error: BaseException, group: Sequence[Commit]) -> Commit | None:
+    """The commit whose event document hit a duplicate key, if that is what failed (the
+    driver attaches the failed document to the write error as ``op``)."""
+    if not isinstance(error, BulkWriteError):
+        return None
+    write_errors = error.details.get("writeErrors") or ()
+    if not write_errors or write_errors[0].get("code") != _DUPLICATE_KEY:
+        return None
+    failed = write_errors[0].get("op")
+    failed_id = failed.get("_id") if isinstance(failed, dict) else None
+    if failed_id is None:  # not an event document (a snapshot upsert has no _id)
+        return None
+    for commit in group:
+        if any(document["_id"] == failed_id for document in commit.documents):
+            return commit
+    return None
+
+
+def _fail(commit: Commit, error: BaseException, cause: BaseException | None = None) -> None:
+    if commit.done.done():
+        return
+    if cause is not None:
+        error.__cause__ = cause
+    commit.done.set_exception(error)
