@@ -18,6 +18,7 @@ Layout, per events collection:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
@@ -51,7 +52,6 @@ V = TypeVar("V")
 PAGE_SIZE = 500
 """Documents per page (position window) read by the ``stream_*`` methods."""
 
-_NAMESPACE_EXISTS = 48
 _DUPLICATE_KEY = 11000
 
 
@@ -97,6 +97,7 @@ class MongoEventRepository:
         self._client: AsyncMongoClient[Document] | None = None
         self._database: AsyncDatabase[Document] | None = None
         self._committer: GroupCommitter | None = None
+        self._opening = asyncio.Lock()
 
     def with_collections(
         self,
@@ -135,8 +136,11 @@ class MongoEventRepository:
         """Connect (creating the client for a URL) and check that the deployment runs
         transactions. Idempotent. Raises ConfigurationError for a standalone server and
         DatabaseConnectionError when no server answers."""
-        if self._database is not None:
-            return
+        async with self._opening:
+            if self._database is None:
+                await self._open()
+
+    async def _open(self) -> None:
         client: AsyncMongoClient[Document] | None = None
         try:
             if isinstance(self._source, str):
