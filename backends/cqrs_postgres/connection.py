@@ -46,14 +46,15 @@ def describe_url(url: str) -> str:
 
 
 def new_pool(url: str, *, min_size: int, max_size: int, timeout: float) -> Pool:
-    """An unopened pool of autocommit connections to ``url`` (no I/O)."""
+    """An unopened pool of autocommit connections to ``url`` that prepare every statement
+    on the server at its first use (no I/O)."""
     describe_url(url)
     return AsyncConnectionPool(
         url,
         min_size=min_size,
         max_size=max_size,
         timeout=timeout,
-        kwargs={"autocommit": True},
+        kwargs={"autocommit": True, "prepare_threshold": 0},
         open=False,
         name=f"cqrs {describe_url(url)}",
     )
@@ -88,7 +89,8 @@ async def default_postgres_pool(
     max_size: int = DEFAULT_MAX_SIZE,
     timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - the pool's own wait bound, by design
 ) -> Pool:
-    """An open pool of ``min_size`` to ``max_size`` autocommit connections to ``url``.
+    """An open pool of ``min_size`` to ``max_size`` autocommit connections to ``url``, with
+    ``prepare_threshold=0`` (statements are prepared on the server at first use).
 
     ``timeout`` bounds both opening and every later wait for a free connection. Raises
     DatabaseConnectionError (naming the server, never the password) when the server cannot

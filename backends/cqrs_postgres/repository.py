@@ -109,8 +109,9 @@ class PostgresEventRepository:
     ``pool`` is a psycopg_pool pool (see :func:`~cqrs_postgres.default_postgres_pool`);
     the repository borrows one connection per operation, in autocommit mode. A commit is
     one statement (one round trip): every event and the snapshot upsert in one CTE, so it is
-    atomic. Statements are prepared on the server. Payloads come back as undecoded JSON
-    text for the core codec.
+    atomic. Statements are prepared on the server as the connections' ``prepare_threshold``
+    says (pools from this package: at first use; set it to None behind a transaction-mode
+    pgbouncer). Payloads come back as undecoded JSON text for the core codec.
 
     A pool passed in belongs to the caller: :meth:`open` opens it if needed, :meth:`close`
     leaves it open. A repository from :func:`from_url` owns its pool and closes it.
@@ -225,9 +226,7 @@ class PostgresEventRepository:
     ) -> list[SerializedEvent]:
         async with borrow(self.pool, f"read {aggregate_type} {aggregate_id!r}") as conn:
             cursor = raw_json_cursor(conn)
-            await cursor.execute(
-                self._one_aggregate, (aggregate_type, aggregate_id, after, limit), prepare=True
-            )
+            await cursor.execute(self._one_aggregate, (aggregate_type, aggregate_id, after, limit))
             rows = await cursor.fetchall()
         return [SerializedEvent(aggregate_type, aggregate_id, *row) for row in rows]
 
@@ -238,7 +237,7 @@ class PostgresEventRepository:
         what = f"read snapshot of {aggregate_type} {aggregate_id!r}"
         async with borrow(self.pool, what) as conn:
             cursor = raw_json_cursor(conn)
-            await cursor.execute(self._get_snapshot, (aggregate_type, aggregate_id), prepare=True)
+            await cursor.execute(self._get_snapshot, (aggregate_type, aggregate_id))
             row = await cursor.fetchone()
         if row is None:
             return None
@@ -290,7 +289,7 @@ class PostgresEventRepository:
         what = f"persist {first.aggregate_type} {first.aggregate_id!r}"
         async with borrow(self.pool, what) as conn:
             cursor = conn.cursor(row_factory=tuple_row)
-            await cursor.execute(statement, params, prepare=True)
+            await cursor.execute(statement, params)
             rows = await cursor.fetchall()
         return [cast("int", row[0]) for row in rows]
 
@@ -326,10 +325,10 @@ class PostgresEventRepository:
             async with borrow(self.pool, what) as conn:
                 cursor = raw_json_cursor(conn)
                 if aggregate_type is None:
-                    await cursor.execute(self._all, (after, self.page_size), prepare=True)
+                    await cursor.execute(self._all, (after, self.page_size))
                 else:
                     params = (aggregate_type, after, self.page_size)
-                    await cursor.execute(self._all_of_type, params, prepare=True)
+                    await cursor.execute(self._all_of_type, params)
                 rows = await cursor.fetchall()
                 if len(rows) < self.page_size and newest is None:
                     newest = await self._newest(conn, aggregate_type)
@@ -350,9 +349,9 @@ class PostgresEventRepository:
     ) -> int | None:
         cursor = conn.cursor(row_factory=tuple_row, binary=True)
         if aggregate_type is None:
-            await cursor.execute(self._newest_all, prepare=True)
+            await cursor.execute(self._newest_all)
         else:
-            await cursor.execute(self._newest_of_type, (aggregate_type,), prepare=True)
+            await cursor.execute(self._newest_of_type, (aggregate_type,))
         row = await cursor.fetchone()
         return None if row is None else cast("int | None", row[0])
 

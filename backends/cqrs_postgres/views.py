@@ -55,7 +55,7 @@ class PostgresViewRepository(Generic[V]):
         """The view and its version, or None; DeserializationError names an undecodable one."""
         async with borrow(self.pool, f"load view {view_id!r} from {self.table}") as conn:
             cursor = raw_json_cursor(conn)
-            await cursor.execute(self._load, (view_id,), prepare=True)
+            await cursor.execute(self._load, (view_id,))
             row = await cursor.fetchone()
         if row is None:
             return None
@@ -73,11 +73,9 @@ class PostgresViewRepository(Generic[V]):
         payload = self.codec.encode(view).decode()
         async with borrow(self.pool, f"store view {context.view_id!r} in {self.table}") as conn:
             if context.version == 0:
-                await conn.execute(self._insert, (context.view_id, payload), prepare=True)
+                await conn.execute(self._insert, (context.view_id, payload))
                 return
-            cursor = await conn.execute(
-                self._update, (payload, context.view_id, context.version), prepare=True
-            )
+            cursor = await conn.execute(self._update, (payload, context.view_id, context.version))
             updated = cursor.rowcount
         if updated != 1:
             msg = (
