@@ -1,12 +1,13 @@
 """Raw PostgreSQL: the Postgres backend's statements and round trips, directly on psycopg 3.
 
-Like the backend: a psycopg_pool pool of autocommit connections (1 to 10), one connection
-borrowed per operation, server-side prepared statements, ``json`` columns read as text and
-decoded once. A load is one SELECT; a commit is one statement (the events inserted from
-``unnest`` arrays, with the snapshot upsert in the same CTE when due), so it is atomic
-without BEGIN/COMMIT round trips. The json-as-text loaders are registered once per
-connection (the cheapest way to get the same result). The tables are created by the
-backend's ``create_schema`` (the DDL is not what is measured).
+Like the backend: a psycopg_pool pool of autocommit connections (1 to 10) preparing every
+statement on the server at first use, one connection borrowed per operation, binary result
+rows with ``json`` columns returned as undecoded text. A load is one SELECT; a commit is one
+statement (the events inserted from ``unnest`` arrays, with the snapshot upsert in the same
+CTE when due), so it is atomic without BEGIN/COMMIT round trips; a stream ends with the
+backend's ``max(position)`` query (its hold-back check). The json-as-text loaders are
+registered once per connection (the cheapest way to the same result). The tables are
+created by the backend's ``create_schema`` (the DDL is not what is measured).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, pq, sql
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 from psycopg.rows import TupleRow
-from psycopg.types.string import TextLoader
+from psycopg.types.string import TextBinaryLoader
 from psycopg_pool import AsyncConnectionPool
 
 from benchmarks.raw import AGGREGATE_TYPE, METADATA, RawSide, Row, Snapshot
@@ -62,6 +65,8 @@ FROM {events} WHERE aggregate_type = %b AND position > %b
   AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)
 ORDER BY position LIMIT %b"""
 
+_NEWEST_OF_TYPE = "SELECT max(position) FROM {events} WHERE aggregate_type = %b"
+
 _GET_SNAPSHOT = """SELECT payload, last_sequence, current_snapshot FROM {snapshots}
 WHERE aggregate_type = %b AND aggregate_id = %b"""
 
@@ -71,9 +76,16 @@ _UPDATE_VIEW = """UPDATE {table} SET version = version + 1, payload = %b::json
 WHERE view_id = %b AND version = %b"""
 
 
+class _JsonbBinaryLoader(Loader):
+    format = pq.Format.BINARY
+
+    def load(self, data: Buffer) -> bytes:
+        return bytes(data[1:])  # a version byte, then the JSON text
+
+
 async def _configure(connection: AsyncConnection[TupleRow]) -> None:
-    connection.adapters.register_loader("json", TextLoader)
-    connection.adapters.register_loader("jsonb", TextLoader)
+    connection.adapters.register_loader("json", TextBinaryLoader)
+    connection.adapters.register_loader("jsonb", _JsonbBinaryLoader)
 
 
 class RawPostgresSide(RawSide):
@@ -100,7 +112,7 @@ class RawPostgresSide(RawSide):
             url,
             min_size=1,
             max_size=max_size,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "prepare_threshold": 0},
             configure=_configure,
             open=False,
         )
@@ -117,6 +129,7 @@ class RawPostgresSide(RawSide):
         self._one_aggregate = build(_ONE_AGGREGATE)
         self._all_of_type = build(_ALL_OF_TYPE)
         self._get_snapshot = build(_GET_SNAPSHOT)
+        self._newest_of_type = build(_NEWEST_OF_TYPE)
         self._views: dict[str, tuple[bytes, bytes, bytes]] = {}
 
     async def open(self) -> None:
@@ -130,16 +143,14 @@ class RawPostgresSide(RawSide):
 
     async def read_events(self, aggregate_id: str, after: int) -> list[Row]:
         async with self.pool.connection() as conn:
-            cursor = await conn.execute(
-                self._one_aggregate, (AGGREGATE_TYPE, aggregate_id, after, None), prepare=True
-            )
+            cursor = conn.cursor(binary=True)
+            await cursor.execute(self._one_aggregate, (AGGREGATE_TYPE, aggregate_id, after, None))
             return await cursor.fetchall()
 
     async def read_snapshot(self, aggregate_id: str) -> tuple[bytes | str, int, int] | None:
         async with self.pool.connection() as conn:
-            cursor = await conn.execute(
-                self._get_snapshot, (AGGREGATE_TYPE, aggregate_id), prepare=True
-            )
+            cursor = conn.cursor(binary=True)
+            await cursor.execute(self._get_snapshot, (AGGREGATE_TYPE, aggregate_id))
             row = await cursor.fetchone()
         return None if row is None else (row[0], row[1], row[2])
 
@@ -177,15 +188,22 @@ class RawPostgresSide(RawSide):
                 snapshot.payload.decode(),
             ]
         async with self.pool.connection() as conn:
-            cursor = await conn.execute(statement, params, prepare=True)
+            cursor = await conn.execute(statement, params)
             await cursor.fetchall()
 
     async def read_page(self, after: int, limit: int) -> list[Row]:
         async with self.pool.connection() as conn:
-            cursor = await conn.execute(
-                self._all_of_type, (AGGREGATE_TYPE, after, limit), prepare=True
-            )
-            return await cursor.fetchall()
+            cursor = conn.cursor(binary=True)
+            await cursor.execute(self._all_of_type, (AGGREGATE_TYPE, after, limit))
+            rows = await cursor.fetchall()
+            if len(rows) < limit:  # the end: the backend's hold-back check, same connection
+                await cursor.execute(self._newest_of_type, (AGGREGATE_TYPE,))
+                newest = await cursor.fetchone()
+                last = rows[-1][-1] if rows else after
+                if newest is not None and newest[0] is not None and newest[0] > last:
+                    msg = "events held back by a running transaction: the raw side stops here"
+                    raise RuntimeError(msg)
+            return rows
 
     async def create_view_table(self, table: str) -> str:
         full = f"{self.view_prefix}{table}"
@@ -202,7 +220,8 @@ class RawPostgresSide(RawSide):
 
     async def read_view(self, table: str, view_id: str) -> tuple[bytes | str, int] | None:
         async with self.pool.connection() as conn:
-            cursor = await conn.execute(self._views[table][0], (view_id,), prepare=True)
+            cursor = conn.cursor(binary=True)
+            await cursor.execute(self._views[table][0], (view_id,))
             row = await cursor.fetchone()
         return None if row is None else (row[1], row[0])
 
@@ -210,9 +229,9 @@ class RawPostgresSide(RawSide):
         _, insert, update = self._views[table]
         async with self.pool.connection() as conn:
             if version == 0:
-                await conn.execute(insert, (view_id, payload.decode()), prepare=True)
+                await conn.execute(insert, (view_id, payload.decode()))
                 return
-            cursor = await conn.execute(update, (payload.decode(), view_id, version), prepare=True)
+            cursor = await conn.execute(update, (payload.decode(), view_id, version))
             if cursor.rowcount != 1:
                 msg = f"view {view_id!r} changed"
                 raise RuntimeError(msg)
