@@ -6,11 +6,13 @@ import asyncio
 import itertools
 import os
 import random
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -361,8 +363,19 @@ async def test_connection_killed_mid_commit_leaves_nothing_and_the_app_recovers(
     assert [e.sequence for e in await repository.get_events(TYPE, "k")] == [1, 2, 3, 4, 5]
 
 
+def _local_cluster() -> list[str]:
+    """pg_ctlcluster arguments for the local server under test, or skip."""
+    etc = Path("/etc/postgresql")
+    versions = sorted(path.name for path in etc.iterdir()) if etc.is_dir() else []
+    host = psycopg.conninfo.conninfo_to_dict(URL).get("host")
+    if not shutil.which("pg_ctlcluster") or not versions or host not in {"127.0.0.1", "localhost"}:
+        pytest.skip("needs the local Debian cluster (pg_ctlcluster) as the server under test")
+    return ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main"]
+
+
 @pytest.mark.stress
 async def test_server_restart_is_survived_without_restarting_the_app(tables):
+    cluster = _local_cluster()
     repository = from_url(
         URL, events_table=tables["events"], snapshots_table=tables["snapshots"], min_size=3
     )
@@ -370,9 +383,7 @@ async def test_server_restart_is_survived_without_restarting_the_app(tables):
         await repository.create_schema()
         await repository.persist(batch("r", 1, 2), None)
         try:
-            restart = await asyncio.create_subprocess_exec(
-                "pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "restart"
-            )
+            restart = await asyncio.create_subprocess_exec(*cluster, "restart")
             assert await restart.wait() == 0
             failures = 0
             sequence = 3
@@ -396,12 +407,7 @@ async def test_server_restart_is_survived_without_restarting_the_app(tables):
             )
         finally:
             start = await asyncio.create_subprocess_exec(  # leave the server running
-                "pg_ctlcluster",
-                "--skip-systemctl-redirect",
-                "15",
-                "main",
-                "start",
-                stderr=asyncio.subprocess.DEVNULL,
+                *cluster, "start", stderr=asyncio.subprocess.DEVNULL
             )
             await start.wait()
 
