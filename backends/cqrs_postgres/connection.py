@@ -23,7 +23,15 @@ from cqrs.errors import (
     UnexpectedError,
 )
 
-__all__ = ["Pool", "borrow", "default_postgres_pool", "describe_url", "raw_json_cursor"]
+__all__ = [
+    "Pool",
+    "borrow",
+    "default_postgres_pool",
+    "describe_url",
+    "new_pool",
+    "open_pool",
+    "raw_json_cursor",
+]
 
 Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
 """The pool type the repositories take (psycopg_pool's default for a URL)."""
@@ -60,20 +68,21 @@ def new_pool(url: str, *, min_size: int, max_size: int, timeout: float) -> Pool:
     )
 
 
-async def open_pool(pool: Pool, seconds: float) -> None:
+async def open_pool(pool: Pool, seconds: float, *, probe: bool = False) -> None:
     """Open ``pool`` (idempotent), or raise DatabaseConnectionError within about ``seconds``,
-    naming the server and the reason."""
+    naming the server and the reason. ``probe`` (for pools made by :func:`new_pool`) makes
+    one direct connection first."""
     if not pool.closed:
         return
     url = pool.conninfo if isinstance(pool.conninfo, str) else None
     target = describe_url(url) if url is not None else f"the server of pool {pool.name!r}"
     try:
-        if url is not None:
+        if probe and url is not None:
             # One direct attempt first: an unreachable server fails fast with its real
             # reason, where the pool would retry quietly until the timeout.
             async with asyncio.timeout(seconds):
-                probe = await AsyncConnection.connect(url, autocommit=True)
-            await probe.close()
+                first = await AsyncConnection.connect(url, autocommit=True)
+            await first.close()
         await pool.open(wait=True, timeout=seconds)
     except (psycopg.Error, TimeoutError) as error:
         await pool.close()
@@ -97,7 +106,7 @@ async def default_postgres_pool(
     be reached within ``timeout`` seconds. The caller closes the pool.
     """
     pool = new_pool(url, min_size=min_size, max_size=max_size, timeout=timeout)
-    await open_pool(pool, timeout)
+    await open_pool(pool, timeout, probe=True)
     return pool
 
 

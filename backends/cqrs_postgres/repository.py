@@ -182,7 +182,7 @@ class PostgresEventRepository:
             )
             self._pool_spent = False
         try:
-            await open_pool(self.pool, self._open_timeout)
+            await open_pool(self.pool, self._open_timeout, probe=self._owns_pool)
         except DatabaseConnectionError:
             self._pool_spent = True
             raise
