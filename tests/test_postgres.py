@@ -530,3 +530,14 @@ async def test_factories_build_working_frameworks(tables):
         await pool.close()
         async with await raw() as conn:
             await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+def test_all_is_sorted_complete_and_documented():
+    import cqrs_postgres  # noqa: PLC0415 - the module under test
+
+    assert list(cqrs_postgres.__all__) == sorted(cqrs_postgres.__all__)
+    modules = {"connection", "factories", "repository", "schema", "views"}
+    public = {name for name in dir(cqrs_postgres) if not name.startswith("_")} - modules
+    assert public == set(cqrs_postgres.__all__)
+    for name in cqrs_postgres.__all__:
+        assert getattr(cqrs_postgres, name).__doc__, f"{name} has no docstring"

@@ -4,13 +4,12 @@ Open a pool with :func:`default_postgres_pool`, build a repository or a ready fr
 it, and run ``create_schema()`` once; or use ``cqrs.connect("postgresql://...")``.
 """
 
-from cqrs_postgres.connection import Pool, default_postgres_pool
+from cqrs_postgres.connection import default_postgres_pool
 from cqrs_postgres.factories import postgres_aggregate_cqrs, postgres_cqrs, postgres_snapshot_cqrs
 from cqrs_postgres.repository import PostgresEventRepository, from_url
 from cqrs_postgres.views import PostgresViewRepository
 
 __all__ = [
-    "Pool",
     "PostgresEventRepository",
     "PostgresViewRepository",
     "default_postgres_pool",
