@@ -59,9 +59,9 @@ QUICK = Sizes(
     load_1000=4,
     load_snapshot=100,
     concurrent_8=80,
-    repetitions=25,
+    repetitions=35,
 )
-"""``--quick``: about two minutes on 2 cores for memory, SQLite and PostgreSQL."""
+"""``--quick``: 1-2 minutes on 2 cores for memory, SQLite and PostgreSQL."""
 
 FULL = Sizes(
     commit_1=100,
@@ -445,7 +445,7 @@ def _parser() -> argparse.ArgumentParser:
             "package, alternating in one process; medians."
         ),
     )
-    parser.add_argument("--quick", action="store_true", help="25 short rounds (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="35 short rounds (1-2 minutes)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument(
         "--backends",
