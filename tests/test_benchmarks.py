@@ -8,8 +8,10 @@ from dataclasses import replace
 
 import pytest
 
-from benchmarks.harness import QUICK, bars, main, markdown, parse_args
+from benchmarks.framework import FrameworkSide
+from benchmarks.harness import QUICK, _measure, bars, main, markdown, parse_args
 from benchmarks.workloads import UNITS, WORKLOADS
+from cqrs_memory import MemoryEventRepository
 
 TINY = replace(
     QUICK,
@@ -110,3 +112,39 @@ def test_mongodb_needs_an_explicit_url():
     with pytest.raises(SystemExit):
         parse_args(["--backends", "mongodb"])
     assert "mongodb" not in parse_args([]).backends
+
+
+class _FailingPeer:
+    name = "peer"
+
+    async def open(self):
+        pass
+
+    async def close(self):
+        pass
+
+    async def create(self, aggregate_id, events):
+        raise RuntimeError("peer exploded")
+
+
+class _TargetWithFailingPeer:
+    name = "memory"
+
+    def sides(self, workload, snapshot_every):
+        return [FrameworkSide(MemoryEventRepository), _FailingPeer()]
+
+
+async def test_a_failing_peer_is_reported_and_left_out():
+    errors = []
+    row, _ = await _measure(_TargetWithFailingPeer(), "commit_1", TINY, None, errors)
+    assert row["framework"] > 0
+    assert row["peer"] is None
+    assert row["ratio_peer"] is None
+    assert errors == [
+        {
+            "backend": "memory",
+            "workload": "commit_1",
+            "side": "peer",
+            "error": "RuntimeError('peer exploded')",
+        }
+    ]
