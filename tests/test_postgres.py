@@ -214,6 +214,19 @@ async def test_concurrent_create_schema_from_separate_pools_upgrades_a_seed_once
             await repository.close()
 
 
+async def test_dropped_tables_are_created_again_despite_their_record(repository):
+    await repository.persist(batch("a", 1, 1), None)
+    async with await raw() as conn:
+        await conn.execute(
+            sql.SQL("DROP TABLE {}, {}").format(
+                sql.Identifier(repository.events_table), sql.Identifier(repository.snapshots_table)
+            )
+        )
+    await repository.create_schema()
+    assert await repository.get_events(TYPE, "a") == []
+    await repository.persist(batch("a", 1, 1), None)
+
+
 async def test_half_a_seed_schema_is_a_clear_error(tables):
     async with await raw() as conn:
         await conn.execute(
@@ -443,7 +456,7 @@ async def test_default_pool_on_a_silent_server_gives_up_at_the_timeout():
 
 
 async def test_connect_url_opens_a_repository_that_owns_its_pool(tables):
-    async with cqrs.connect(URL) as repository:
+    async with cqrs.connect(URL, create_schema=False) as repository:
         assert isinstance(repository, PostgresEventRepository)
         assert not repository.pool.closed
         pool = repository.pool

@@ -83,7 +83,9 @@ async def apply_event_schema(
     connection); return the names of the files applied now.
 
     A database created with the seed's DDL (both tables, no schema-version table) gets
-    ``001`` recorded without running it, then the later files upgrade it in place.
+    ``001`` recorded without running it, then the later files upgrade it in place. A record
+    whose tables were both dropped is cleared and the files applied again; one table without
+    the other is a ConfigurationError.
     """
     names = {"events": events_table, "snapshots": snapshots_table}
     version_table = schema_version_table(events_table)
@@ -96,10 +98,15 @@ async def apply_event_schema(
         cursor = conn.cursor(row_factory=tuple_row)
         await cursor.execute(sql.SQL("SELECT file FROM {}").format(sql.Identifier(version_table)))
         done = {row[0] for row in await cursor.fetchall()}
+        existing = await _both_or_neither(conn, events_table, snapshots_table)
+        if done and not existing:
+            # The tables were dropped but not their record: start again from nothing.
+            await conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(version_table)))
+            done = set()
         for name, text in rendered:
             if name in done:
                 continue
-            if name != SEED_FILE or not await _seeded(conn, events_table, snapshots_table):
+            if name != SEED_FILE or not existing:
                 await conn.execute(text.encode(), prepare=False)
             await conn.execute(
                 sql.SQL("INSERT INTO {} (file) VALUES (%s)").format(sql.Identifier(version_table)),
@@ -109,7 +116,9 @@ async def apply_event_schema(
     return applied_now
 
 
-async def _seeded(conn: AsyncConnection[TupleRow], events_table: str, snapshots_table: str) -> bool:
+async def _both_or_neither(
+    conn: AsyncConnection[TupleRow], events_table: str, snapshots_table: str
+) -> bool:
     events, snapshots = await _exists(conn, events_table), await _exists(conn, snapshots_table)
     if events != snapshots:
         present, missing = (
