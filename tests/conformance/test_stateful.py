@@ -31,11 +31,11 @@ class RepositoryMachine(RuleBasedStateMachine):
         self.stream: list[tuple[str, int]] = []  # (aggregate, sequence) in commit order
         self.positions: list[int] = []
 
-    def run(self, coroutine):  # noqa: ANN001, ANN201 - test plumbing
+    def run(self, coroutine):
         return self.loop.run_until_complete(coroutine)
 
     @rule(aggregate=IDS, size=st.integers(1, 4), snapshot=st.booleans())
-    def commit(self, aggregate: str, size: int, snapshot: bool) -> None:  # noqa: FBT001
+    def commit(self, aggregate: str, size: int, snapshot: bool) -> None:
         first = len(self.events.get(aggregate, [])) + 1
         rows = batch(aggregate, first, size, aggregate_type=self.type)
         last = first + size - 1
