@@ -96,7 +96,7 @@ async def tables() -> AsyncIterator[dict[str, str]]:
     try:
         yield {"events": f"{prefix}_events", "snapshots": f"{prefix}_snaps", "prefix": prefix}
     finally:
-        await FACTORY.cleanup(None, prefix)  # type: ignore[arg-type]
+        await FACTORY.cleanup(Path(), prefix)
 
 
 @pytest.fixture
