@@ -47,7 +47,9 @@ def validate_identifier(name: str, what: str = "table name") -> str:
 class SerializedEvent(msgspec.Struct, frozen=True, gc=False):
     """One event as stored: the payload and metadata are JSON text (bytes or str).
 
-    ``position`` is 0 for an event not yet persisted; backends fill it in on read. A frozen
+    ``position`` is 0 for an event not yet persisted; backends fill it in on read.
+    ``event_id`` is a UUID, or its text form as a backend read it: the store parses it only
+    when it builds an envelope, so loading an aggregate never pays for it. A frozen
     ``msgspec.Struct``: building one costs a few dozen nanoseconds, which loads feel.
     """
 
@@ -59,7 +61,7 @@ class SerializedEvent(msgspec.Struct, frozen=True, gc=False):
     payload: bytes | str
     metadata: bytes | str
     timestamp: datetime
-    event_id: UUID
+    event_id: UUID | str
     position: int = 0
 
 

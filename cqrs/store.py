@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -124,6 +125,7 @@ class PersistedEventStore(Generic[C, E, S]):
         self._upcasters = tuple(upcasters)
         check_upcaster_order(self._upcasters)
         self._classes = _event_classes(aggregate_class)
+        self._names: dict[type[object], str] = {cls: name for name, cls in self._classes.items()}
         self._versions = {name: event_version_of(cls) for name, cls in self._classes.items()}
 
     @classmethod
@@ -229,7 +231,7 @@ class PersistedEventStore(Generic[C, E, S]):
             payload,
             metadata,
             row.timestamp,
-            row.event_id,
+            event_id if isinstance(event_id := row.event_id, uuid.UUID) else uuid.UUID(event_id),
             row.position,
         )
 
@@ -302,9 +304,11 @@ class PersistedEventStore(Generic[C, E, S]):
         timestamp = datetime.now(UTC)
         first = context.version + 1
         rows = []
+        names = self._names
+        event_ids = _new_event_ids(len(events))
         for offset, event in enumerate(events):
-            event_type = event_type_of(type(event))
-            if event_type not in self._classes:
+            event_type = names.get(type(event))
+            if event_type is None:
                 msg = (
                     f"{type(event).__qualname__} is not listed in "
                     f"{self.aggregate_class.__qualname__}.event_classes"
@@ -325,7 +329,7 @@ class PersistedEventStore(Generic[C, E, S]):
                     payload,
                     metadata_json,
                     timestamp,
-                    uuid.uuid4(),
+                    event_ids[offset],
                 )
             )
         last = first + len(rows) - 1
@@ -343,10 +347,12 @@ class PersistedEventStore(Generic[C, E, S]):
                 event,
                 frozen_metadata,
                 timestamp,
-                row.event_id,
+                event_id,
                 position,
             )
-            for row, event, position in zip(rows, events, positions, strict=True)
+            for row, event, event_id, position in zip(
+                rows, events, event_ids, positions, strict=True
+            )
         ]
 
     def _snapshot_after(
@@ -373,6 +379,19 @@ class PersistedEventStore(Generic[C, E, S]):
             last,
             context.snapshot_version + 1,
         )
+
+
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def _new_event_ids(count: int) -> list[uuid.UUID]:
+    """``count`` random (version 4) UUIDs from one ``os.urandom`` call instead of one each."""
+    entropy = os.urandom(16 * count)
+    return [
+        uuid.UUID(int=(int.from_bytes(entropy[i : i + 16]) & _UUID4_CLEAR) | _UUID4_SET)
+        for i in range(0, 16 * count, 16)
+    ]
 
 
 def _deserialization_error(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -230,3 +231,13 @@ async def test_typed_bank_account_round_trip():
     await cqrs.execute("A1", DepositMoney(Decimal("0.10")))
     await cqrs.execute("A1", DepositMoney(Decimal("0.20")))
     assert (await store.load_aggregate("A1")).aggregate.balance == Decimal("0.30")
+
+
+async def test_event_ids_are_unique_random_uuids():
+    cqrs = notebook()
+    envelopes = [e for n in range(50) for e in await cqrs.execute(f"nb-{n}", "write")]
+    ids = [e.event_id for e in envelopes]
+    assert len(set(ids)) == 50
+    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
+    loaded = await cqrs.store.load_events("nb-3")
+    assert loaded[0].event_id == envelopes[3].event_id
