@@ -57,6 +57,16 @@ def demo(session: nox.Session) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """Side-by-side benchmarks: framework vs raw driver vs the eventsourcing package.
+
+    Arguments go to the harness, e.g. ``nox -s bench -- --quick --json out.json``.
+    """
+    session.install("-e", ".[all]", *_group("bench"))
+    session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """Ruff lint and format check."""
     session.install(*_group("lint"))
