@@ -249,6 +249,37 @@ async def _measure(
     return row, samples
 
 
+async def _measure_with_retry(
+    target: Target,
+    workload: str,
+    sizes: Sizes,
+    profiler: cProfile.Profile | None,
+    report: Report,
+) -> tuple[dict[str, object], list[dict[str, object]]] | None:
+    """Measure; if the framework side fails (on a shared server another session may kill
+    connections), try once more on new tables; report the error if that fails too."""
+    for attempt in (1, 2):
+        errors: list[dict[str, str]] = []
+        try:
+            measured = await _measure(target, workload, sizes, profiler, errors)
+        except Exception as error:  # noqa: BLE001 - retried once, then reported
+            _log(f"{target.name}/{workload}: FAILED (attempt {attempt}): {error!r}")
+            if attempt == 1:
+                continue
+            report.errors.append(
+                {
+                    "backend": target.name,
+                    "workload": workload,
+                    "side": "framework",
+                    "error": repr(error),
+                }
+            )
+            return None
+        report.errors.extend(errors)
+        return measured
+    return None  # pragma: no cover - the loop returns
+
+
 def _targets(options: argparse.Namespace, prefix: str) -> list[Target]:
     targets: list[Target] = []
     for name in options.backends:
@@ -311,19 +342,10 @@ async def run(options: argparse.Namespace) -> Report:
                 _log(f"{target.name}/{workload} ...")
                 profiler = cProfile.Profile() if options.profile else None
                 started = time.perf_counter()
-                try:
-                    row, samples = await _measure(target, workload, sizes, profiler, report.errors)
-                except Exception as error:  # noqa: BLE001 - reported, the run goes on
-                    _log(f"{target.name}/{workload}: FAILED: {error!r}")
-                    report.errors.append(
-                        {
-                            "backend": target.name,
-                            "workload": workload,
-                            "side": "framework",
-                            "error": repr(error),
-                        }
-                    )
+                measured = await _measure_with_retry(target, workload, sizes, profiler, report)
+                if measured is None:
                     continue
+                row, samples = measured
                 _log(f"{target.name}/{workload}: {time.perf_counter() - started:.1f}s {row}")
                 report.rows.append(row)
                 report.samples.extend(samples)

@@ -36,6 +36,19 @@ def version(distribution: str) -> str | None:
         return None
 
 
+class _Names:
+    """A new short name per call for one workload: ``c1``, then ``c1b``, ``c1c``... (a
+    retried workload gets new tables)."""
+
+    def __init__(self) -> None:
+        self._uses: dict[str, int] = {}
+
+    def __call__(self, workload: str) -> str:
+        uses = self._uses.get(workload, 0)
+        self._uses[workload] = uses + 1
+        return SHORT[workload] + ("" if uses == 0 else chr(ord("a") + uses))
+
+
 def _peer(app_name: str, env: dict[str, str], snapshot_every: int | None) -> list[Side]:
     """The peer side, or nothing when the ``eventsourcing`` package is not installed."""
     try:
@@ -68,6 +81,9 @@ class MemoryTarget:
 
     name = "memory"
 
+    def __init__(self) -> None:
+        self._names = _Names()
+
     async def unavailable(self) -> str | None:
         return None
 
@@ -78,7 +94,7 @@ class MemoryTarget:
         return [
             FrameworkSide(MemoryEventRepository, snapshot_every=snapshot_every),
             *_peer(
-                f"mem_{SHORT[workload]}",
+                f"mem_{self._names(workload)}",
                 {"PERSISTENCE_MODULE": "eventsourcing.popo"},
                 snapshot_every,
             ),
@@ -99,6 +115,7 @@ class SqliteTarget:
     def __init__(self, directory: str | None = None) -> None:
         self._parent = directory
         self._directory: Path | None = None
+        self._names = _Names()
 
     def _dir(self) -> Path:
         if self._directory is None:
@@ -117,7 +134,7 @@ class SqliteTarget:
         from benchmarks.raw_sqlite import RawSqliteSide  # noqa: PLC0415
         from cqrs_sqlite import SqliteEventRepository  # noqa: PLC0415
 
-        short = SHORT[workload]
+        short = self._names(workload)
         base = self._dir()
         framework_path = str(base / f"{short}_framework.db")
         return [
@@ -163,6 +180,7 @@ class PostgresTarget:
     def __init__(self, url: str, prefix: str) -> None:
         self.url = url
         self.prefix = prefix
+        self._names = _Names()
 
     async def unavailable(self) -> str | None:
         try:
@@ -204,7 +222,7 @@ class PostgresTarget:
         from benchmarks.raw_postgres import RawPostgresSide  # noqa: PLC0415
         from cqrs_postgres import from_url  # noqa: PLC0415
 
-        base = f"{self.prefix}_{SHORT[workload]}"
+        base = f"{self.prefix}_{self._names(workload)}"
         url = self.url
         return [
             FrameworkSide(
@@ -270,6 +288,7 @@ class MongoTarget:
     def __init__(self, url: str, prefix: str) -> None:
         self.url = url
         self.prefix = prefix
+        self._names = _Names()
 
     async def unavailable(self) -> str | None:
         try:
@@ -293,7 +312,7 @@ class MongoTarget:
         from benchmarks.framework import FrameworkSide  # noqa: PLC0415
         from benchmarks.raw_mongodb import RawMongoSide, framework_repository  # noqa: PLC0415
 
-        base = f"{self.prefix}_{SHORT[workload]}"
+        base = f"{self.prefix}_{self._names(workload)}"
         url = self.url
         return [
             FrameworkSide(

@@ -9,7 +9,16 @@ from dataclasses import replace
 import pytest
 
 from benchmarks.framework import FrameworkSide
-from benchmarks.harness import QUICK, _measure, bars, main, markdown, parse_args
+from benchmarks.harness import (
+    QUICK,
+    Report,
+    _measure,
+    _measure_with_retry,
+    bars,
+    main,
+    markdown,
+    parse_args,
+)
 from benchmarks.workloads import UNITS, WORKLOADS
 from cqrs_memory import MemoryEventRepository
 
@@ -148,3 +157,29 @@ async def test_a_failing_peer_is_reported_and_left_out():
             "error": "RuntimeError('peer exploded')",
         }
     ]
+
+
+class _FlakyFramework(FrameworkSide):
+    async def deposit(self, aggregate_id):
+        raise ConnectionError("killed by another session")
+
+
+class _TargetFlakyOnce:
+    name = "memory"
+
+    def __init__(self):
+        self.calls = 0
+
+    def sides(self, workload, snapshot_every):
+        self.calls += 1
+        side = FrameworkSide if self.calls > 1 else _FlakyFramework
+        return [side(MemoryEventRepository)]
+
+
+async def test_a_framework_failure_is_retried_once_on_new_tables():
+    target, report = _TargetFlakyOnce(), Report({})
+    measured = await _measure_with_retry(target, "commit_1", TINY, None, report)
+    assert target.calls == 2
+    assert measured is not None
+    assert measured[0]["framework"] > 0
+    assert report.errors == []
