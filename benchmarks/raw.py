@@ -11,6 +11,8 @@ Subclasses supply the I/O (one method per round trip).
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +28,7 @@ from examples.bank_account.domain import (
     DepositMoney,
 )
 
-__all__ = ["AGGREGATE_TYPE", "RawSide", "Snapshot", "ViewEvent", "encoder"]
+__all__ = ["AGGREGATE_TYPE", "RawSide", "Snapshot", "ViewEvent", "encoder", "new_event_ids"]
 
 AGGREGATE_TYPE = BenchAccount.aggregate_type
 
@@ -38,6 +40,19 @@ METADATA = b"{}"
 
 # Sequence, event_type, event_version, payload, ...: the column order of the backends' reads.
 SEQUENCE, EVENT_TYPE, PAYLOAD = 0, 1, 3
+
+
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_event_ids(count: int) -> list[uuid.UUID]:
+    """``count`` random (version 4) UUIDs from one ``os.urandom`` call (as the core does)."""
+    entropy = os.urandom(16 * count)
+    return [
+        uuid.UUID(int=(int.from_bytes(entropy[i : i + 16]) & _UUID4_CLEAR) | _UUID4_SET)
+        for i in range(0, 16 * count, 16)
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,6 @@ backend's ``create_schema``. Only run against a real ``mongod`` replica set
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +21,7 @@ from bson.codec_options import CodecOptions
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 
-from benchmarks.raw import AGGREGATE_TYPE, METADATA, RawSide, Row, Snapshot
+from benchmarks.raw import AGGREGATE_TYPE, METADATA, RawSide, Row, Snapshot, new_event_ids
 from cqrs_mongodb import MongoEventRepository
 
 __all__ = ["RawMongoSide", "framework_repository"]
@@ -103,6 +102,7 @@ class RawMongoSide(RawSide):
         snapshot: Snapshot | None,
     ) -> None:
         metadata = METADATA.decode()
+        event_ids = new_event_ids(len(events))
         documents = [
             {
                 "_id": 0,
@@ -115,9 +115,11 @@ class RawMongoSide(RawSide):
                 "metadata": metadata,
                 "timestamp": timestamp,
                 "timestamp_us": timestamp.microsecond % 1000,
-                "event_id": uuid.uuid4(),
+                "event_id": event_id,
             }
-            for index, (event, payload) in enumerate(zip(events, payloads, strict=True), 1)
+            for index, (event, payload, event_id) in enumerate(
+                zip(events, payloads, event_ids, strict=True), 1
+            )
         ]
         upsert = None if snapshot is None else self._snapshot_update(aggregate_id, snapshot)
         total = len(documents)

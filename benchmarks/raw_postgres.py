@@ -12,7 +12,6 @@ created by the backend's ``create_schema`` (the DDL is not what is measured).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -23,7 +22,7 @@ from psycopg.rows import TupleRow
 from psycopg.types.string import TextBinaryLoader
 from psycopg_pool import AsyncConnectionPool
 
-from benchmarks.raw import AGGREGATE_TYPE, METADATA, RawSide, Row, Snapshot
+from benchmarks.raw import AGGREGATE_TYPE, METADATA, RawSide, Row, Snapshot, new_event_ids
 from cqrs.ddl import ddl_files
 from cqrs_postgres import PostgresEventRepository
 from cqrs_postgres.schema import render
@@ -175,7 +174,7 @@ class RawPostgresSide(RawSide):
             [payload.decode() for payload in payloads],
             [metadata] * count,
             [timestamp] * count,
-            [uuid.uuid4() for _ in range(count)],
+            new_event_ids(count),
         ]
         statement = self._persist
         if snapshot is not None:

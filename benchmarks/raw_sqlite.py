@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TypeVar
 
-from benchmarks.raw import AGGREGATE_TYPE, METADATA, RawSide, Row, Snapshot
+from benchmarks.raw import AGGREGATE_TYPE, METADATA, RawSide, Row, Snapshot, new_event_ids
 from cqrs.ddl import ddl_files
 from cqrs_sqlite import SqliteEventRepository
 
@@ -134,6 +133,7 @@ class RawSqliteSide(RawSide):
         snapshot: Snapshot | None,
     ) -> None:
         text = timestamp.isoformat(sep=" ", timespec="microseconds")
+        event_ids = new_event_ids(len(events))
         rows = [
             (
                 AGGREGATE_TYPE,
@@ -144,9 +144,11 @@ class RawSqliteSide(RawSide):
                 payload,
                 METADATA,
                 text,
-                str(uuid.uuid4()),
+                str(event_id),
             )
-            for index, (event, payload) in enumerate(zip(events, payloads, strict=True), 1)
+            for index, (event, payload, event_id) in enumerate(
+                zip(events, payloads, event_ids, strict=True), 1
+            )
         ]
         insert, last_sequence, upsert = self._sql_insert, self._sql_last_sequence, self._sql_upsert
         key = (AGGREGATE_TYPE, aggregate_id)
