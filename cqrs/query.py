@@ -45,10 +45,15 @@ class View(Protocol[E_contra]):
 class GenericQuery(Generic[V]):
     """A query that keeps one view per aggregate (view id = aggregate id) in a repository.
 
-    On each dispatch it loads the view (or starts an empty one), applies the events and
-    stores it with optimistic locking; when another writer changed the view in between, it
-    waits a random moment (up to ``max_delay`` seconds, growing with each try), reloads and
-    applies again, up to ``attempts`` times, then raises AggregateConflict.
+    The stored view's version is the sequence of the last event applied to it, so a dispatch
+    applies each event exactly once and in sequence order, whatever order concurrent
+    dispatches arrive in: events at or below the version are skipped (a repeated dispatch or
+    a replay over an existing view changes nothing), and a dispatch that would leave a gap
+    waits for the earlier commit's dispatch to land. When another writer changed the view in
+    between, or a gap remains, it waits a random moment (growing with each try, at most
+    ``max_delay`` seconds) and tries again, up to ``attempts`` times, then raises
+    AggregateConflict (the framework reports it; ``QueryReplay.replay(aggregate_id)`` heals
+    a view left behind).
     """
 
     def __init__(
@@ -65,21 +70,32 @@ class GenericQuery(Generic[V]):
         self.max_delay = max_delay
 
     async def dispatch(self, aggregate_id: str, events: Sequence[EventEnvelope[object]]) -> None:
-        """Apply ``events`` to the view of ``aggregate_id`` and store it."""
+        """Apply ``events`` (of one aggregate, by sequence) to its view and store it."""
+        problem = "kept changing"
         for attempt in range(self.attempts):
             if attempt:
                 delay = min(self.max_delay, 0.001 * 2**attempt)
                 await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter
             loaded = await self.view_repository.load_with_context(aggregate_id)
             view, context = loaded or (self.view_type(), ViewContext(aggregate_id, 0))
-            for event in events:
+            pending = [event for event in events if event.sequence > context.version]
+            if not pending:
+                return
+            if pending[0].sequence != context.version + 1:
+                problem = (
+                    f"is at sequence {context.version} but the next events start at "
+                    f"{pending[0].sequence}"
+                )
+                continue
+            for event in pending:
                 view.update(event)
             try:
-                await self.view_repository.update_view(view, context)
+                await self.view_repository.update_view(view, context, pending[-1].sequence)
             except AggregateConflict:
+                problem = "kept changing"
                 continue
             return
-        msg = f"view {aggregate_id!r} kept changing; gave up after {self.attempts} attempts"
+        msg = f"view {aggregate_id!r} {problem}; gave up after {self.attempts} attempts"
         raise AggregateConflict(msg)
 
     async def load(self, view_id: str) -> V | None:
@@ -92,8 +108,9 @@ class QueryReplay(Generic[C, E, S]):
 
     Events are read in pages (bounded memory) in global order, decoded and upcast like on
     load, and dispatched in batches of consecutive events of one aggregate (at most
-    ``batch_size``). ``GenericQuery`` applies events on top of the stored view, so rebuild a
-    view into an empty table (a new one, then switch), not over the old one.
+    ``batch_size``). A ``GenericQuery`` skips events its views already include, so a replay
+    fills in what a view missed; to rebuild views from scratch, replay into an empty table
+    (a new one, then switch).
     """
 
     def __init__(

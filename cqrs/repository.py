@@ -24,6 +24,7 @@ __all__ = [
     "SerializedSnapshot",
     "ViewContext",
     "ViewRepository",
+    "next_view_version",
     "validate_identifier",
 ]
 
@@ -157,6 +158,17 @@ class PersistedEventRepository(Protocol):
         ...
 
 
+def next_view_version(context: ViewContext, version: int | None) -> int:
+    """The version ``update_view`` stores: ``version``, or one more than the loaded one;
+    raise ValueError unless it is greater than ``context.version``."""
+    if version is None:
+        return context.version + 1
+    if not isinstance(version, int) or version <= context.version:
+        msg = f"a view's new version must be greater than {context.version}, not {version!r}"
+        raise ValueError(msg)
+    return version
+
+
 @dataclass(frozen=True, slots=True)
 class ViewContext:
     """Where a loaded view came from: its id and the version it had (0 if new)."""
@@ -180,7 +192,8 @@ class ViewRepository(Protocol[V]):
         """The view and its context, or None if there is none."""
         ...
 
-    async def update_view(self, view: V, context: ViewContext) -> None:
-        """Store ``view`` if the stored version still equals ``context.version`` (0: no view
-        stored yet), raising ``AggregateConflict`` otherwise."""
+    async def update_view(self, view: V, context: ViewContext, version: int | None = None) -> None:
+        """Store ``view`` at ``version`` (default ``context.version + 1``; it must be greater
+        than ``context.version``) if the stored version still equals ``context.version`` (0: no
+        view stored yet), raising ``AggregateConflict`` otherwise."""
         ...

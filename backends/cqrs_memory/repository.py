@@ -12,6 +12,7 @@ from cqrs.repository import (
     SerializedEvent,
     SerializedSnapshot,
     ViewContext,
+    next_view_version,
     validate_identifier,
 )
 
@@ -223,8 +224,9 @@ class MemoryViewRepository(Generic[V]):
             raise DeserializationError(msg) from error
         return view, ViewContext(view_id, version)
 
-    async def update_view(self, view: V, context: ViewContext) -> None:
-        """Store the view if its version is unchanged since load."""
+    async def update_view(self, view: V, context: ViewContext, version: int | None = None) -> None:
+        """Store the view at ``version`` (default: one more) if unchanged since load."""
+        new_version = next_view_version(context, version)
         row = self._rows.get(context.view_id)
         current = 0 if row is None else row[1]
         if current != context.version:
@@ -233,7 +235,7 @@ class MemoryViewRepository(Generic[V]):
                 f"expected {context.version}"
             )
             raise AggregateConflict(msg)
-        self._rows[context.view_id] = (self.codec.encode(view), current + 1)
+        self._rows[context.view_id] = (self.codec.encode(view), new_version)
 
 
 def from_url(url: str) -> MemoryEventRepository:  # noqa: ARG001 - every memory:// is new

@@ -12,7 +12,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from cqrs.codec import Codec, default_codec
 from cqrs.errors import AggregateConflict, DeserializationError
-from cqrs.repository import ViewContext, validate_identifier
+from cqrs.repository import ViewContext, next_view_version, validate_identifier
 from cqrs_mongodb._driver import Document, resolve_database, translate
 
 if TYPE_CHECKING:
@@ -98,20 +98,24 @@ class MongoViewRepository(Generic[V]):
             raise DeserializationError(msg) from error
         return view, ViewContext(view_id, version)
 
-    async def update_view(self, view: V, context: ViewContext) -> None:
-        """Store the view if its stored version still equals ``context.version`` (0: none
-        stored yet); raise AggregateConflict otherwise."""
+    async def update_view(self, view: V, context: ViewContext, version: int | None = None) -> None:
+        """Store the view at ``version`` (default ``context.version + 1``) if its stored
+        version still equals ``context.version`` (0: none stored yet); raise
+        AggregateConflict otherwise."""
+        new_version = next_view_version(context, version)
         collection = self._collection()
         payload = self.codec.encode(view).decode()
         view_id, version = context.view_id, context.version
-        doing = f"storing view {view_id!r} version {version + 1} in {self.collection}"
+        doing = f"storing view {view_id!r} version {new_version} in {self.collection}"
         try:
             if version == 0:
-                await collection.insert_one({"_id": view_id, "version": 1, "payload": payload})
+                await collection.insert_one(
+                    {"_id": view_id, "version": new_version, "payload": payload}
+                )
                 return
             result = await collection.update_one(
                 {"_id": view_id, "version": version},
-                {"$set": {"version": version + 1, "payload": payload}},
+                {"$set": {"version": new_version, "payload": payload}},
             )
         except (PyMongoError, BSONError) as error:
             raise translate(error, doing) from error

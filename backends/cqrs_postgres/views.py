@@ -8,7 +8,7 @@ from psycopg import sql
 
 from cqrs.codec import Codec, default_codec
 from cqrs.errors import AggregateConflict, DeserializationError
-from cqrs.repository import ViewContext, validate_identifier
+from cqrs.repository import ViewContext, next_view_version, validate_identifier
 from cqrs_postgres.connection import Pool, borrow, raw_json_cursor
 from cqrs_postgres.schema import apply_view_schema
 
@@ -17,8 +17,8 @@ __all__ = ["PostgresViewRepository"]
 V = TypeVar("V")
 
 _LOAD = "SELECT version, payload FROM {table} WHERE view_id = %b"
-_INSERT = "INSERT INTO {table} (view_id, version, payload) VALUES (%b, 1, %b::json)"
-_UPDATE = """UPDATE {table} SET version = version + 1, payload = %b::json
+_INSERT = "INSERT INTO {table} (view_id, version, payload) VALUES (%b, %b, %b::json)"
+_UPDATE = """UPDATE {table} SET version = %b, payload = %b::json
 WHERE view_id = %b AND version = %b"""
 
 
@@ -67,15 +67,18 @@ class PostgresViewRepository(Generic[V]):
             raise DeserializationError(msg) from error
         return view, ViewContext(view_id, version)
 
-    async def update_view(self, view: V, context: ViewContext) -> None:
-        """Store the view if its version is still ``context.version`` (0: not stored yet);
-        raise AggregateConflict otherwise."""
+    async def update_view(self, view: V, context: ViewContext, version: int | None = None) -> None:
+        """Store the view at ``version`` (default ``context.version + 1``) if its version is
+        still ``context.version`` (0: not stored yet); raise AggregateConflict otherwise."""
+        new_version = next_view_version(context, version)
         payload = self.codec.encode(view).decode()
         async with borrow(self.pool, f"store view {context.view_id!r} in {self.table}") as conn:
             if context.version == 0:
-                await conn.execute(self._insert, (context.view_id, payload))
+                await conn.execute(self._insert, (context.view_id, new_version, payload))
                 return
-            cursor = await conn.execute(self._update, (payload, context.view_id, context.version))
+            cursor = await conn.execute(
+                self._update, (new_version, payload, context.view_id, context.version)
+            )
             updated = cursor.rowcount
         if updated != 1:
             msg = (

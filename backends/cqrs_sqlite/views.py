@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from cqrs.codec import Codec, default_codec
 from cqrs.ddl import ddl_files
 from cqrs.errors import AggregateConflict, DeserializationError
-from cqrs.repository import ViewContext, validate_identifier
+from cqrs.repository import ViewContext, next_view_version, validate_identifier
 from cqrs_sqlite.repository import write_transaction
 
 if TYPE_CHECKING:
@@ -43,10 +43,10 @@ class SqliteViewRepository(Generic[V]):
         self._sql_load = f"SELECT payload, version FROM {table} WHERE view_id = ?"  # noqa: S608
         self._sql_insert = (
             f"INSERT INTO {table} (view_id, version, payload) "  # noqa: S608 - validated
-            "VALUES (?, 1, CAST(? AS TEXT)) ON CONFLICT (view_id) DO NOTHING"
+            "VALUES (?, ?, CAST(? AS TEXT)) ON CONFLICT (view_id) DO NOTHING"
         )
         self._sql_update = (
-            f"UPDATE {table} SET version = version + 1, payload = CAST(? AS TEXT) "  # noqa: S608
+            f"UPDATE {table} SET version = ?, payload = CAST(? AS TEXT) "  # noqa: S608
             "WHERE view_id = ? AND version = ?"
         )
 
@@ -84,21 +84,22 @@ class SqliteViewRepository(Generic[V]):
             raise DeserializationError(msg) from error
         return view, ViewContext(view_id, version)
 
-    async def update_view(self, view: V, context: ViewContext) -> None:
-        """Store ``view`` at ``context.version + 1`` if the stored version is still
-        ``context.version``; raise AggregateConflict otherwise."""
+    async def update_view(self, view: V, context: ViewContext, version: int | None = None) -> None:
+        """Store ``view`` at ``version`` (default ``context.version + 1``) if the stored
+        version is still ``context.version``; raise AggregateConflict otherwise."""
+        new_version = next_view_version(context, version)
         payload = self.codec.encode(view)
-        view_id, version = context.view_id, context.version
+        view_id, loaded = context.view_id, context.version
         params: tuple[object, ...]
-        if version == 0:
-            sql, params = self._sql_insert, (view_id, payload)
+        if loaded == 0:
+            sql, params = self._sql_insert, (view_id, new_version, payload)
         else:
-            sql, params = self._sql_update, (payload, view_id, version)
+            sql, params = self._sql_update, (new_version, payload, view_id, loaded)
 
         def write(connection: sqlite3.Connection) -> int:
             return write_transaction(connection, lambda: connection.execute(sql, params).rowcount)
 
         context_text = f"updating view {view_id!r} in {self.table}"
         if await self.repository.run(write, context_text) != 1:
-            msg = f"view {view_id!r} in {self.table} is no longer at version {version}"
+            msg = f"view {view_id!r} in {self.table} is no longer at version {loaded}"
             raise AggregateConflict(msg)

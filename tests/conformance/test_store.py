@@ -351,3 +351,39 @@ def _serialized(context, event, *, payload=None, event_type=None):
         datetime.now(UTC),
         uuid4(),
     )
+
+
+async def test_view_version_can_jump_but_only_forward(backend):
+    repository = await backend.open_repository()
+    views = repository.view_repository(BankAccountView, backend.name("views"))
+    await views.create_schema()
+    await views.update_view(BankAccountView("acc"), ViewContext("acc", 0), 7)
+    _, context = await views.load_with_context("acc")  # type: ignore[misc]
+    assert context.version == 7
+    with pytest.raises(ValueError, match="greater than 7"):
+        await views.update_view(BankAccountView("acc"), context, 7)
+    await views.update_view(BankAccountView("acc"), context, 9)
+    assert (await views.load_with_context("acc"))[1].version == 9  # type: ignore[index]
+
+
+async def test_generic_query_applies_each_event_once_in_sequence_order(backend):
+    repository = await backend.open_repository()
+    views = repository.view_repository(BankAccountView, backend.name("views"))
+    await views.create_schema()
+    cqrs = bank(repository)
+    await open_with(cqrs, "acc", "1", "2", "3", "4")
+    envelopes = await cqrs.store.load_events("acc")
+    query = GenericQuery(views, BankAccountView, attempts=2, max_delay=0)
+    with pytest.raises(AggregateConflict, match="next events start at 3"):
+        await query.dispatch("acc", envelopes[2:3])  # the first two have not landed
+    assert await views.load("acc") is None
+    # Dispatches arriving out of order still apply in sequence order, each once.
+    patient = GenericQuery(views, BankAccountView, attempts=200, max_delay=0.01)
+    await asyncio.gather(
+        *(patient.dispatch("acc", envelopes[i : i + 1]) for i in reversed(range(5)))
+    )
+    await patient.dispatch("acc", envelopes)  # a repeated dispatch changes nothing
+    view, context = await views.load_with_context("acc")  # type: ignore[misc]
+    assert context.version == 5
+    assert view.balance == D(10)
+    assert [entry.amount for entry in view.ledger] == [D(1), D(2), D(3), D(4)]
