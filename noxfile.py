@@ -111,7 +111,7 @@ def _mongodb_test_server(session: nox.Session) -> Iterator[dict[str, str]]:
             time.sleep(0.2)
         url = f"mongodb://127.0.0.1:{port}/?replicaSet=secantus"
         session.log(f"SecantusDB test server at {url} (pid {process.pid})")
-        yield {"CQRS_TEST_MONGODB_URL": url}
+        yield {"CQRS_TEST_MONGODB_URL": url, "CQRS_TEST_SECANTUSD": str(server)}
     finally:
         process.terminate()
         try:
