@@ -65,11 +65,14 @@ class Snapshot:
 
 
 class ViewEvent:
-    """The one attribute ``BankAccountView.update`` reads from an envelope."""
+    """What a view update needs of an envelope: the sequence (the view's version is the last
+    sequence applied, as in ``GenericQuery``) and the payload ``BankAccountView.update``
+    reads."""
 
-    __slots__ = ("payload",)
+    __slots__ = ("payload", "sequence")
 
-    def __init__(self, payload: object) -> None:
+    def __init__(self, sequence: int, payload: object) -> None:
+        self.sequence = sequence
         self.payload = payload
 
 
@@ -136,8 +139,11 @@ class RawSide:
         """(payload, version) or None."""
         raise NotImplementedError
 
-    async def write_view(self, table: str, view_id: str, payload: bytes, version: int) -> None:
-        """Insert (version 0) or update the view if still at ``version``."""
+    async def write_view(
+        self, table: str, view_id: str, payload: bytes, loaded: int, version: int
+    ) -> None:
+        """Insert (``loaded`` 0) or update the view if still at ``loaded``; store it at
+        ``version``."""
         raise NotImplementedError
 
     # -- the domain work ----------------------------------------------------------------------
@@ -211,7 +217,7 @@ class RawSide:
                         count += len(batch)
                         batch = []
                     batch_id = aggregate_id
-                    batch.append(ViewEvent(decoders[row[3]](row[5])))
+                    batch.append(ViewEvent(row[2], decoders[row[3]](row[5])))
                 if len(page) < page_size:
                     break
                 after = page[-1][-1]
@@ -230,6 +236,12 @@ class RawSide:
             view, version = BankAccountView(), 0
         else:
             view, version = self._view_decoder(stored[0]), stored[1]
-        for event in events:
+        pending = [event for event in events if event.sequence > version]
+        if not pending:
+            return
+        if pending[0].sequence != version + 1:
+            msg = f"view {view_id!r} is at {version}, events start at {pending[0].sequence}"
+            raise RuntimeError(msg)
+        for event in pending:
             view.update(event)  # type: ignore[arg-type]
-        await self.write_view(table, view_id, encoder.encode(view), version)
+        await self.write_view(table, view_id, encoder.encode(view), version, pending[-1].sequence)

@@ -189,15 +189,17 @@ class RawMongoSide(RawSide):
         document = await self.database.get_collection(table).find_one({"_id": view_id})
         return None if document is None else (document["payload"], document["version"])
 
-    async def write_view(self, table: str, view_id: str, payload: bytes, version: int) -> None:
+    async def write_view(
+        self, table: str, view_id: str, payload: bytes, loaded: int, version: int
+    ) -> None:
         collection = self.database.get_collection(table)
         text = payload.decode()
-        if version == 0:
-            await collection.insert_one({"_id": view_id, "version": 1, "payload": text})
+        if loaded == 0:
+            await collection.insert_one({"_id": view_id, "version": version, "payload": text})
             return
         result = await collection.update_one(
-            {"_id": view_id, "version": version},
-            {"$set": {"version": version + 1, "payload": text}},
+            {"_id": view_id, "version": loaded},
+            {"$set": {"version": version, "payload": text}},
         )
         if result.matched_count != 1:
             msg = f"view {view_id!r} changed"

@@ -70,8 +70,8 @@ _GET_SNAPSHOT = """SELECT payload, last_sequence, current_snapshot FROM {snapsho
 WHERE aggregate_type = %b AND aggregate_id = %b"""
 
 _LOAD_VIEW = "SELECT version, payload FROM {table} WHERE view_id = %b"
-_INSERT_VIEW = "INSERT INTO {table} (view_id, version, payload) VALUES (%b, 1, %b::json)"
-_UPDATE_VIEW = """UPDATE {table} SET version = version + 1, payload = %b::json
+_INSERT_VIEW = "INSERT INTO {table} (view_id, version, payload) VALUES (%b, %b, %b::json)"
+_UPDATE_VIEW = """UPDATE {table} SET version = %b, payload = %b::json
 WHERE view_id = %b AND version = %b"""
 
 
@@ -224,13 +224,15 @@ class RawPostgresSide(RawSide):
             row = await cursor.fetchone()
         return None if row is None else (row[1], row[0])
 
-    async def write_view(self, table: str, view_id: str, payload: bytes, version: int) -> None:
+    async def write_view(
+        self, table: str, view_id: str, payload: bytes, loaded: int, version: int
+    ) -> None:
         _, insert, update = self._views[table]
         async with self.pool.connection() as conn:
-            if version == 0:
-                await conn.execute(insert, (view_id, payload.decode()))
+            if loaded == 0:
+                await conn.execute(insert, (view_id, version, payload.decode()))
                 return
-            cursor = await conn.execute(update, (payload.decode(), view_id, version))
+            cursor = await conn.execute(update, (version, payload.decode(), view_id, loaded))
             if cursor.rowcount != 1:
                 msg = f"view {view_id!r} changed"
                 raise RuntimeError(msg)

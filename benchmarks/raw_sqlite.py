@@ -207,20 +207,22 @@ class RawSqliteSide(RawSide):
         sql = f"SELECT payload, version FROM {table} WHERE view_id = ?"  # noqa: S608
         return await self._hop(lambda connection: connection.execute(sql, (view_id,)).fetchone())
 
-    async def write_view(self, table: str, view_id: str, payload: bytes, version: int) -> None:
+    async def write_view(
+        self, table: str, view_id: str, payload: bytes, loaded: int, version: int
+    ) -> None:
         params: tuple[object, ...]
-        if version == 0:
+        if loaded == 0:
             sql = (
                 f"INSERT INTO {table} (view_id, version, payload) "  # noqa: S608
-                "VALUES (?, 1, CAST(? AS TEXT)) ON CONFLICT (view_id) DO NOTHING"
+                "VALUES (?, ?, CAST(? AS TEXT)) ON CONFLICT (view_id) DO NOTHING"
             )
-            params = (view_id, payload)
+            params = (view_id, version, payload)
         else:
             sql = (
-                f"UPDATE {table} SET version = version + 1, payload = CAST(? AS TEXT) "  # noqa: S608
+                f"UPDATE {table} SET version = ?, payload = CAST(? AS TEXT) "  # noqa: S608
                 "WHERE view_id = ? AND version = ?"
             )
-            params = (payload, view_id, version)
+            params = (version, payload, view_id, loaded)
 
         def write(connection: sqlite3.Connection) -> int:
             connection.execute("BEGIN IMMEDIATE")
