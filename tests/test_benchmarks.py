@@ -19,8 +19,10 @@ from benchmarks.harness import (
     markdown,
     parse_args,
 )
+from benchmarks.raw_sqlite import RawSqliteSide
 from benchmarks.workloads import UNITS, WORKLOADS
 from cqrs_memory import MemoryEventRepository
+from cqrs_sqlite import SqliteEventRepository
 
 TINY = replace(
     QUICK,
@@ -183,3 +185,32 @@ async def test_a_framework_failure_is_retried_once_on_new_tables():
     assert measured is not None
     assert measured[0]["framework"] > 0
     assert report.errors == []
+
+
+def _same_sql(a, b):
+    return " ".join(str(a).split()) == " ".join(str(b).split())
+
+
+def test_raw_sqlite_runs_the_backends_statements(tmp_path):
+    backend = SqliteEventRepository(tmp_path / "x.db", "events", "snapshots")
+    raw = RawSqliteSide(str(tmp_path / "x.db"), "events", "snapshots", view_prefix="")
+    for name in ("_sql_insert", "_sql_last_sequence", "_sql_events", "_sql_type_page"):
+        assert _same_sql(getattr(backend, name), getattr(raw, name)), (
+            f"{name} changed in the SQLite backend: update benchmarks/raw_sqlite.py"
+        )
+    for name in ("_sql_snapshot", "_sql_upsert"):
+        assert _same_sql(getattr(backend, name), getattr(raw, name)), name
+
+
+def test_raw_postgres_runs_the_backends_statements():
+    backend = pytest.importorskip("cqrs_postgres.repository")
+    views = pytest.importorskip("cqrs_postgres.views")
+    raw = pytest.importorskip("benchmarks.raw_postgres")
+    for name in ("_EVENTS", "_SNAPSHOT", "_RETURN", "_ONE_AGGREGATE", "_ALL_OF_TYPE"):
+        assert _same_sql(getattr(backend, name), getattr(raw, name)), (
+            f"{name} changed in the Postgres backend: update benchmarks/raw_postgres.py"
+        )
+    for name in ("_GET_SNAPSHOT", "_NEWEST_OF_TYPE"):
+        assert _same_sql(getattr(backend, name), getattr(raw, name)), name
+    for name in ("_LOAD", "_INSERT", "_UPDATE"):
+        assert _same_sql(getattr(views, name), getattr(raw, f"{name}_VIEW")), name
