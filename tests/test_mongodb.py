@@ -20,7 +20,7 @@ import subprocess
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -511,43 +511,63 @@ def _secantusd() -> str | None:
     return next((c for c in candidates if c and Path(c).is_file()), None)
 
 
-@contextlib.contextmanager
-def _standalone_server(tmp_path: Path) -> Iterator[str]:
-    server = _secantusd()
-    if server is None:
-        _unusable("no secantusd-py to start a standalone server (set CQRS_TEST_SECANTUSD)")
-        raise AssertionError  # unreachable: _unusable raises
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = (tmp_path / "standalone.log").open("wb")
-    command = [server, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:"]
-    process = subprocess.Popen(
-        [*command, "--standalone"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+class _Server:
+    """A secantusd-py process of this test's own on a free port, stopped by its pid."""
+
+    def __init__(self, tmp_path: Path, *options: str) -> None:
+        server = _secantusd()
+        if server is None:
+            _unusable("no secantusd-py to start a test server of its own (CQRS_TEST_SECANTUSD)")
+            raise AssertionError  # unreachable: _unusable raises
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.command = [server, "--host", "127.0.0.1", "--port", str(self.port), *options]
+        self.log_path = tmp_path / f"secantusd-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._start)
+
+    def _start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            assert process.poll() is None, (tmp_path / "standalone.log").read_text()
-            assert time.monotonic() < deadline, "standalone server did not start"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return
+            assert self.process.poll() is None, self.log_path.read_text()
+            assert time.monotonic() < deadline, "the test server did not start"
             time.sleep(0.1)
-        yield f"mongodb://127.0.0.1:{port}/cqrs_test?serverSelectionTimeoutMS=5000"
-    finally:
-        process.terminate()
+
+    def stop(self, *, kill: bool = False) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if kill:
+            process.kill()
+        else:
+            process.terminate()
         try:
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        log.close()
+
+
+@contextlib.asynccontextmanager
+async def _server(tmp_path: Path, *options: str) -> AsyncIterator[_Server]:
+    server = _Server(tmp_path, *options)
+    try:
+        await server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 async def test_a_standalone_server_is_refused_at_open_saying_why(tmp_path, url):
-    with _standalone_server(tmp_path) as standalone:
+    async with _server(tmp_path, "--storage-path", ":memory:", "--standalone") as server:
+        standalone = f"mongodb://127.0.0.1:{server.port}/cqrs_test?serverSelectionTimeoutMS=5000"
         with pytest.raises(ConfigurationError, match=r"standalone.*replica set") as caught:
             await from_url(standalone).open()
         assert "rs.initiate()" in str(caught.value)
@@ -563,3 +583,49 @@ async def test_a_standalone_server_is_refused_at_open_saying_why(tmp_path, url):
                 await repository.get_events("Ledger", "x")
         finally:
             await client.close()
+
+
+async def test_a_server_restart_is_survived_by_reconnecting(tmp_path, url):
+    storage = str(tmp_path / "data")
+    async with _server(tmp_path, "--storage-path", storage) as server:
+        address = f"mongodb://127.0.0.1:{server.port}/cqrs_test?replicaSet=secantus"
+        async with from_url(f"{address}&serverSelectionTimeoutMS=1000") as repository:
+            await repository.create_schema()
+            await repository.persist(batch("a1", 1, 3), None)
+            server.stop()
+            with pytest.raises(DatabaseConnectionError):
+                await repository.persist(batch("a1", 4, 2), None)
+            await server.start()
+            await repository.persist(batch("a1", 4, 2), None)
+            events = await repository.get_events("Thing", "a1")
+    assert [e.sequence for e in events] == [1, 2, 3, 4, 5]
+    assert [e.position for e in events] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.stress
+async def test_a_server_killed_mid_commit_leaves_nothing_partial(tmp_path, url):
+    storage = str(tmp_path / "data")
+    options = ("--storage-path", storage, "--sync-on-commit")
+    async with _server(tmp_path, *options) as server:
+        address = f"mongodb://127.0.0.1:{server.port}/cqrs_test?replicaSet=secantus"
+        async with from_url(f"{address}&serverSelectionTimeoutMS=2000") as repository:
+            await repository.create_schema()
+            started = time.monotonic()
+            await repository.persist(batch("warm", 1, 300), None)
+            duration = time.monotonic() - started
+            returned: dict[str, int] = {}
+            for round_, fraction in enumerate((0.1, 0.4, 0.7, 0.9, 1.2)):
+                aggregate = f"r{round_}"
+                commit = asyncio.create_task(repository.persist(batch(aggregate, 1, 300), None))
+                await asyncio.sleep(duration * fraction)
+                server.stop(kill=True)
+                with contextlib.suppress(DatabaseConnectionError):
+                    await commit
+                    returned[aggregate] = 300
+                await server.start()
+                stored = await repository.get_events("Thing", aggregate)
+                assert len(stored) in (0, 300), f"round {round_}: {len(stored)} of 300 stored"
+                if aggregate in returned:
+                    assert len(stored) == 300, f"round {round_}: a returned commit was lost"
+            positions = [e.position async for e in repository.stream_all_events(None)]
+    assert positions == list(range(1, len(positions) + 1))  # gapless after the crashes

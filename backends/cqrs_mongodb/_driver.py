@@ -101,12 +101,13 @@ def database_from_url(url: str) -> str:
 def translate(error: PyMongoError | BSONError, doing: str) -> CqrsError:
     """The framework error for a driver error (raise it ``from`` the driver error).
 
-    A duplicate key (11000, also inside a bulk write) or a write conflict that outlived the
-    driver's transaction retries means another writer won: AggregateConflict. Connection
-    and server-selection failures: DatabaseConnectionError. Anything else: UnexpectedError.
+    A duplicate key (11000, also inside a bulk write) or a write conflict means another
+    writer won: AggregateConflict. Connection and server-selection failures, and timeouts
+    (a commit whose retries ran out of time): DatabaseConnectionError. Anything else:
+    UnexpectedError.
     """
     message = f"MongoDB error while {doing}: {error}"
-    if isinstance(error, ConnectionFailure):
+    if isinstance(error, ConnectionFailure) or (isinstance(error, PyMongoError) and error.timeout):
         return DatabaseConnectionError(message)
     if isinstance(error, DriverConfigurationError):
         return ConfigurationError(message)

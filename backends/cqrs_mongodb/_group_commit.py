@@ -23,6 +23,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import pymongo
 from bson.errors import BSONError
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -184,8 +185,14 @@ class GroupCommitter:
                 await self._snapshots.bulk_write(snapshots, session=session)
             return starts
 
-        async with self._events.database.client.start_session() as session:
-            return await session.with_transaction(attempt)
+        # The helper retries transient errors (write conflicts, a lost connection) for up to
+        # 120 s; bound that by the client's timeoutMS, else its serverSelectionTimeoutMS, so
+        # an outage fails the commit with DatabaseConnectionError within the time the driver
+        # would wait for a server anyway, and a restart within it is survived.
+        client = self._events.database.client
+        with pymongo.timeout(client.options.timeout or client.options.server_selection_timeout):
+            async with client.start_session() as session:
+                return await session.with_transaction(attempt)
 
 
 def _duplicate_key_culprit(error: BaseException, group: Sequence[Commit]) -> Commit | None:
