@@ -60,7 +60,11 @@ class FrameworkSide:
             self.repository = None
 
     async def create(self, aggregate_id: str, events: int) -> None:
-        await self.cqrs.execute(aggregate_id, open_command(aggregate_id, events))
+        # expected_version=0: the application knows the aggregate is new (see
+        # RawSide.load_before_create).
+        await self.cqrs.execute(
+            aggregate_id, open_command(aggregate_id, events), expected_version=0
+        )
 
     async def grow(self, aggregate_id: str, events: int) -> None:
         await self.cqrs.execute(aggregate_id, DepositMany(amounts(events)))
