@@ -74,7 +74,6 @@ FULL = Sizes(
 )
 """The default: the same work in more, larger rounds (for the README's table)."""
 
-SIDES = ("framework", "raw", "peer")
 DEFAULT_BACKENDS = ("memory", "sqlite", "postgres")
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
