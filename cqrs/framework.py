@@ -12,7 +12,7 @@ from typing import Generic, TypeVar, cast
 from cqrs.errors import AggregateConflict, CqrsError, UnexpectedError, UserError
 from cqrs.events import EventEnvelope
 from cqrs.query import Query
-from cqrs.store import EventStore, validate_input
+from cqrs.store import AggregateContext, EventStore, validate_input
 
 __all__ = ["CqrsFramework", "QueryFailure", "Retry"]
 
@@ -101,7 +101,8 @@ class CqrsFramework(Generic[C, E, S]):
 
         With ``expected_version``, the command runs only if the aggregate's version (the
         sequence of its last event) equals it; otherwise AggregateConflict is raised and
-        nothing is retried.
+        nothing is retried. ``expected_version=0`` creates a new aggregate without reading
+        the store first (one round trip less).
         """
         validate_input(aggregate_id, metadata)
         attempts = 1 if self.retry is None or expected_version is not None else self.retry.attempts
@@ -127,7 +128,12 @@ class CqrsFramework(Generic[C, E, S]):
         metadata: Mapping[str, str],
         expected_version: int | None,
     ) -> list[EventEnvelope[E]]:
-        context = await self.store.load_aggregate(aggregate_id)
+        if expected_version == 0:
+            # A new aggregate: nothing to load. If it exists after all, the commit at
+            # sequence 1 collides and raises AggregateConflict, as the version check would.
+            context = AggregateContext(aggregate_id, self.store.new_aggregate(aggregate_id), 0)
+        else:
+            context = await self.store.load_aggregate(aggregate_id)
         if expected_version is not None and context.version != expected_version:
             msg = f"{aggregate_id!r} is at version {context.version}, expected {expected_version}"
             raise AggregateConflict(msg)

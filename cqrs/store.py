@@ -49,6 +49,10 @@ class AggregateContext(Generic[C, E, S]):
 class EventStore(Protocol[C, E, S]):
     """Loads aggregates and commits events; what :class:`~cqrs.CqrsFramework` needs."""
 
+    def new_aggregate(self, aggregate_id: str) -> Aggregate[C, E, S]:
+        """The empty state of aggregate ``aggregate_id`` (no I/O)."""
+        ...
+
     async def load_events(self, aggregate_id: str) -> list[EventEnvelope[E]]:
         """All events of one aggregate, decoded and upcast, by sequence."""
         ...

@@ -387,3 +387,24 @@ async def test_generic_query_applies_each_event_once_in_sequence_order(backend):
     assert context.version == 5
     assert view.balance == D(10)
     assert [entry.amount for entry in view.ledger] == [D(1), D(2), D(3), D(4)]
+
+
+async def test_expected_version_zero_creates_without_reading_and_conflicts_if_it_exists(
+    repository,
+):
+    cqrs = bank(repository)
+    reads: list[str] = []
+    real_get_events = repository.get_events
+
+    async def counting_get_events(aggregate_type, aggregate_id):
+        reads.append(aggregate_id)
+        return await real_get_events(aggregate_type, aggregate_id)
+
+    repository.get_events = counting_get_events
+    await cqrs.execute("new", OpenAccount("new"), expected_version=0)
+    assert reads == []
+    assert (await cqrs.store.load_aggregate("new")).version == 1
+    assert reads == ["new"]
+    with pytest.raises(AggregateConflict):
+        await cqrs.execute("new", OpenAccount("new"), expected_version=0)
+    assert len(await cqrs.store.load_events("new")) == 1
