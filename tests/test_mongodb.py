@@ -359,6 +359,36 @@ async def test_concurrent_commits_share_transactions_and_keep_their_own_outcome(
     assert snapshot.last_sequence == 3
 
 
+async def test_a_sequence_this_process_stored_conflicts_without_a_transaction(url, prefix):
+    transactions = _Commands("findAndModify")
+    watched: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        url, event_listeners=[transactions]
+    )
+    repository = MongoEventRepository(
+        watched, events_collection=f"{prefix}_events", snapshots_collection=f"{prefix}_snaps"
+    )
+    try:
+        async with repository:
+            await repository.create_schema()
+            await repository.persist(batch("a1", 1, 3), None)
+            await repository.persist(batch("a1", 4, 1), None)
+            before = transactions.count
+            with pytest.raises(AggregateConflict, match="sequence 2 is already stored"):
+                await repository.persist(batch("a1", 2, 2), None)
+            assert transactions.count == before  # known to conflict: no transaction ran
+            await repository.persist(batch("a1", 5, 1), None)
+            assert [e.sequence for e in await repository.get_events("Thing", "a1")] == [
+                1,
+                2,
+                3,
+                4,
+                5,
+            ]
+    finally:
+        await watched.close()
+        await FACTORY.cleanup(Path(), prefix)
+
+
 async def test_malformed_event_document_raises_deserialization_error(repository, client, prefix):
     await client[DATABASE][f"{prefix}_events"].insert_one(
         {"_id": 99, "aggregate_type": "Ledger", "aggregate_id": "bad", "sequence": 1}

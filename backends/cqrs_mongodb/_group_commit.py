@@ -10,6 +10,8 @@ transaction. Each caller still gets its own outcome:
 - a group holds at most one commit per aggregate (the others wait for the next group), so
   a duplicate key names exactly one culprit: it gets AggregateConflict and the group is
   retried without it;
+- a commit that reuses a sequence this process has stored (a stale writer on a hot
+  aggregate) gets AggregateConflict at once, without a transaction;
 - a lost connection fails the whole group with DatabaseConnectionError;
 - any other error is retried commit by commit, so one bad commit cannot fail the others.
 
@@ -20,6 +22,7 @@ retries the write conflicts); that is accepted on MongoDB.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +38,9 @@ from cqrs_mongodb._driver import Document, translate
 
 MAX_GROUP_DOCUMENTS = 1000
 """A group takes further commits only while it holds fewer event documents than this."""
+
+REMEMBERED_AGGREGATES = 10_000
+"""How many aggregates' recently stored sequences a committer remembers."""
 
 _DUPLICATE_KEY = 11000
 
@@ -69,9 +75,13 @@ class GroupCommitter:
         self._snapshots = snapshots
         self._queue: list[Commit] = []
         self._task: asyncio.Task[None] | None = None
+        self._stored: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
 
     async def commit(self, commit: Commit) -> int:
         """Queue ``commit`` and wait for its first position (or its error)."""
+        self._fail_if_stored(commit)
+        if commit.done.done():
+            return await commit.done
         self._queue.append(commit)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
@@ -99,7 +109,8 @@ class GroupCommitter:
         keys: set[tuple[str, str]] = set()
         size = 0
         for commit in self._queue:
-            if commit.done.done():  # its caller was cancelled before the commit ran
+            self._fail_if_stored(commit)
+            if commit.done.done():  # cancelled by its caller, or known to conflict
                 continue
             if commit.key in keys or (group and size + len(commit.documents) > MAX_GROUP_DOCUMENTS):
                 later.append(commit)
@@ -109,6 +120,30 @@ class GroupCommitter:
             size += len(commit.documents)
         self._queue = later
         return group
+
+    def _remember(self, commit: Commit) -> None:
+        """Record the sequences ``commit`` stored, extending the aggregate's known range."""
+        first, last = commit.documents[0]["sequence"], commit.documents[-1]["sequence"]
+        known = self._stored.pop(commit.key, None)
+        if known is not None and known[0] <= first <= known[1] + 1:
+            first, last = known[0], max(last, known[1])
+        self._stored[commit.key] = (first, last)
+        if len(self._stored) > REMEMBERED_AGGREGATES:
+            self._stored.popitem(last=False)
+
+    def _fail_if_stored(self, commit: Commit) -> None:
+        """Fail ``commit`` at once if this process stored one of its sequences: a stale
+        writer on a hot aggregate then costs no transaction to find out."""
+        known = self._stored.get(commit.key)
+        if known is None:
+            return
+        first, last = commit.documents[0]["sequence"], commit.documents[-1]["sequence"]
+        if first <= known[1] and last >= known[0]:
+            msg = (
+                f"conflict while {commit.doing}: sequence {max(first, known[0])} is already "
+                "stored (another writer committed first)"
+            )
+            _fail(commit, AggregateConflict(msg))
 
     async def _commit_group(self, group: list[Commit]) -> None:
         while group:
@@ -124,22 +159,8 @@ class GroupCommitter:
             for commit, start in zip(group, starts, strict=True):
                 if not commit.done.done():
                     commit.done.set_result(start)
-            self._fail_superseded(group)
+                self._remember(commit)
             return
-
-    def _fail_superseded(self, committed: Sequence[Commit]) -> None:
-        """Fail the queued commits that reuse a sequence just committed: their duplicate key
-        is certain, so they need no transaction to find out."""
-        stored = {commit.key: commit.documents[-1]["sequence"] for commit in committed}
-        waiting = []
-        for commit in self._queue:
-            last = stored.get(commit.key)
-            if last is not None and commit.documents[0]["sequence"] <= last:
-                msg = f"conflict while {commit.doing}: sequence {last} was committed first"
-                _fail(commit, AggregateConflict(msg))
-            else:
-                waiting.append(commit)
-        self._queue = waiting
 
     async def _after_error(
         self, group: list[Commit], error: PyMongoError | BSONError
