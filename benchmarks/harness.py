@@ -1,15 +1,16 @@
 """Timing, alternation, medians, the markdown table, the JSON report and the command line.
 
 For each backend and workload the harness opens the sides (framework, raw, peer: those that
-exist there), seeds each one untimed, then runs ``warmups + repetitions`` rounds; in each
-round every side runs the workload once, in an order rotated by one per round (A/B/C,
-B/C/A, ...) so that no side always goes first. Warm-up rounds are not counted. A side's
-result is the median of its rates over the counted rounds; ``ratio_raw = framework / raw``
-and ``ratio_peer = framework / peer`` (null when either is not measured).
-Rounds are short (tens of milliseconds) and many: on a shared machine the load changes over
-seconds, and short alternating rounds let every side see the same conditions. Everything
-runs in one process, on one event loop; the garbage collector runs before each timed run so
-that no side pays for another's garbage. The per-round rates are in the JSON's ``samples``.
+exist there), seeds each one untimed, then runs ``warmups + repetitions`` rounds. A round is
+the workload once per side, cut into steps of a few milliseconds (a few commands or loads)
+that run interleaved: step 1 of A, B, C, then step 2 of B, C, A... (the order rotates so no
+side always goes first). On a shared machine the load changes from one second to the next;
+interleaving small steps makes every side run under the same conditions. A side's rate in a
+round is its units over the time of its own steps; its result is the median over the
+counted rounds (warm-up rounds are not counted); ``ratio_raw = framework / raw`` and
+``ratio_peer = framework / peer`` (null when either is not measured). Everything runs in one
+process, on one event loop; the garbage collector runs between rounds. The per-round rates
+are in the JSON's ``samples``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from benchmarks.workloads import (
     SNAPSHOT_EVERY,
     UNITS,
     WORKLOADS,
+    Operation,
     PerRound,
     Side,
     Sizes,
@@ -110,25 +112,6 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(numerator / denominator, 3)
 
 
-async def _time_once(
-    per_round: PerRound, round_index: int, profiler: cProfile.Profile | None
-) -> float | None:
-    """Prepare round ``round_index`` (untimed), time its operation, return units/second
-    (None when the side does not do this workload)."""
-    operation = await per_round(round_index)
-    if operation is None:
-        return None
-    gc.collect()
-    if profiler is not None:
-        profiler.enable()
-    started = time.perf_counter()
-    units = await operation()
-    elapsed = time.perf_counter() - started
-    if profiler is not None:
-        profiler.disable()
-    return units / elapsed
-
-
 class _WorkloadRun:
     """One workload on one target: its sides, their per-round rates, their failures.
 
@@ -184,25 +167,74 @@ class _WorkloadRun:
             )
 
     async def rounds(self) -> None:
-        sides, sizes = self.sides, self.sizes
+        sizes = self.sizes
         for round_index in range(sizes.warmups + sizes.repetitions):
-            shift = round_index % len(sides)
-            for side in sides[shift:] + sides[:shift]:
-                per_round = self.preparers.get(side.name)
-                if per_round is None:
+            rates = await self.round(round_index)
+            if round_index >= sizes.warmups:
+                for name, rate in rates.items():
+                    self.rates[name].append(rate)
+
+    async def round(self, index: int) -> dict[str, float]:
+        """Prepare every side's steps (untimed), then run them interleaved: step 1 of
+        every side, step 2 of every side..., the side order rotating at each step. Return
+        each side's units per second over its steps."""
+        steps = await self._steps(index)
+        elapsed = dict.fromkeys(steps, 0.0)
+        units = dict.fromkeys(steps, 0)
+        profiler = self.profiler if index >= self.sizes.warmups else None
+        gc.collect()
+        for step in range(max((len(s) for s in steps.values()), default=0)):
+            names = list(steps)
+            shift = (index + step) % max(len(names), 1)
+            for name in names[shift:] + names[:shift]:
+                if step >= len(steps[name]):
                     continue
-                counted = round_index >= sizes.warmups
-                profiler = self.profiler if counted and side.name == "framework" else None
-                try:
-                    rate = await _time_once(per_round, round_index, profiler)
-                except Exception as error:  # noqa: BLE001 - reported by failed()
-                    self.failed(side, error)
+                timed = await self._time(name, steps[name][step], profiler)
+                if timed is None:
+                    del steps[name]
                     continue
-                if rate is None:
-                    self.preparers.pop(side.name)
-                    self.rates.pop(side.name)
-                elif counted:
-                    self.rates[side.name].append(rate)
+                elapsed[name] += timed[0]
+                units[name] += timed[1]
+        return {name: units[name] / elapsed[name] for name in steps if elapsed[name] > 0}
+
+    async def _steps(self, index: int) -> dict[str, list[Operation]]:
+        steps: dict[str, list[Operation]] = {}
+        for side in self.sides:
+            per_round = self.preparers.get(side.name)
+            if per_round is None:
+                continue
+            try:
+                side_steps = await per_round(index)
+            except Exception as error:  # noqa: BLE001 - reported by failed()
+                self.failed(side, error)
+                continue
+            if side_steps is None:
+                self.preparers.pop(side.name)
+                self.rates.pop(side.name)
+            else:
+                steps[side.name] = side_steps
+        return steps
+
+    async def _time(
+        self, name: str, operation: Operation, profiler: cProfile.Profile | None
+    ) -> tuple[float, int] | None:
+        """(seconds, units) of one step, or None if it failed (reported, side left out)."""
+        profiling = profiler is not None and name == "framework"
+        if profiling:
+            profiler.enable()  # type: ignore[union-attr]
+        started = time.perf_counter()
+        try:
+            done = await operation()
+        except Exception as error:  # noqa: BLE001 - reported by failed()
+            self.failed(self._side(name), error)
+            return None
+        finally:
+            if profiling:
+                profiler.disable()  # type: ignore[union-attr]
+        return time.perf_counter() - started, done
+
+    def _side(self, name: str) -> Side:
+        return next(side for side in self.sides if side.name == name)
 
     async def close(self) -> None:
         for side in self.opened:
@@ -351,8 +383,24 @@ async def run(options: argparse.Namespace) -> Report:
                 if profiler is not None:
                     _dump_profile(profiler, Path(options.profile), target.name, workload)
         finally:
-            await target.cleanup()
+            await _cleanup(target, report)
     return report
+
+
+async def _cleanup(target: Target, report: Report) -> None:
+    """Drop what the run created; a server that is restarting gets three tries."""
+    for attempt in range(3):
+        try:
+            await target.cleanup()
+        except Exception as error:  # noqa: BLE001 - reported below, the run goes on
+            if attempt < 2:
+                await asyncio.sleep(2)
+                continue
+            _log(f"{target.name}: cleanup FAILED, some benchmark tables remain: {error!r}")
+            report.errors.append(
+                {"backend": target.name, "workload": "-", "side": "cleanup", "error": repr(error)}
+            )
+        return
 
 
 def _dump_profile(profiler: cProfile.Profile, directory: Path, backend: str, workload: str) -> None:

@@ -78,7 +78,7 @@ REPLAY_AGGREGATES = 100
 REPLAY_EVENTS_EACH = 100
 
 Operation = Callable[[], Awaitable[int]]
-"""A timed operation: does the work and returns how many units it did."""
+"""A timed step: does some of a round's work and returns how many units it did."""
 
 
 @dataclass(frozen=True)
@@ -149,9 +149,21 @@ def balance_of(state: object) -> object:
     return getattr(state, "balance", None)
 
 
-PerRound = Callable[[int], Awaitable[Operation | None]]
-"""Prepares round ``n`` (untimed) and returns the operation to time, or None if the side
-cannot do the workload."""
+PerRound = Callable[[int], Awaitable[list[Operation] | None]]
+"""Prepares round ``n`` (untimed) and returns its steps: the operations to time, which the
+harness interleaves with the other sides' steps; or None if the side cannot do the
+workload."""
+
+STEP = {
+    "commit_1": 4,
+    "commit_10": 2,
+    "load_100": 3,
+    "load_1000": 1,
+    "load_snapshot": 10,
+    "concurrent_8": 2,
+}
+"""Units of work per step (commands, creations, loads; ``concurrent_8``: commands per task):
+steps are a few milliseconds, so that the sides share the machine's conditions."""
 
 
 async def prepare(workload: str, side: Side, sizes: Sizes) -> PerRound:
@@ -164,81 +176,103 @@ async def prepare(workload: str, side: Side, sizes: Sizes) -> PerRound:
     return await preparer(side, sizes)
 
 
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
 async def _commit_1(side: Side, sizes: Sizes) -> PerRound:
-    async def for_round(index: int) -> Operation:
+    async def for_round(index: int) -> list[Operation]:
         ids = [f"c1-{index}-{i}" for i in range(sizes.commit_1)]
         for aggregate_id in ids:
             await side.create(aggregate_id, SEED_EVENTS)
 
-        async def commit_1() -> int:
-            for aggregate_id in ids:
-                await side.deposit(aggregate_id)
-            return len(ids)
+        def step(chunk: list[str]) -> Operation:
+            async def commit_1() -> int:
+                for aggregate_id in chunk:
+                    await side.deposit(aggregate_id)
+                return len(chunk)
 
-        return commit_1
+            return commit_1
+
+        return [step(chunk) for chunk in _chunks(ids, STEP["commit_1"])]
 
     return for_round
 
 
 async def _commit_10(side: Side, sizes: Sizes) -> PerRound:
-    async def for_round(index: int) -> Operation:
+    async def for_round(index: int) -> list[Operation]:
         ids = [f"c10-{index}-{i}" for i in range(sizes.commit_10)]
 
-        async def commit_10() -> int:
-            for aggregate_id in ids:
-                await side.create(aggregate_id, 10)
-            return 10 * len(ids)
+        def step(chunk: list[str]) -> Operation:
+            async def commit_10() -> int:
+                for aggregate_id in chunk:
+                    await side.create(aggregate_id, 10)
+                return 10 * len(chunk)
 
-        return commit_10
+            return commit_10
+
+        return [step(chunk) for chunk in _chunks(ids, STEP["commit_10"])]
 
     return for_round
 
 
-async def _load(side: Side, events: int, loads: int, aggregate_id: str) -> PerRound:
+async def _load(side: Side, workload: str, events: int, loads: int) -> PerRound:
+    aggregate_id = workload
     # Commits of 100 events: with snapshots every 100, every side snapshots at 1000.
     await side.create(aggregate_id, min(events, 100))
     for _ in range(events // 100 - 1):
         await side.grow(aggregate_id, 100)
     expected = balance_of(await side.load(aggregate_id))
 
-    async def load() -> int:
-        state = None
-        for _ in range(loads):
-            state = await side.load(aggregate_id)
-        if balance_of(state) != expected:
-            msg = f"{side.name} loaded balance {balance_of(state)}, expected {expected}"
-            raise AssertionError(msg)
-        return loads
+    def step(count: int) -> Operation:
+        async def load() -> int:
+            state = None
+            for _ in range(count):
+                state = await side.load(aggregate_id)
+            if balance_of(state) != expected:
+                msg = f"{side.name} loaded balance {balance_of(state)}, expected {expected}"
+                raise AssertionError(msg)
+            return count
 
-    return _same(load)
+        return load
+
+    size = STEP[workload]
+    steps = [step(min(size, loads - done)) for done in range(0, loads, size)]
+    return _same(steps)
 
 
 async def _load_100(side: Side, sizes: Sizes) -> PerRound:
-    return await _load(side, 100, sizes.load_100, "l100")
+    return await _load(side, "load_100", 100, sizes.load_100)
 
 
 async def _load_1000(side: Side, sizes: Sizes) -> PerRound:
-    return await _load(side, 1000, sizes.load_1000, "l1000")
+    return await _load(side, "load_1000", 1000, sizes.load_1000)
 
 
 async def _load_snapshot(side: Side, sizes: Sizes) -> PerRound:
-    return await _load(side, 1000, sizes.load_snapshot, "lsnap")
+    return await _load(side, "load_snapshot", 1000, sizes.load_snapshot)
 
 
 async def _concurrent_8(side: Side, sizes: Sizes) -> PerRound:
     count = max(sizes.concurrent_8 // TASKS, 1)
 
-    async def for_round(index: int) -> Operation:
+    async def for_round(index: int) -> list[Operation]:
         groups = [[f"cc-{index}-{task}-{i}" for i in range(count)] for task in range(TASKS)]
         for group in groups:
             for aggregate_id in group:
                 await side.create(aggregate_id, SEED_EVENTS)
+        size = STEP["concurrent_8"]
 
-        async def concurrent_8() -> int:
-            await side.commit_groups(groups)
-            return TASKS * count
+        def step(start: int) -> Operation:
+            part = [group[start : start + size] for group in groups]
 
-        return concurrent_8
+            async def concurrent_8() -> int:
+                await side.commit_groups(part)
+                return sum(len(group) for group in part)
+
+            return concurrent_8
+
+        return [step(start) for start in range(0, count, size)]
 
     return for_round
 
@@ -250,7 +284,7 @@ async def _replay_10k(side: Side, sizes: Sizes) -> PerRound:
         await side.create(f"r-{index}", each)
     total = aggregates * each
 
-    async def for_round(index: int) -> Operation | None:
+    async def for_round(index: int) -> list[Operation] | None:
         replay = await side.prepare_replay(f"views_{index}")
         if replay is None:
             return None
@@ -262,14 +296,14 @@ async def _replay_10k(side: Side, sizes: Sizes) -> PerRound:
                 raise AssertionError(msg)
             return count
 
-        return replay_10k
+        return [replay_10k]
 
     return for_round
 
 
-def _same(operation: Operation) -> PerRound:
-    async def for_round(index: int) -> Operation:  # noqa: ARG001 - every round is alike
-        return operation
+def _same(steps: list[Operation]) -> PerRound:
+    async def for_round(index: int) -> list[Operation]:  # noqa: ARG001 - every round is alike
+        return steps
 
     return for_round
 
