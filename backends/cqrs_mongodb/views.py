@@ -105,20 +105,20 @@ class MongoViewRepository(Generic[V]):
         new_version = next_view_version(context, version)
         collection = self._collection()
         payload = self.codec.encode(view).decode()
-        view_id, version = context.view_id, context.version
+        view_id, old_version = context.view_id, context.version
         doing = f"storing view {view_id!r} version {new_version} in {self.collection}"
         try:
-            if version == 0:
+            if old_version == 0:
                 await collection.insert_one(
                     {"_id": view_id, "version": new_version, "payload": payload}
                 )
                 return
             result = await collection.update_one(
-                {"_id": view_id, "version": version},
+                {"_id": view_id, "version": old_version},
                 {"$set": {"version": new_version, "payload": payload}},
             )
         except (PyMongoError, BSONError) as error:
             raise translate(error, doing) from error
         if result.matched_count == 0:
-            msg = f"view {view_id!r} in {self.collection} is no longer at version {version}"
+            msg = f"view {view_id!r} in {self.collection} is no longer at version {old_version}"
             raise AggregateConflict(msg)
