@@ -60,8 +60,8 @@ class FrameworkSide:
             self.repository = None
 
     async def create(self, aggregate_id: str, events: int) -> None:
-        # expected_version=0: the application knows the aggregate is new (see
-        # RawSide.load_before_create).
+        # expected_version=0: the aggregate is new, so the framework does not read it first
+        # (RawSide.load_before_create mirrors that).
         await self.cqrs.execute(
             aggregate_id, open_command(aggregate_id, events), expected_version=0
         )
