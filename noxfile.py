@@ -81,17 +81,24 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy")
 
 
-@contextlib.contextmanager
-def _mongodb_test_server(session: nox.Session) -> Iterator[dict[str, str]]:
-    if os.environ.get("CQRS_TEST_MONGODB_URL"):
-        yield {}
-        return
+def _secantusd(session: nox.Session) -> Path:
+    """The SecantusDB server binary, installed in its own virtualenv (never imported)."""
     server = SECANTUS_VENV / "bin" / "secantusd-py"
     if not server.exists():
         session.run(sys.executable, "-m", "venv", str(SECANTUS_VENV), external=True)
         session.run(
             str(SECANTUS_VENV / "bin" / "pip"), "install", "-q", "secantusdb", external=True
         )
+    return server
+
+
+@contextlib.contextmanager
+def _mongodb_test_server(session: nox.Session) -> Iterator[dict[str, str]]:
+    server = _secantusd(session)  # some tests start servers of their own
+    env = {"CQRS_TEST_SECANTUSD": str(server)}
+    if os.environ.get("CQRS_TEST_MONGODB_URL"):
+        yield env
+        return
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -111,7 +118,7 @@ def _mongodb_test_server(session: nox.Session) -> Iterator[dict[str, str]]:
             time.sleep(0.2)
         url = f"mongodb://127.0.0.1:{port}/?replicaSet=secantus"
         session.log(f"SecantusDB test server at {url} (pid {process.pid})")
-        yield {"CQRS_TEST_MONGODB_URL": url, "CQRS_TEST_SECANTUSD": str(server)}
+        yield {**env, "CQRS_TEST_MONGODB_URL": url}
     finally:
         process.terminate()
         try:
