@@ -554,3 +554,47 @@ def test_all_is_sorted_complete_and_documented():
     assert public == set(cqrs_postgres.__all__)
     for name in cqrs_postgres.__all__:
         assert getattr(cqrs_postgres, name).__doc__, f"{name} has no docstring"
+
+
+# -- timeouts ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [("lock_timeout", "lock timeout"), ("statement_timeout", "statement timeout")],
+)
+async def test_a_timeout_is_a_clear_error_then_the_app_recovers(tables, setting, reason):
+    pool = AsyncConnectionPool(
+        URL,
+        min_size=1,
+        max_size=2,
+        kwargs={"autocommit": True, "options": f"-c {setting}=200"},
+        open=False,
+    )
+    await pool.open(wait=True)
+    try:
+        repository = PostgresEventRepository(pool).with_tables(
+            tables["events"], tables["snapshots"]
+        )
+        await repository.create_schema()
+        await repository.persist(batch("a1", 1, 1), None)
+        blocker = await raw()
+        try:
+            await blocker.execute("BEGIN")
+            await blocker.execute(
+                sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                    sql.Identifier(tables["events"])
+                )
+            )
+            with pytest.raises(cqrs.DatabaseConnectionError, match=reason) as caught:
+                await repository.persist(batch("a1", 2, 2), None)
+            assert isinstance(caught.value.__cause__, psycopg.OperationalError)
+            await blocker.execute("ROLLBACK")
+        finally:
+            await blocker.close()
+        # Nothing of the timed-out commit was stored, and the same pool works again.
+        assert [e.sequence for e in await repository.get_events(TYPE, "a1")] == [1]
+        await repository.persist(batch("a1", 2, 2), None)
+        assert [e.sequence for e in await repository.get_events(TYPE, "a1")] == [1, 2, 3]
+    finally:
+        await pool.close()
