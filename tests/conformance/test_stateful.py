@@ -4,7 +4,6 @@ conflicting commit, load, snapshot, stream and replay must always agree."""
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 
 import pytest
@@ -16,7 +15,6 @@ from support import batch, collect
 from cqrs import AggregateConflict, PersistedEventRepository, SerializedSnapshot, default_codec
 
 IDS = st.sampled_from(["a", "b", "c"])
-STRESS = os.environ.get("CQRS_TEST_STRESS") == "1"
 
 
 class RepositoryMachine(RuleBasedStateMachine):
@@ -87,9 +85,9 @@ class RepositoryMachine(RuleBasedStateMachine):
         assert [e.position for e in streamed] == self.positions[index:]
 
 
-def test_repository_agrees_with_a_model(sync_backend):
+def run_machine(backend, max_examples: int, steps: int) -> None:
     loop = asyncio.new_event_loop()
-    repository = sync_backend.new_repository()
+    repository = backend.new_repository()
     try:
         loop.run_until_complete(repository.open())
         loop.run_until_complete(repository.create_schema())
@@ -98,8 +96,8 @@ def test_repository_agrees_with_a_model(sync_backend):
         run_state_machine_as_test(
             RepositoryMachine,
             settings=settings(
-                max_examples=40 if STRESS else 8,
-                stateful_step_count=25 if STRESS else 12,
+                max_examples=max_examples,
+                stateful_step_count=steps,
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow],
             ),
@@ -107,3 +105,13 @@ def test_repository_agrees_with_a_model(sync_backend):
     finally:
         loop.run_until_complete(repository.close())
         loop.close()
+
+
+def test_repository_agrees_with_a_model(sync_backend):
+    run_machine(sync_backend, max_examples=8, steps=12)
+
+
+@pytest.mark.stress
+def test_repository_agrees_with_a_model_over_long_runs(sync_backend):
+    scale = getattr(sync_backend.factory, "stress_scale", 1.0)
+    run_machine(sync_backend, max_examples=max(10, int(60 * scale)), steps=30)

@@ -14,10 +14,11 @@ from decimal import Decimal
 
 import pytest
 
-from cqrs import CqrsFramework, PersistedEventStore, Retry, UserError
+from cqrs import CqrsFramework, GenericQuery, PersistedEventStore, QueryReplay, Retry, UserError
 from examples.bank_account.domain import (
     BankAccount,
     BankAccountServices,
+    BankAccountView,
     CustomerDepositedMoney,
     CustomerWithdrewCash,
     DepositMoney,
@@ -143,3 +144,39 @@ async def test_many_aggregates_in_parallel_keep_global_order(backend):
     for number in range(16):
         sequences = [e.sequence for e in streamed if e.aggregate_id == f"acc-{number}"]
         assert sequences == list(range(1, per_writer + 2))
+
+
+async def test_views_under_concurrent_commands_equal_a_replay(backend):
+    repository = await backend.open_repository()
+    live = repository.view_repository(BankAccountView, backend.name("live"))
+    await live.create_schema()
+    store = PersistedEventStore(repository, BankAccount)
+    cqrs = CqrsFramework(
+        store,
+        [GenericQuery(live, BankAccountView, attempts=500, max_delay=0.02)],
+        BankAccountServices(),
+        retry=Retry(attempts=500, base_delay=0.001, max_delay=0.05),
+    )
+    accounts = [f"v{i}" for i in range(3)]
+    for account in accounts:
+        await cqrs.execute(account, OpenAccount(account))
+    per_account = scaled(backend, 40)
+    await asyncio.gather(
+        *(
+            cqrs.execute(account, DepositMoney(Decimal(n + 1) / 100))
+            for n in range(per_account)
+            for account in accounts
+        )
+    )
+    rebuilt = repository.view_repository(BankAccountView, backend.name("rebuilt"))
+    await rebuilt.create_schema()
+    await QueryReplay(store, GenericQuery(rebuilt, BankAccountView)).replay_all()
+    expected_total = sum(Decimal(n + 1) / 100 for n in range(per_account))
+    for account in accounts:
+        view = await live.load(account)
+        assert view is not None
+        assert view == await rebuilt.load(account)
+        assert view.balance == expected_total
+        assert len(view.ledger) == per_account
+        events = await store.load_events(account)
+        assert [entry.amount for entry in view.ledger] == [e.payload.amount for e in events[1:]]
