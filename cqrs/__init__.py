@@ -22,11 +22,14 @@ from cqrs.events import DomainEvent, EventEnvelope, event_type_of, event_version
 from cqrs.framework import CqrsFramework, QueryFailure, Retry
 from cqrs.query import GenericQuery, Query, QueryReplay, View
 from cqrs.repository import (
+    AsyncResource,
     PersistedEventRepository,
     SerializedEvent,
     SerializedSnapshot,
     ViewContext,
     ViewRepository,
+    decode_view,
+    next_view_version,
     validate_identifier,
 )
 from cqrs.store import AggregateContext, EventStore, PersistedEventStore
@@ -40,6 +43,7 @@ __all__ = [
     "AggregateError",
     "AggregateResultValidator",
     "AggregateTestExecutor",
+    "AsyncResource",
     "Codec",
     "ConfigurationError",
     "CqrsError",
@@ -69,8 +73,10 @@ __all__ = [
     "ViewContext",
     "ViewRepository",
     "connect",
+    "decode_view",
     "default_codec",
     "event_type_of",
     "event_version_of",
+    "next_view_version",
     "validate_identifier",
 ]

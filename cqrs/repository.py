@@ -11,19 +11,23 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from types import TracebackType
+from typing import Protocol, Self, TypeVar
 from uuid import UUID
 
 import msgspec
 
-from cqrs.errors import ConfigurationError
+from cqrs.codec import Codec
+from cqrs.errors import ConfigurationError, DeserializationError
 
 __all__ = [
+    "AsyncResource",
     "PersistedEventRepository",
     "SerializedEvent",
     "SerializedSnapshot",
     "ViewContext",
     "ViewRepository",
+    "decode_view",
     "next_view_version",
     "validate_identifier",
 ]
@@ -156,6 +160,40 @@ class PersistedEventRepository(Protocol):
         """A view repository for ``view_type`` stored in ``table``, sharing these
         connections. Call its ``create_schema()`` once before use."""
         ...
+
+
+class AsyncResource:
+    """Mixin for backends: ``async with`` calls ``open()`` on entry and ``close()`` on exit.
+
+    The class defines ``open`` and ``close`` (both idempotent)."""
+
+    async def open(self) -> None:
+        """Acquire connections (idempotent)."""
+
+    async def close(self) -> None:
+        """Release connections (idempotent)."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def decode_view(codec: Codec, payload: bytes | str, view_type: type[V], where: str) -> V:
+    """Decode a stored view; raise DeserializationError naming ``where`` (the view id and
+    its table) when it does not decode."""
+    try:
+        return codec.decode(payload, view_type)
+    except (ValueError, TypeError) as error:
+        msg = f"{where} does not decode: {error}"
+        raise DeserializationError(msg) from error
 
 
 def next_view_version(context: ViewContext, version: int | None) -> int:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from types import TracebackType
-from typing import Generic, Self, TypeVar
+from typing import Generic, TypeVar
 
 from cqrs.codec import Codec, default_codec
-from cqrs.errors import AggregateConflict, DeserializationError
+from cqrs.errors import AggregateConflict
 from cqrs.repository import (
+    AsyncResource,
     SerializedEvent,
     SerializedSnapshot,
     ViewContext,
+    decode_view,
     next_view_version,
     validate_identifier,
 )
@@ -47,7 +48,7 @@ class MemoryDatabase:
         return self._views.setdefault(name, {})
 
 
-class MemoryEventRepository:
+class MemoryEventRepository(AsyncResource):
     """Events and snapshots in process memory (a PersistedEventRepository).
 
     All work happens between two awaits on the event loop, so every method is atomic.
@@ -81,17 +82,6 @@ class MemoryEventRepository:
 
     async def create_schema(self) -> None:
         """Nothing to create."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def get_events(self, aggregate_type: str, aggregate_id: str) -> list[SerializedEvent]:
         """All events of one aggregate."""
@@ -217,11 +207,7 @@ class MemoryViewRepository(Generic[V]):
         if row is None:
             return None
         payload, version = row
-        try:
-            view = self.codec.decode(payload, self.view_type)
-        except (ValueError, TypeError) as error:
-            msg = f"view {view_id!r} in {self.table} does not decode: {error}"
-            raise DeserializationError(msg) from error
+        view = decode_view(self.codec, payload, self.view_type, f"view {view_id!r} in {self.table}")
         return view, ViewContext(view_id, version)
 
     async def update_view(self, view: V, context: ViewContext, version: int | None = None) -> None:

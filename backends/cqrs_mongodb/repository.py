@@ -21,8 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 from bson.errors import BSONError
 from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
@@ -32,7 +31,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from cqrs.codec import Codec, default_codec
 from cqrs.errors import ConfigurationError, DeserializationError
-from cqrs.repository import SerializedEvent, SerializedSnapshot, validate_identifier
+from cqrs.repository import AsyncResource, SerializedEvent, SerializedSnapshot, validate_identifier
 from cqrs_mongodb._driver import (
     CODEC_OPTIONS,
     Document,
@@ -55,7 +54,7 @@ PAGE_SIZE = 500
 _DUPLICATE_KEY = 11000
 
 
-class MongoEventRepository:
+class MongoEventRepository(AsyncResource):
     """Events and snapshots in MongoDB (a PersistedEventRepository).
 
     ``client_or_database`` is a ``pymongo.AsyncMongoClient`` (the database is ``database``,
@@ -173,18 +172,6 @@ class MongoEventRepository:
         client, self._client, self._database = self._client, None, None
         if client is not None:
             await client.close()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def __repr__(self) -> str:
         return (

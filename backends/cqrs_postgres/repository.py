@@ -21,15 +21,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from types import TracebackType
-from typing import Self, TypeVar, cast
+from typing import TypeVar, cast
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow, tuple_row
 
 from cqrs.codec import Codec, default_codec
 from cqrs.errors import DatabaseConnectionError
-from cqrs.repository import SerializedEvent, SerializedSnapshot, validate_identifier
+from cqrs.repository import AsyncResource, SerializedEvent, SerializedSnapshot, validate_identifier
 from cqrs_postgres.connection import (
     DEFAULT_MAX_SIZE,
     DEFAULT_MIN_SIZE,
@@ -103,7 +102,7 @@ def _text(payload: bytes | str) -> str:
     return payload.decode() if isinstance(payload, bytes) else payload
 
 
-class PostgresEventRepository:
+class PostgresEventRepository(AsyncResource):
     """Events and snapshots in PostgreSQL tables (a PersistedEventRepository).
 
     ``pool`` is a psycopg_pool pool (see :func:`~cqrs_postgres.default_postgres_pool`);
@@ -192,18 +191,6 @@ class PostgresEventRepository:
         if self._owns_pool and not self.pool.closed:
             await self.pool.close()
             self._pool_spent = True
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def create_schema(self) -> None:
         """Apply the DDL files not yet applied to these tables (see

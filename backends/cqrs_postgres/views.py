@@ -7,8 +7,8 @@ from typing import Generic, TypeVar
 from psycopg import sql
 
 from cqrs.codec import Codec, default_codec
-from cqrs.errors import AggregateConflict, DeserializationError
-from cqrs.repository import ViewContext, next_view_version, validate_identifier
+from cqrs.errors import AggregateConflict
+from cqrs.repository import ViewContext, decode_view, next_view_version, validate_identifier
 from cqrs_postgres.connection import Pool, borrow, raw_json_cursor
 from cqrs_postgres.schema import apply_view_schema
 
@@ -60,11 +60,7 @@ class PostgresViewRepository(Generic[V]):
         if row is None:
             return None
         version, payload = row
-        try:
-            view = self.codec.decode(payload, self.view_type)
-        except (ValueError, TypeError) as error:
-            msg = f"view {view_id!r} in {self.table} does not decode: {error}"
-            raise DeserializationError(msg) from error
+        view = decode_view(self.codec, payload, self.view_type, f"view {view_id!r} in {self.table}")
         return view, ViewContext(view_id, version)
 
     async def update_view(self, view: V, context: ViewContext, version: int | None = None) -> None:

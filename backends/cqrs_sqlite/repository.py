@@ -16,8 +16,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from cqrs.codec import Codec, default_codec
 from cqrs.ddl import ddl_files
@@ -28,7 +27,7 @@ from cqrs.errors import (
     DatabaseConnectionError,
     UnexpectedError,
 )
-from cqrs.repository import SerializedEvent, SerializedSnapshot, validate_identifier
+from cqrs.repository import AsyncResource, SerializedEvent, SerializedSnapshot, validate_identifier
 from cqrs_sqlite.rows import all_rows, event_rows, stream_rows
 
 if TYPE_CHECKING:
@@ -79,7 +78,7 @@ def _translate(error: sqlite3.Error, path: str, context: str, busy_timeout: floa
     return UnexpectedError(f"SQLite database {path}: {context} failed: {error}")
 
 
-class SqliteEventRepository:
+class SqliteEventRepository(AsyncResource):
     """Events and snapshots in one SQLite file (a PersistedEventRepository).
 
     ``path`` is a file path or ``":memory:"`` (a private database that lives as long as the
@@ -211,18 +210,6 @@ class SqliteEventRepository:
                 await self._call(executor, connection.close, "closing it")
             finally:
                 executor.shutdown(wait=False)
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def _connect(self) -> sqlite3.Connection:
         # Runs on the worker thread, which then makes every call on this connection.

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from cqrs.codec import Codec, default_codec
 from cqrs.ddl import ddl_files
-from cqrs.errors import AggregateConflict, DeserializationError
-from cqrs.repository import ViewContext, next_view_version, validate_identifier
+from cqrs.errors import AggregateConflict
+from cqrs.repository import ViewContext, decode_view, next_view_version, validate_identifier
 from cqrs_sqlite.repository import write_transaction
 
 if TYPE_CHECKING:
@@ -77,11 +77,8 @@ class SqliteViewRepository(Generic[V]):
         if row is None:
             return None
         payload, version = row
-        try:
-            view = self.codec.decode(payload, self.view_type)
-        except (ValueError, TypeError) as error:
-            msg = f"view {view_id!r} in {self.table} (version {version}) does not decode: {error}"
-            raise DeserializationError(msg) from error
+        where = f"view {view_id!r} in {self.table} (version {version})"
+        view = decode_view(self.codec, payload, self.view_type, where)
         return view, ViewContext(view_id, version)
 
     async def update_view(self, view: V, context: ViewContext, version: int | None = None) -> None:
