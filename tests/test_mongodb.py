@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import pytest
 from backends_under_test.mongodb import FACTORY, database_url
 from pymongo import AsyncMongoClient, MongoClient, monitoring
-from pymongo.errors import PyMongoError
+from pymongo.errors import ExecutionTimeout, PyMongoError
 
 import cqrs_mongodb
 import cqrs_mongodb.repository
@@ -387,6 +387,45 @@ async def test_a_sequence_this_process_stored_conflicts_without_a_transaction(ur
     finally:
         await watched.close()
         await FACTORY.cleanup(Path(), prefix)
+
+
+async def test_a_group_whose_commit_outcome_is_unknown_is_never_reported_as_a_conflict(
+    repository, monkeypatch
+):
+    # A commitTransaction that times out (or loses its write concern) may have committed.
+    # Retrying the group's commits one by one would then hit their own stored events and
+    # report AggregateConflict for commits that are stored: a retrying caller would run its
+    # command twice. Every commit of the group must get DatabaseConnectionError (outcome
+    # unknown), exactly as a single commit does.
+    committer = repository._committer
+    real = type(committer)._transaction
+    calls = []
+
+    async def commit_then_lose_the_answer(self, group):
+        starts = await real(self, group)
+        calls.append(len(group))
+        if len(calls) == 1:
+            raise ExecutionTimeout(
+                "operation exceeded time limit",
+                50,
+                {
+                    "errmsg": "operation exceeded time limit",
+                    "code": 50,
+                    "errorLabels": ["UnknownTransactionCommitResult"],
+                },
+            )
+        return starts
+
+    monkeypatch.setattr(type(committer), "_transaction", commit_then_lose_the_answer)
+    outcomes = await asyncio.gather(
+        *(repository.persist(batch(f"u{n}", 1, 2), None) for n in range(4)),
+        return_exceptions=True,
+    )
+    assert calls[0] > 1  # the commits shared one transaction
+    assert not [o for o in outcomes if isinstance(o, AggregateConflict)], outcomes
+    assert all(isinstance(o, DatabaseConnectionError) for o in outcomes), outcomes
+    stored = [(e.aggregate_id, e.sequence) async for e in repository.stream_all_events(None)]
+    assert sorted(stored) == [(f"u{n}", s) for n in range(4) for s in (1, 2)]
 
 
 async def test_malformed_event_document_raises_deserialization_error(repository, client, prefix):

@@ -102,12 +102,15 @@ def translate(error: PyMongoError | BSONError, doing: str) -> CqrsError:
     """The framework error for a driver error (raise it ``from`` the driver error).
 
     A duplicate key (11000, also inside a bulk write) or a write conflict means another
-    writer won: AggregateConflict. Connection and server-selection failures, and timeouts
-    (a commit whose retries ran out of time): DatabaseConnectionError. Anything else:
-    UnexpectedError.
+    writer won: AggregateConflict. Connection and server-selection failures, timeouts (a
+    commit whose retries ran out of time) and an unknown commit result (the commit may or may
+    not be stored): DatabaseConnectionError. Anything else: UnexpectedError.
     """
     message = f"MongoDB error while {doing}: {error}"
-    if isinstance(error, ConnectionFailure) or (isinstance(error, PyMongoError) and error.timeout):
+    if isinstance(error, ConnectionFailure) or (
+        isinstance(error, PyMongoError)
+        and (error.timeout or error.has_error_label("UnknownTransactionCommitResult"))
+    ):
         return DatabaseConnectionError(message)
     if isinstance(error, DriverConfigurationError):
         return ConfigurationError(message)

@@ -12,7 +12,8 @@ transaction. Each caller still gets its own outcome:
   retried without it;
 - a commit that reuses a sequence this process has stored (a stale writer on a hot
   aggregate) gets AggregateConflict at once, without a transaction;
-- a lost connection fails the whole group with DatabaseConnectionError;
+- a lost connection, a timeout or an unknown commit result (the transaction may have
+  committed) fails the whole group with DatabaseConnectionError, never with a conflict;
 - any other error is retried commit by commit, so one bad commit cannot fail the others.
 
 Across processes the counter still serializes writers (the driver's transaction helper
@@ -170,7 +171,7 @@ class GroupCommitter:
         if culprit is not None:
             _fail(culprit, translate(error, culprit.doing), error)
             return [commit for commit in group if commit is not culprit]
-        if len(group) == 1 or isinstance(error, ConnectionFailure):
+        if len(group) == 1 or _outcome_unknown(error):
             for commit in group:
                 _fail(commit, translate(error, commit.doing), error)
             return []
@@ -232,6 +233,16 @@ def _duplicate_key_culprit(error: BaseException, group: Sequence[Commit]) -> Com
         if any(document["_id"] == failed_id for document in commit.documents):
             return commit
     return None
+
+
+def _outcome_unknown(error: PyMongoError | BSONError) -> bool:
+    """True if the transaction may have committed (a lost connection, a timeout, an unknown
+    commit result): retrying its commits one by one would then meet their own stored events
+    and report conflicts for commits that are stored."""
+    return isinstance(error, ConnectionFailure) or (
+        isinstance(error, PyMongoError)
+        and (error.timeout or error.has_error_label("UnknownTransactionCommitResult"))
+    )
 
 
 def _fail(commit: Commit, error: BaseException, cause: BaseException | None = None) -> None:
