@@ -33,7 +33,7 @@ _EVENTS = """WITH written AS (
   INSERT INTO {events} (aggregate_type, aggregate_id, sequence, event_type, event_version,
     payload, metadata, timestamp, event_id, position)
   SELECT %b, %b, sequence, event_type, event_version, payload, metadata, timestamp, event_id,
-    (pg_current_xact_id()::text::bigint << 20) + ordinal
+    (pg_current_xact_id()::text::numeric * 1048576 + ordinal)::bigint
   FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::json[], %b::json[],
     %b::timestamptz[], %b::uuid[])
     WITH ORDINALITY AS batch (sequence, event_type, event_version, payload, metadata,
@@ -61,7 +61,8 @@ ORDER BY sequence LIMIT %b"""
 _ALL_OF_TYPE = """SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
   payload, metadata, COALESCE(timestamp, 'epoch'), event_id, position
 FROM {events} WHERE aggregate_type = %b AND position > %b
-  AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)
+  AND position <= LEAST(pg_snapshot_xmin(pg_current_snapshot())::text::numeric * 1048576 - 1,
+    9223372036854775807)::bigint
 ORDER BY position LIMIT %b"""
 
 _NEWEST_OF_TYPE = "SELECT max(position) FROM {events} WHERE aggregate_type = %b"

@@ -284,6 +284,64 @@ async def test_a_later_commit_of_an_older_transaction_is_never_skipped(repositor
     assert [e.position for e in streamed] == old + younger
 
 
+async def test_transaction_ids_past_2_to_the_43_fail_loudly_and_reads_keep_working(
+    repository, tables
+):
+    """position = xid8 << 20 leaves 43 bits for the 64-bit transaction id (epoch included):
+    2**43 transactions, under three years at 100k per second. Past that a bigint shift wraps
+    silently to negative positions, which tailing readers would never see (and a wrapped
+    horizon would hide every event). Writes must fail instead, and reads must still work.
+    The server's transaction-id functions are shadowed by same-named ones on the
+    connection's search_path, so the repository's own statements see huge ids."""
+    await repository.persist(batch("before", 1, 2), None)
+    fake = f"{tables['prefix']}_fake_xid"
+    top = 1 << 43
+
+    async def huge_ids(conn: psycopg.AsyncConnection, xid: int, xmin: int) -> None:
+        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(fake)))
+        for name, argument, value in (
+            ("pg_current_xact_id", "", xid),
+            ("pg_snapshot_xmin", "pg_snapshot", xmin),
+        ):
+            await conn.execute(
+                sql.SQL(
+                    "CREATE OR REPLACE FUNCTION {}.{}({}) RETURNS xid8 LANGUAGE sql "
+                    "AS $$ SELECT {}::text::xid8 $$"
+                ).format(
+                    sql.Identifier(fake),
+                    sql.Identifier(name),
+                    sql.SQL(argument),
+                    sql.Literal(str(value)),
+                )
+            )
+        await conn.execute(
+            sql.SQL("SET search_path = {}, pg_catalog, public").format(sql.Identifier(fake))
+        )
+
+    try:
+        async with await raw() as conn:
+            await huge_ids(conn, top - 1, top)
+            last_fit = await _persist_in(conn, repository, batch("last", 1, 2))
+            await huge_ids(conn, top, top + 5)
+            with pytest.raises(psycopg.errors.NumericValueOutOfRange):
+                await _persist_in(conn, repository, batch("wrapped", 1, 1))
+            cursor = await conn.execute(repository._all, (0, 100))
+            read = [(row[1], row[2], row[-1]) for row in await cursor.fetchall()]
+    finally:
+        async with await raw() as conn:
+            await conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(fake))
+            )
+    assert last_fit == [((top - 1) << 20) + 1, ((top - 1) << 20) + 2]
+    assert [(aggregate_id, sequence) for aggregate_id, sequence, _ in read] == [
+        ("before", 1),
+        ("before", 2),
+        ("last", 1),
+        ("last", 2),
+    ]
+    assert [position for *_, position in read][2:] == last_fit
+
+
 async def test_a_stream_waits_for_a_short_older_transaction_to_include_a_commit(repository):
     async with await psycopg.AsyncConnection.connect(URL) as older:
         await older.execute("SELECT pg_current_xact_id()")

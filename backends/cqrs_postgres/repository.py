@@ -1,6 +1,7 @@
 """The PostgreSQL event repository.
 
-Global order: ``position = (transaction id << 20) + index of the row in its commit``, and
+Global order: ``position = (transaction id << 20) + index of the row in its commit`` (the
+64-bit transaction id, epoch included, must stay below 2**43, else the commit fails), and
 :meth:`PostgresEventRepository.stream_all_events` reads only rows whose transaction id is
 below the xmin of its own snapshot, i.e. rows of transactions that had all finished when the
 page was read. A transaction that is still running has an id at or above that xmin, so all
@@ -53,7 +54,7 @@ _EVENTS = """WITH written AS (
   INSERT INTO {events} (aggregate_type, aggregate_id, sequence, event_type, event_version,
     payload, metadata, timestamp, event_id, position)
   SELECT %b, %b, sequence, event_type, event_version, payload, metadata, timestamp, event_id,
-    (pg_current_xact_id()::text::bigint << 20) + ordinal
+    (pg_current_xact_id()::text::numeric * 1048576 + ordinal)::bigint
   FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::json[], %b::json[],
     %b::timestamptz[], %b::uuid[])
     WITH ORDINALITY AS batch (sequence, event_type, event_version, payload, metadata,
@@ -78,18 +79,32 @@ _ONE_AGGREGATE = """SELECT sequence, event_type, event_version, payload, metadat
 FROM {events} WHERE aggregate_type = %b AND aggregate_id = %b AND sequence > %b
 ORDER BY sequence LIMIT %b"""
 
-# Only rows of transactions below the snapshot's xmin: see the module docstring.
-_ALL = """SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+# Only rows of transactions below the snapshot's xmin: see the module docstring. Positions
+# are computed in numeric, not with a bigint shift, which wraps silently: an id of 2**43 or
+# more fails the commit ("bigint out of range") and the read bound is clamped to bigint.
+_HORIZON = (
+    "LEAST(pg_snapshot_xmin(pg_current_snapshot())::text::numeric * 1048576 - 1, "
+    "9223372036854775807)::bigint"
+)
+_ALL = (
+    """SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
   metadata, COALESCE(timestamp, 'epoch'), event_id, position
 FROM {events} WHERE position > %b
-  AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)
+  AND position <= """
+    + _HORIZON
+    + """
 ORDER BY position LIMIT %b"""
+)
 
-_ALL_OF_TYPE = """SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+_ALL_OF_TYPE = (
+    """SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
   metadata, COALESCE(timestamp, 'epoch'), event_id, position
 FROM {events} WHERE aggregate_type = %b AND position > %b
-  AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)
+  AND position <= """
+    + _HORIZON
+    + """
 ORDER BY position LIMIT %b"""
+)
 
 _NEWEST_ALL = "SELECT max(position) FROM {events}"
 _NEWEST_OF_TYPE = "SELECT max(position) FROM {events} WHERE aggregate_type = %b"
