@@ -37,7 +37,8 @@ class AggregateContext(Generic[C, E, S]):
     """A loaded aggregate and the concurrency token needed to commit to it.
 
     ``version`` is the sequence of the last event the state includes (0 for a new
-    aggregate). A context is good for one commit: after a failed commit, load again.
+    aggregate). A successful commit advances both the state and the version, so the context
+    can take the next commit; after a failed commit, load again.
     """
 
     aggregate_id: str
@@ -337,7 +338,13 @@ class PersistedEventStore(Generic[C, E, S]):
                 )
             )
         last = first + len(rows) - 1
-        snapshot = self._snapshot_after(events, context, last)
+        # The context's aggregate moves with its version, whether or not a snapshot is due, so
+        # a context stays usable for the next command. Applying before the write also keeps
+        # out events the aggregate cannot apply (they would make it unloadable).
+        apply = context.aggregate.apply
+        for event in events:
+            apply(event)
+        snapshot = self._snapshot_after(context, last)
         positions = await self.repository.persist(rows, snapshot)
         context.version = last
         if snapshot is not None:
@@ -360,16 +367,13 @@ class PersistedEventStore(Generic[C, E, S]):
         ]
 
     def _snapshot_after(
-        self, events: Sequence[E], context: AggregateContext[C, E, S], last: int
+        self, context: AggregateContext[C, E, S], last: int
     ) -> SerializedSnapshot | None:
         every = self.snapshot_every
         if every is None or context.version // every == last // every:
             return None
-        aggregate = context.aggregate
-        for event in events:
-            aggregate.apply(event)
         try:
-            payload = self.codec.encode(aggregate)
+            payload = self.codec.encode(context.aggregate)
         except TypeError as error:
             msg = (
                 f"cannot snapshot {self.aggregate_class.__qualname__}: {error}; snapshots need "

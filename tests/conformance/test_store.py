@@ -114,6 +114,23 @@ async def test_stale_context_commit_conflicts_and_stores_nothing(repository):
     assert (await store.load_aggregate("acc")).aggregate.balance == D(5)
 
 
+async def test_a_context_stays_current_across_commits_and_snapshots_stay_exact(repository):
+    # commit() advances the context's version; its aggregate must advance with it, whether
+    # or not a snapshot was due. Otherwise a second command decided on the same context sees
+    # stale state under an up-to-date token, and the next snapshot misses events.
+    store = PersistedEventStore(repository, BankAccount, snapshot_every=2)
+    context = await store.load_aggregate("acc")
+    opened = await context.aggregate.handle(OpenAccount("acc"), BankAccountServices())
+    await store.commit(opened, context, {})
+    assert context.aggregate == (await store.load_aggregate("acc")).aggregate
+    deposit = await context.aggregate.handle(DepositMoney(D(5)), BankAccountServices())
+    await store.commit(deposit, context, {})  # crosses 2: a snapshot
+    loaded = await store.load_aggregate("acc")
+    assert (loaded.aggregate.opened, loaded.aggregate.balance) == (True, D(5))
+    assert context.aggregate == loaded.aggregate
+    assert context.version == loaded.version == 2
+
+
 async def test_concurrent_commands_with_retry_lose_nothing(repository):
     cqrs = bank(repository)
     cqrs.retry = Retry(attempts=200, base_delay=0.001, max_delay=0.02)
