@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import ClassVar
 
+import pydantic
 import pytest
 
 from cqrs import (
@@ -241,3 +242,34 @@ async def test_event_ids_are_unique_random_uuids():
     assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
     loaded = await cqrs.store.load_events("nb-3")
     assert loaded[0].event_id == envelopes[3].event_id
+
+
+class Tagged(pydantic.BaseModel, DomainEvent):
+    model_config = pydantic.ConfigDict(frozen=True)
+    tag: str
+    amount: Decimal
+
+
+@dataclass
+class Tags(Aggregate[str, Tagged, None]):
+    aggregate_type: ClassVar[str] = "Tags"
+    event_classes: ClassVar[Sequence[type[object]]] = (Tagged,)
+    total: Decimal = Decimal(0)
+
+    async def handle(self, command: str, services: None) -> list[Tagged]:
+        return [Tagged(tag=command, amount=Decimal("0.10"))]
+
+    def apply(self, event: Tagged) -> None:
+        self.total += event.amount
+
+
+async def test_pydantic_events_commit_load_and_snapshot():
+    store = PersistedEventStore(MemoryEventRepository(), Tags, snapshot_every=2)
+    cqrs = CqrsFramework(store)
+    for tag in ("a", "b", "c"):
+        await cqrs.execute("t", tag)
+    events = await store.load_events("t")
+    assert [e.payload for e in events] == [
+        Tagged(tag=tag, amount=Decimal("0.10")) for tag in ("a", "b", "c")
+    ]
+    assert (await store.load_aggregate("t")).aggregate.total == Decimal("0.30")
