@@ -428,6 +428,27 @@ async def test_a_group_whose_commit_outcome_is_unknown_is_never_reported_as_a_co
     assert sorted(stored) == [(f"u{n}", s) for n in range(4) for s in (1, 2)]
 
 
+async def test_a_counter_behind_the_events_is_not_reported_as_a_conflict(
+    repository, client, prefix
+):
+    # A counter document reset or restored from an older backup hands out positions that
+    # are taken. That is no concurrent writer: AggregateConflict would send a retrying
+    # caller round the same failure, told that another writer won. It must be an
+    # UnexpectedError naming the counter, and store nothing.
+    await repository.persist(batch("a", 1, 2), None)
+    await client[DATABASE]["counters"].update_one(
+        {"_id": f"{prefix}_events"}, {"$set": {"position": 0}}
+    )
+    for requests in ([batch("b", 1, 1)], [batch("c", 1, 1), batch("d", 1, 1)]):
+        outcomes = await asyncio.gather(
+            *(repository.persist(r, None) for r in requests), return_exceptions=True
+        )
+        assert all(isinstance(o, UnexpectedError) for o in outcomes), outcomes
+        assert all("counters" in str(o) for o in outcomes), outcomes
+    stored = [(e.aggregate_id, e.sequence) async for e in repository.stream_all_events(None)]
+    assert stored == [("a", 1), ("a", 2)]
+
+
 async def test_malformed_event_document_raises_deserialization_error(repository, client, prefix):
     await client[DATABASE][f"{prefix}_events"].insert_one(
         {"_id": 99, "aggregate_type": "Ledger", "aggregate_id": "bad", "sequence": 1}

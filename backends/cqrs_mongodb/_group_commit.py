@@ -14,6 +14,8 @@ transaction. Each caller still gets its own outcome:
   aggregate) gets AggregateConflict at once, without a transaction;
 - a lost connection, a timeout or an unknown commit result (the transaction may have
   committed) fails the whole group with DatabaseConnectionError, never with a conflict;
+- an event position that is already taken (a counter document behind the events) fails
+  the whole group with UnexpectedError: that is no conflict between writers;
 - any other error is retried commit by commit, so one bad commit cannot fail the others.
 
 Across processes the counter still serializes writers (the driver's transaction helper
@@ -34,7 +36,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
-from cqrs.errors import AggregateConflict
+from cqrs.errors import AggregateConflict, UnexpectedError
 from cqrs_mongodb._driver import Document, translate
 
 MAX_GROUP_DOCUMENTS = 1000
@@ -167,6 +169,17 @@ class GroupCommitter:
         self, group: list[Commit], error: PyMongoError | BSONError
     ) -> list[Commit]:
         """Give the failed commits their errors; return the commits to retry together."""
+        if _position_taken(error):
+            taken = _duplicate_key(error).get("keyValue")
+            for commit in group:
+                msg = (
+                    f"MongoDB error while {commit.doing}: position {taken} is already taken; "
+                    f"the counter document {self._counter_id!r} in {self._counters.name} is "
+                    "behind the events (reset, or restored from an older copy): set its "
+                    "position to the highest event _id"
+                )
+                _fail(commit, UnexpectedError(msg), error)
+            return []
         culprit = _duplicate_key_culprit(error, group)
         if culprit is not None:
             _fail(culprit, translate(error, culprit.doing), error)
@@ -217,15 +230,36 @@ class GroupCommitter:
                 return await session.with_transaction(attempt)
 
 
+def _duplicate_key(error: BaseException) -> Document:
+    """The first write error of a bulk write if it is a duplicate key, else ``{}``."""
+    if not isinstance(error, BulkWriteError):
+        return {}
+    write_errors = error.details.get("writeErrors") or ()
+    if not write_errors or write_errors[0].get("code") != _DUPLICATE_KEY:
+        return {}
+    first: Document = write_errors[0]
+    return first
+
+
+def _position_taken(error: BaseException) -> bool:
+    """True if an event document's ``_id`` (its position) was taken: not a conflict
+    between writers but a counter behind the events."""
+    duplicate = _duplicate_key(error)
+    if not duplicate or not isinstance(duplicate.get("op"), dict):
+        return False
+    pattern = duplicate.get("keyPattern")
+    if isinstance(pattern, dict):
+        return list(pattern) == ["_id"]
+    return "index: _id_ " in str(duplicate.get("errmsg", ""))
+
+
 def _duplicate_key_culprit(error: BaseException, group: Sequence[Commit]) -> Commit | None:
     """The commit whose event document hit a duplicate key, if that is what failed (the
     driver attaches the failed document to the write error as ``op``)."""
-    if not isinstance(error, BulkWriteError):
+    duplicate = _duplicate_key(error)
+    if not duplicate:
         return None
-    write_errors = error.details.get("writeErrors") or ()
-    if not write_errors or write_errors[0].get("code") != _DUPLICATE_KEY:
-        return None
-    failed = write_errors[0].get("op")
+    failed = duplicate.get("op")
     failed_id = failed.get("_id") if isinstance(failed, dict) else None
     if failed_id is None:  # not an event document (a snapshot upsert has no _id)
         return None
