@@ -7,6 +7,7 @@ import itertools
 import os
 import random
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -574,6 +575,50 @@ async def test_a_users_pool_is_used_as_is_and_left_as_it_was(tables):
             assert conn.autocommit is False
             cursor = await conn.execute("SELECT 1 AS one")
             assert await cursor.fetchone() == {"one": 1}
+
+
+async def test_a_users_pool_survives_a_failed_open_and_works_once_the_server_is_up(tables):
+    """An app that starts before its database: open() on the caller's pool fails while the
+    server is away, and must not close that pool for good (a psycopg pool never reopens);
+    once the server answers, open() again and the repository works."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def forward(reader, writer) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", 5432)
+
+        async def pipe(source, sink) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except ConnectionError:
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    pool = AsyncConnectionPool(
+        f"postgresql://postgres@127.0.0.1:{port}/postgres", min_size=1, timeout=10, open=False
+    )
+    repository = PostgresEventRepository(
+        pool, tables["events"], tables["snapshots"], open_timeout=0.5
+    )
+    proxy = None
+    try:
+        with pytest.raises(DatabaseConnectionError):
+            await repository.open()
+        proxy = await asyncio.start_server(forward, "127.0.0.1", port)
+        await repository.open()
+        await repository.create_schema()
+        await repository.persist(batch("a", 1, 2), None)
+        assert [e.sequence for e in await repository.get_events(TYPE, "a")] == [1, 2]
+    finally:
+        await pool.close()
+        if proxy is not None:
+            proxy.close()
 
 
 async def test_factories_build_working_frameworks(tables):

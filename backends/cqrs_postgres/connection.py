@@ -71,21 +71,31 @@ def new_pool(url: str, *, min_size: int, max_size: int, timeout: float) -> Pool:
 async def open_pool(pool: Pool, seconds: float, *, probe: bool = False) -> None:
     """Open ``pool`` (idempotent), or raise DatabaseConnectionError within about ``seconds``,
     naming the server and the reason. ``probe`` (for pools made by :func:`new_pool`) makes
-    one direct connection first."""
+    one direct connection first and closes the pool on failure; a caller's pool is left open
+    to reconnect in the background, so calling this again succeeds once the server is up."""
     if not pool.closed:
         return
     url = pool.conninfo if isinstance(pool.conninfo, str) else None
     target = describe_url(url) if url is not None else f"the server of pool {pool.name!r}"
     try:
-        if probe and url is not None:
-            # One direct attempt first: an unreachable server fails fast with its real
-            # reason, where the pool would retry quietly until the timeout.
-            async with asyncio.timeout(seconds):
-                first = await AsyncConnection.connect(url, autocommit=True)
-            await first.close()
-        await pool.open(wait=True, timeout=seconds)
+        if probe:
+            if url is not None:
+                # One direct attempt first: an unreachable server fails fast with its real
+                # reason, where the pool would retry quietly until the timeout.
+                async with asyncio.timeout(seconds):
+                    first = await AsyncConnection.connect(url, autocommit=True)
+                await first.close()
+            await pool.open(wait=True, timeout=seconds)
+        else:
+            # Not pool.open(wait=True): on a timeout it closes the caller's pool, and a closed
+            # psycopg pool never reopens. Left open, it keeps reconnecting in the background,
+            # so a later open() works once the server is up.
+            await pool.open()
+            async with pool.connection(timeout=seconds):
+                pass
     except (psycopg.Error, TimeoutError) as error:
-        await pool.close()
+        if probe:
+            await pool.close()
         reason = " ".join(str(error).split()) or f"no connection within {seconds:g} s"
         msg = f"cannot connect to {target}: {reason}"
         raise DatabaseConnectionError(msg) from error
