@@ -102,7 +102,8 @@ class CqrsFramework(Generic[C, E, S]):
         With ``expected_version``, the command runs only if the aggregate's version (the
         sequence of its last event) equals it; otherwise AggregateConflict is raised and
         nothing is retried. ``expected_version=0`` creates a new aggregate without reading
-        the store first (one round trip less).
+        the store first (one round trip less); only when the handler refuses or yields no
+        events is the store read, to raise AggregateConflict if the aggregate exists.
         """
         validate_input(aggregate_id, metadata)
         attempts = 1 if self.retry is None or expected_version is not None else self.retry.attempts
@@ -143,13 +144,26 @@ class CqrsFramework(Generic[C, E, S]):
         except CqrsError:
             raise
         except aggregate.user_errors as error:
+            if expected_version == 0:
+                await self._check_new(aggregate_id)
             raise UserError(error) from error
         except Exception as error:
             msg = f"{type(aggregate).__qualname__}.handle raised {error!r}"
             raise UnexpectedError(msg) from error
         if not events:
+            if expected_version == 0:
+                await self._check_new(aggregate_id)
             return []
         return await self.store.commit(events, context, metadata)
+
+    async def _check_new(self, aggregate_id: str) -> None:
+        # expected_version=0 skipped the load. Only a commit proves the aggregate new, so a
+        # refused or empty outcome is checked now: decided on the empty state of an aggregate
+        # that exists, it is the version mismatch, not the user's answer.
+        version = (await self.store.load_aggregate(aggregate_id)).version
+        if version != 0:
+            msg = f"{aggregate_id!r} is at version {version}, expected 0"
+            raise AggregateConflict(msg)
 
     async def _dispatch(self, aggregate_id: str, envelopes: list[EventEnvelope[E]]) -> None:
         for query in self.queries:

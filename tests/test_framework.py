@@ -103,6 +103,14 @@ async def test_no_dispatch_when_no_events():
     assert recorder.calls == []
 
 
+async def test_expected_version_0_yielding_nothing_on_an_existing_aggregate_conflicts():
+    cqrs = notebook()
+    await cqrs.execute("nb", "write")
+    with pytest.raises(AggregateConflict, match="at version 1, expected 0"):
+        await cqrs.execute("nb", "nothing", expected_version=0)
+    assert await cqrs.execute("new", "nothing", expected_version=0) == []
+
+
 async def test_failing_query_is_reported_and_never_undoes_the_commit(caplog):
     failures: list[QueryFailure[Noted]] = []
     broken, after = Recorder(fail=True), Recorder()

@@ -103,6 +103,21 @@ async def test_expected_version_guards_the_command(repository):
     assert (await cqrs.store.load_aggregate("acc")).version == 3
 
 
+async def test_expected_version_0_on_an_existing_aggregate_is_always_a_conflict(repository):
+    # expected_version=0 skips the load; a command refused (or yielding nothing) on the empty
+    # state must still be reported as the version mismatch it is, not as the empty state's
+    # user error or a success.
+    cqrs = bank(repository)
+    await open_with(cqrs, "acc", "10")
+    with pytest.raises(AggregateConflict, match="expected 0"):
+        await cqrs.execute("acc", DepositMoney(D(1)), expected_version=0)  # "not open" on empty
+    with pytest.raises(AggregateConflict):
+        await cqrs.execute("acc", OpenAccount("acc"), expected_version=0)
+    with pytest.raises(UserError, match="account not open"):
+        await cqrs.execute("new", DepositMoney(D(1)), expected_version=0)  # truly new
+    assert len(await cqrs.store.load_events("acc")) == 2
+
+
 async def test_stale_context_commit_conflicts_and_stores_nothing(repository):
     store = PersistedEventStore(repository, BankAccount)
     cqrs = CqrsFramework(store, (), BankAccountServices())
