@@ -20,7 +20,7 @@ from cqrs.errors import (
 )
 from cqrs.events import DomainEvent, EventEnvelope, event_type_of, event_version_of
 from cqrs.framework import CqrsFramework, QueryFailure, Retry
-from cqrs.query import GenericQuery, Query, QueryReplay, View
+from cqrs.query import EventSource, GenericQuery, Query, QueryReplay, View
 from cqrs.repository import (
     AsyncResource,
     PersistedEventRepository,
@@ -52,6 +52,7 @@ __all__ = [
     "DeserializationError",
     "DomainEvent",
     "EventEnvelope",
+    "EventSource",
     "EventStore",
     "EventUpcaster",
     "GenericQuery",

@@ -12,7 +12,7 @@ from cqrs.events import EventEnvelope
 from cqrs.repository import ViewContext, ViewRepository
 from cqrs.store import PersistedEventStore
 
-__all__ = ["GenericQuery", "Query", "QueryReplay", "View"]
+__all__ = ["EventSource", "GenericQuery", "Query", "QueryReplay", "View"]
 
 C = TypeVar("C")
 E = TypeVar("E")
@@ -42,18 +42,30 @@ class View(Protocol[E_contra]):
         ...
 
 
+class EventSource(Protocol):
+    """Where GenericQuery fetches events a view is missing (an EventStore is one)."""
+
+    async def load_events(
+        self, aggregate_id: str, after_sequence: int = 0
+    ) -> Sequence[EventEnvelope[object]]:
+        """The events of one aggregate after ``after_sequence``, by sequence."""
+        ...
+
+
 class GenericQuery(Generic[V]):
     """A query that keeps one view per aggregate (view id = aggregate id) in a repository.
 
     The stored view's version is the sequence of the last event applied to it, so a dispatch
     applies each event exactly once and in sequence order, whatever order concurrent
     dispatches arrive in: events at or below the version are skipped (a repeated dispatch or
-    a replay over an existing view changes nothing), and a dispatch that would leave a gap
-    waits for the earlier commit's dispatch to land. When another writer changed the view in
-    between, or a gap remains, it waits a random moment (growing with each try, at most
-    ``max_delay`` seconds) and tries again, up to ``attempts`` times, then raises
-    AggregateConflict (the framework reports it; ``QueryReplay.replay(aggregate_id)`` heals
-    a view left behind).
+    a replay over an existing view changes nothing). A dispatch that would leave a gap
+    fetches the missing events from ``store`` when one is given (so a view that missed an
+    update, say because a process died after its commit, heals at the next command);
+    without a store it waits for the earlier commit's dispatch to land. When another writer
+    changed the view in between, or a gap remains, it waits a random moment (growing with
+    each try, at most ``max_delay`` seconds) and tries again, up to ``attempts`` times, then
+    raises AggregateConflict (the framework reports it; ``QueryReplay.replay(aggregate_id)``
+    heals a view left behind).
     """
 
     def __init__(
@@ -61,11 +73,13 @@ class GenericQuery(Generic[V]):
         view_repository: ViewRepository[V],
         view_type: Callable[[], V],
         *,
+        store: EventSource | None = None,
         attempts: int = 20,
         max_delay: float = 0.05,
     ) -> None:
         self.view_repository = view_repository
         self.view_type = view_type
+        self.store = store
         self.attempts = attempts
         self.max_delay = max_delay
 
@@ -81,6 +95,10 @@ class GenericQuery(Generic[V]):
             pending = [event for event in events if event.sequence > context.version]
             if not pending:
                 return
+            if pending[0].sequence != context.version + 1 and self.store is not None:
+                stored = await self.store.load_events(aggregate_id, context.version)
+                first = pending[0].sequence
+                pending = [event for event in stored if event.sequence < first] + pending
             if pending[0].sequence != context.version + 1:
                 problem = (
                     f"is at sequence {context.version} but the next events start at "

@@ -54,8 +54,11 @@ class EventStore(Protocol[C, E, S]):
         """The empty state of aggregate ``aggregate_id`` (no I/O)."""
         ...
 
-    async def load_events(self, aggregate_id: str) -> list[EventEnvelope[E]]:
-        """All events of one aggregate, decoded and upcast, by sequence."""
+    async def load_events(
+        self, aggregate_id: str, after_sequence: int = 0
+    ) -> list[EventEnvelope[E]]:
+        """The events of one aggregate after ``after_sequence`` (all by default), decoded
+        and upcast, by sequence."""
         ...
 
     async def load_aggregate(self, aggregate_id: str) -> AggregateContext[C, E, S]:
@@ -175,10 +178,18 @@ class PersistedEventStore(Generic[C, E, S]):
 
     # -- reading ------------------------------------------------------------------------
 
-    async def load_events(self, aggregate_id: str) -> list[EventEnvelope[E]]:
-        """All events of one aggregate, decoded and upcast, by sequence."""
+    async def load_events(
+        self, aggregate_id: str, after_sequence: int = 0
+    ) -> list[EventEnvelope[E]]:
+        """The events of one aggregate after ``after_sequence`` (all by default), decoded
+        and upcast, by sequence."""
         validate_input(aggregate_id, {})
-        rows = await self.repository.get_events(self.aggregate_type, aggregate_id)
+        if after_sequence > 0:
+            rows = await self.repository.get_last_events(
+                self.aggregate_type, aggregate_id, after_sequence
+            )
+        else:
+            rows = await self.repository.get_events(self.aggregate_type, aggregate_id)
         return [self.decode(row) for row in rows]
 
     async def load_aggregate(self, aggregate_id: str) -> AggregateContext[C, E, S]:
@@ -270,7 +281,11 @@ class PersistedEventStore(Generic[C, E, S]):
         raw = RawEvent(row.event_type, row.event_version, payload)
         for upcaster in self._upcasters:
             if upcaster.can_upcast(raw.event_type, raw.event_version):
-                raw = upcaster.upcast(raw)
+                try:
+                    raw = upcaster.upcast(raw)
+                except Exception as error:
+                    msg = f"upcaster {upcaster!r} failed: {error!r}"
+                    raise ValueError(msg) from error
         return raw
 
     def _decode_snapshot(self, snapshot: SerializedSnapshot) -> Aggregate[C, E, S] | None:

@@ -17,6 +17,7 @@ from cqrs import (
     AggregateConflict,
     ConfigurationError,
     CqrsFramework,
+    DeserializationError,
     DomainEvent,
     PersistedEventStore,
     QueryFailure,
@@ -281,3 +282,16 @@ async def test_pydantic_events_commit_load_and_snapshot():
         Tagged(tag=tag, amount=Decimal("0.10")) for tag in ("a", "b", "c")
     ]
     assert (await store.load_aggregate("t")).aggregate.total == Decimal("0.30")
+
+
+async def test_a_failing_upcaster_is_a_deserialization_error_naming_the_event():
+    def broken(payload: dict[str, object]) -> dict[str, object]:
+        raise AttributeError("no such field")
+
+    repository = MemoryEventRepository()
+    await CqrsFramework(PersistedEventStore(repository, Notebook)).execute("nb", "write")
+    store = PersistedEventStore(repository, Notebook).with_upcasters(
+        [SemanticVersionEventUpcaster("Noted", "2.0", broken)]
+    )
+    with pytest.raises(DeserializationError, match=r"'Noted'.*sequence 1.*no such field"):
+        await store.load_aggregate("nb")

@@ -63,7 +63,7 @@ class BankService:
         store = PersistedEventStore(repository, BankAccount, snapshot_every=snapshot_every)
         framework = CqrsFramework(
             store,
-            [EventLogger(), GenericQuery(views, BankAccountView, attempts=100)],
+            [EventLogger(), GenericQuery(views, BankAccountView, store=store, attempts=100)],
             BankAccountServices(),
             retry=Retry(attempts=50, base_delay=0.002, max_delay=0.05),
         )

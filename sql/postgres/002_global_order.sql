@@ -15,7 +15,7 @@ ALTER TABLE events
 -- this snapshot's xmin, so these numbers stay below all later positions if n is small enough.
 DO $$
 BEGIN
-  IF (SELECT count(*) FROM events) >= pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20
+  IF (SELECT count(*) FROM events) >= pg_snapshot_xmin(pg_current_snapshot())::text::numeric * 1048576
   THEN
     RAISE EXCEPTION 'too many existing rows to number below the current transaction id';
   END IF;
