@@ -263,6 +263,7 @@ async def test_stream_all_events_reads_bounded_position_windows(url, prefix, mon
     assert by_aggregate == list(range(1, 11))
     assert [c["filter"]["_id"]["$gt"] for c in windows] == [0, streamed[3], streamed[7]]
     assert all(c["limit"] == 4 and c["sort"] == {"_id": 1} for c in windows)
+    assert all(c["readConcern"] == {"level": "majority"} for c in windows)  # survives failover
     assert all("find" in c for c in windows + listener.commands)  # no open cursor
     assert len(listener.commands) == 3  # 4 + 4 + 2 by sequence, each one bounded find
 

@@ -28,6 +28,7 @@ from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.read_concern import ReadConcern
 
 from cqrs.codec import Codec, default_codec
 from cqrs.errors import ConfigurationError, DeserializationError
@@ -239,9 +240,13 @@ class MongoEventRepository(AsyncResource):
         )
 
     async def _find_events(
-        self, query: Document, limit: int = 0, sort: str = "sequence"
+        self, query: Document, limit: int = 0, sort: str = "sequence", *, durable: bool = False
     ) -> list[SerializedEvent]:
         events = self._collection(self.events_collection)
+        if durable:
+            # Only majority-committed events: an event a reader has seen can never be rolled
+            # back by a failover (and its position reused by another event).
+            events = events.with_options(read_concern=ReadConcern("majority"))
         try:
             documents = await events.find(query, sort=[(sort, ASCENDING)], limit=limit).to_list()
         except (PyMongoError, BSONError) as error:
@@ -297,12 +302,13 @@ class MongoEventRepository(AsyncResource):
         """Events in position order, read in windows of :data:`PAGE_SIZE` documents with
         ``_id > last``. A position is taken in the transaction that commits it, and the
         counter document makes those transactions commit in position order, so a position
-        never becomes visible after a higher one: a tailing reader cannot miss an event."""
+        never becomes visible after a higher one: a tailing reader cannot miss an event.
+        Reads use the "majority" read concern, so what a reader has seen survives failover."""
         query: Document = {} if aggregate_type is None else {"aggregate_type": aggregate_type}
         last = after_position or 0
         while True:
             query["_id"] = {"$gt": last}
-            page = await self._find_events(query, PAGE_SIZE, "_id")
+            page = await self._find_events(query, PAGE_SIZE, "_id", durable=True)
             for event in page:
                 yield event
             if len(page) < PAGE_SIZE:
