@@ -30,6 +30,7 @@ from cqrs.repository import (
     ViewRepository,
     decode_view,
     next_view_version,
+    read_pages,
     validate_identifier,
 )
 from cqrs.store import AggregateContext, EventStore, PersistedEventStore
@@ -79,5 +80,6 @@ __all__ = [
     "event_type_of",
     "event_version_of",
     "next_view_version",
+    "read_pages",
     "validate_identifier",
 ]

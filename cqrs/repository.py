@@ -8,7 +8,7 @@ The conformance suite in ``tests/conformance`` checks every rule written here.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -29,6 +29,7 @@ __all__ = [
     "ViewRepository",
     "decode_view",
     "next_view_version",
+    "read_pages",
     "validate_identifier",
 ]
 
@@ -184,6 +185,25 @@ class AsyncResource:
         traceback: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+async def read_pages(
+    fetch: Callable[[int], Awaitable[Sequence[SerializedEvent]]],
+    after: int,
+    size: int,
+    *,
+    by_sequence: bool = False,
+) -> AsyncIterator[SerializedEvent]:
+    """Yield events page by page, for backends' ``stream_*`` methods: ``fetch(after)``
+    returns at most ``size`` events after ``after`` (a position, or a sequence with
+    ``by_sequence``) in order; a page shorter than ``size`` ends the stream."""
+    while True:
+        page = await fetch(after)
+        for event in page:
+            yield event
+        if len(page) < size:
+            return
+        after = page[-1].sequence if by_sequence else page[-1].position
 
 
 def decode_view(codec: Codec, payload: bytes | str, view_type: type[V], where: str) -> V:

@@ -32,7 +32,13 @@ from pymongo.read_concern import ReadConcern
 
 from cqrs.codec import Codec, default_codec
 from cqrs.errors import ConfigurationError, DeserializationError
-from cqrs.repository import AsyncResource, SerializedEvent, SerializedSnapshot, validate_identifier
+from cqrs.repository import (
+    AsyncResource,
+    SerializedEvent,
+    SerializedSnapshot,
+    read_pages,
+    validate_identifier,
+)
 from cqrs_mongodb._driver import (
     CODEC_OPTIONS,
     Document,
@@ -280,21 +286,17 @@ class MongoEventRepository(AsyncResource):
         self, aggregate_type: str, aggregate_id: str
     ) -> AsyncIterator[SerializedEvent]:
         """The aggregate's events by sequence, read in pages of :data:`PAGE_SIZE`."""
-        last = 0
-        while True:
-            page = await self._find_events(
-                {
-                    "aggregate_type": aggregate_type,
-                    "aggregate_id": aggregate_id,
-                    "sequence": {"$gt": last},
-                },
-                PAGE_SIZE,
-            )
-            for event in page:
-                yield event
-            if len(page) < PAGE_SIZE:
-                return
-            last = page[-1].sequence
+
+        async def fetch(after: int) -> list[SerializedEvent]:
+            query = {
+                "aggregate_type": aggregate_type,
+                "aggregate_id": aggregate_id,
+                "sequence": {"$gt": after},
+            }
+            return await self._find_events(query, PAGE_SIZE)
+
+        async for event in read_pages(fetch, 0, PAGE_SIZE, by_sequence=True):
+            yield event
 
     async def stream_all_events(
         self, aggregate_type: str | None, after_position: int | None = None
@@ -305,15 +307,14 @@ class MongoEventRepository(AsyncResource):
         never becomes visible after a higher one: a tailing reader cannot miss an event.
         Reads use the "majority" read concern, so what a reader has seen survives failover."""
         query: Document = {} if aggregate_type is None else {"aggregate_type": aggregate_type}
-        last = after_position or 0
-        while True:
-            query["_id"] = {"$gt": last}
-            page = await self._find_events(query, PAGE_SIZE, "_id", durable=True)
-            for event in page:
-                yield event
-            if len(page) < PAGE_SIZE:
-                return
-            last = page[-1].position
+
+        async def fetch(after: int) -> list[SerializedEvent]:
+            return await self._find_events(
+                {**query, "_id": {"$gt": after}}, PAGE_SIZE, "_id", durable=True
+            )
+
+        async for event in read_pages(fetch, after_position or 0, PAGE_SIZE):
+            yield event
 
     # -- writing --------------------------------------------------------------------------
 

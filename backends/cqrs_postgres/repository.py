@@ -29,7 +29,13 @@ from psycopg.rows import TupleRow, tuple_row
 
 from cqrs.codec import Codec, default_codec
 from cqrs.errors import DatabaseConnectionError
-from cqrs.repository import AsyncResource, SerializedEvent, SerializedSnapshot, validate_identifier
+from cqrs.repository import (
+    AsyncResource,
+    SerializedEvent,
+    SerializedSnapshot,
+    read_pages,
+    validate_identifier,
+)
 from cqrs_postgres.connection import (
     DEFAULT_MAX_SIZE,
     DEFAULT_MIN_SIZE,
@@ -299,14 +305,12 @@ class PostgresEventRepository(AsyncResource):
         self, aggregate_type: str, aggregate_id: str
     ) -> AsyncIterator[SerializedEvent]:
         """The aggregate's events by sequence, one page (``page_size``) per query."""
-        after = -1
-        while True:
-            page = await self._read(aggregate_type, aggregate_id, after, self.page_size)
-            for event in page:
-                yield event
-            if len(page) < self.page_size:
-                return
-            after = page[-1].sequence
+
+        async def fetch(after: int) -> list[SerializedEvent]:
+            return await self._read(aggregate_type, aggregate_id, after, self.page_size)
+
+        async for event in read_pages(fetch, -1, self.page_size, by_sequence=True):
+            yield event
 
     async def stream_all_events(
         self, aggregate_type: str | None, after_position: int | None = None

@@ -27,7 +27,13 @@ from cqrs.errors import (
     DatabaseConnectionError,
     UnexpectedError,
 )
-from cqrs.repository import AsyncResource, SerializedEvent, SerializedSnapshot, validate_identifier
+from cqrs.repository import (
+    AsyncResource,
+    SerializedEvent,
+    SerializedSnapshot,
+    read_pages,
+    validate_identifier,
+)
 from cqrs_sqlite.rows import all_rows, event_rows, stream_rows
 
 if TYPE_CHECKING:
@@ -314,49 +320,41 @@ class SqliteEventRepository(AsyncResource):
         self, aggregate_type: str, aggregate_id: str
     ) -> AsyncIterator[SerializedEvent]:
         """The aggregate's events by sequence, ``page_size`` per hop."""
-        sql, size, after = self._sql_events_page, self.page_size, 0
+        sql, size = self._sql_events_page, self.page_size
         context = f"streaming {aggregate_type} {aggregate_id!r}"
-        while True:
+
+        async def fetch(after: int) -> list[SerializedEvent]:
             params = (aggregate_type, aggregate_id, after, size)
 
-            def read(
-                connection: sqlite3.Connection, params: tuple[str, str, int, int] = params
-            ) -> list[SerializedEvent]:
+            def read(connection: sqlite3.Connection) -> list[SerializedEvent]:
                 return stream_rows(aggregate_type, aggregate_id, connection.execute(sql, params))
 
-            page = await self.run(read, context)
-            for event in page:
-                yield event
-            if len(page) < size:
-                return
-            after = page[-1].sequence
+            return await self.run(read, context)
+
+        async for event in read_pages(fetch, 0, size, by_sequence=True):
+            yield event
 
     async def stream_all_events(
         self, aggregate_type: str | None, after_position: int | None = None
     ) -> AsyncIterator[SerializedEvent]:
         """Events in position order after ``after_position``, ``page_size`` per hop."""
-        size, after = self.page_size, after_position or 0
+        size = self.page_size
         context = f"streaming the events of {aggregate_type or 'every type'}"
-        while True:
+
+        async def fetch(after: int) -> list[SerializedEvent]:
             params: tuple[object, ...]
             if aggregate_type is None:
                 sql, params = self._sql_all_page, (after, size)
             else:
                 sql, params = self._sql_type_page, (after, aggregate_type, size)
 
-            def read(
-                connection: sqlite3.Connection,
-                sql: str = sql,
-                params: tuple[object, ...] = params,
-            ) -> list[SerializedEvent]:
+            def read(connection: sqlite3.Connection) -> list[SerializedEvent]:
                 return all_rows(connection.execute(sql, params))
 
-            page = await self.run(read, context)
-            for event in page:
-                yield event
-            if len(page) < size:
-                return
-            after = page[-1].position
+            return await self.run(read, context)
+
+        async for event in read_pages(fetch, after_position or 0, size):
+            yield event
 
     # -- writing ------------------------------------------------------------------------
 
