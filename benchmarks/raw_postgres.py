@@ -24,56 +24,22 @@ from psycopg_pool import AsyncConnectionPool
 
 from benchmarks.raw import AGGREGATE_TYPE, METADATA, RawSide, Row, Snapshot, new_event_ids
 from cqrs.ddl import ddl_files
-from cqrs_postgres import PostgresEventRepository
+from cqrs_postgres import PostgresEventRepository, repository, views
 from cqrs_postgres.schema import render
 
 __all__ = ["RawPostgresSide"]
 
-_EVENTS = """WITH written AS (
-  INSERT INTO {events} (aggregate_type, aggregate_id, sequence, event_type, event_version,
-    payload, metadata, timestamp, event_id, position)
-  SELECT %b, %b, sequence, event_type, event_version, payload, metadata, timestamp, event_id,
-    (pg_current_xact_id()::text::numeric * 1048576 + ordinal)::bigint
-  FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::json[], %b::json[],
-    %b::timestamptz[], %b::uuid[])
-    WITH ORDINALITY AS batch (sequence, event_type, event_version, payload, metadata,
-      timestamp, event_id, ordinal)
-  RETURNING position
-)"""
-
-_SNAPSHOT = """, snapshot AS (
-  INSERT INTO {snapshots} AS stored (aggregate_type, aggregate_id, last_sequence,
-    current_snapshot, payload, timestamp)
-  VALUES (%b, %b, %b, %b, %b::json, CURRENT_TIMESTAMP)
-  ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
-  SET last_sequence = excluded.last_sequence, current_snapshot = excluded.current_snapshot,
-    payload = excluded.payload, timestamp = excluded.timestamp
-  WHERE stored.last_sequence < excluded.last_sequence
-)"""
-
-_RETURN = " SELECT position FROM written ORDER BY position"
-
-_ONE_AGGREGATE = """SELECT sequence, event_type, event_version, payload, metadata,
-  COALESCE(timestamp, 'epoch'), event_id, position
-FROM {events} WHERE aggregate_type = %b AND aggregate_id = %b AND sequence > %b
-ORDER BY sequence LIMIT %b"""
-
-_ALL_OF_TYPE = """SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
-  payload, metadata, COALESCE(timestamp, 'epoch'), event_id, position
-FROM {events} WHERE aggregate_type = %b AND position > %b
-  AND position <= LEAST(pg_snapshot_xmin(pg_current_snapshot())::text::numeric * 1048576 - 1,
-    9223372036854775807)::bigint
-ORDER BY position LIMIT %b"""
-
-_NEWEST_OF_TYPE = "SELECT max(position) FROM {events} WHERE aggregate_type = %b"
-
-_GET_SNAPSHOT = """SELECT payload, last_sequence, current_snapshot FROM {snapshots}
-WHERE aggregate_type = %b AND aggregate_id = %b"""
-
-_LOAD_VIEW = "SELECT version, payload FROM {table} WHERE view_id = %b"
-_INSERT_VIEW = "INSERT INTO {table} (view_id, version, payload) VALUES (%b, %b, %b::json)"
-_UPDATE_VIEW = """UPDATE {table} SET version = %b, payload = %b::json
-WHERE view_id = %b AND version = %b"""
+# The backend's own statements, so the raw side cannot drift from what it measures against.
+_EVENTS = repository._EVENTS  # noqa: SLF001
+_SNAPSHOT = repository._SNAPSHOT  # noqa: SLF001
+_RETURN = repository._RETURN  # noqa: SLF001
+_ONE_AGGREGATE = repository._ONE_AGGREGATE  # noqa: SLF001
+_ALL_OF_TYPE = repository._ALL_OF_TYPE  # noqa: SLF001
+_NEWEST_OF_TYPE = repository._NEWEST_OF_TYPE  # noqa: SLF001
+_GET_SNAPSHOT = repository._GET_SNAPSHOT  # noqa: SLF001
+_LOAD_VIEW = views._LOAD  # noqa: SLF001
+_INSERT_VIEW = views._INSERT  # noqa: SLF001
+_UPDATE_VIEW = views._UPDATE  # noqa: SLF001
 
 
 class _JsonbBinaryLoader(Loader):

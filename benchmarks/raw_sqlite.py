@@ -24,12 +24,6 @@ __all__ = ["RawSqliteSide"]
 
 T = TypeVar("T")
 
-_COLUMNS = (
-    "aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, "
-    "timestamp, event_id"
-)
-_SELECT = "sequence, event_type, event_version, payload, metadata, timestamp, event_id, position"
-
 
 class RawSqliteSide(RawSide):
     """The raw side on one SQLite file, tables ``events_table``/``snapshots_table``."""
@@ -54,36 +48,15 @@ class RawSqliteSide(RawSide):
         self.busy_timeout = busy_timeout
         self._executor: ThreadPoolExecutor | None = None
         self._connection: sqlite3.Connection | None = None
-        events, snapshots = events_table, snapshots_table
-        self._sql_insert = (
-            f"INSERT INTO {events} ({_COLUMNS}) "  # noqa: S608 - our own identifiers
-            "VALUES (?, ?, ?, ?, ?, CAST(? AS TEXT), CAST(? AS TEXT), ?, ?)"
-        )
-        self._sql_last_sequence = (
-            f"SELECT max(sequence) FROM {events} "  # noqa: S608
-            "WHERE aggregate_type = ? AND aggregate_id = ?"
-        )
-        self._sql_events = (
-            f"SELECT {_SELECT} FROM {events} "  # noqa: S608
-            "WHERE aggregate_type = ? AND aggregate_id = ? AND sequence > ? ORDER BY sequence"
-        )
-        self._sql_type_page = (
-            f"SELECT aggregate_type, aggregate_id, {_SELECT} FROM {events} "  # noqa: S608
-            "WHERE position > ? AND aggregate_type = ? ORDER BY position LIMIT ?"
-        )
-        self._sql_snapshot = (
-            f"SELECT payload, last_sequence, current_snapshot FROM {snapshots} "  # noqa: S608
-            "WHERE aggregate_type = ? AND aggregate_id = ?"
-        )
-        self._sql_upsert = (
-            f"INSERT INTO {snapshots} (aggregate_type, aggregate_id, last_sequence, "  # noqa: S608
-            "current_snapshot, payload) VALUES (?, ?, ?, ?, CAST(? AS TEXT)) "
-            "ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET "
-            "last_sequence = excluded.last_sequence, "
-            "current_snapshot = excluded.current_snapshot, payload = excluded.payload, "
-            "timestamp = CURRENT_TIMESTAMP "
-            f"WHERE excluded.last_sequence > {snapshots}.last_sequence"
-        )
+        # The backend's own statements (its constructor does no I/O), so the raw side cannot
+        # drift from what it measures against.
+        backend = SqliteEventRepository(path, events_table, snapshots_table)
+        self._sql_insert = backend._sql_insert  # noqa: SLF001
+        self._sql_last_sequence = backend._sql_last_sequence  # noqa: SLF001
+        self._sql_events = backend._sql_events  # noqa: SLF001
+        self._sql_type_page = backend._sql_type_page  # noqa: SLF001
+        self._sql_snapshot = backend._sql_snapshot  # noqa: SLF001
+        self._sql_upsert = backend._sql_upsert  # noqa: SLF001
 
     async def open(self) -> None:
         async with SqliteEventRepository(
