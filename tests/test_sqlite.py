@@ -103,6 +103,7 @@ async def main(path, name, commits, writers):
                     continue
                 committed.extend(str(e.event_id) for e in batch)
                 break
+            await asyncio.sleep(0.001)  # let the other process take the write lock too
     print(json.dumps({"committed": committed, "conflicts": conflicts}))
 
 asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
