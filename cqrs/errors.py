@@ -10,6 +10,7 @@
     │   ├── DeserializationError   stored data does not decode; fix the data or the upcasters
     │   └── UnexpectedError        anything else (a bug or a driver failure we do not classify)
     └── ConfigurationError         bad setup: unknown URL scheme, missing extra, invalid name
+        └── NotOpenError           a repository used before open() or after close()
 
 Every backend translates its driver's errors into this tree in exactly one function and raises
 ``from`` the driver error, so the original is always available as ``__cause__``.
@@ -24,6 +25,7 @@ __all__ = [
     "CqrsError",
     "DatabaseConnectionError",
     "DeserializationError",
+    "NotOpenError",
     "UnexpectedError",
     "UserError",
 ]
@@ -72,3 +74,9 @@ class UnexpectedError(AggregateError):
 class ConfigurationError(CqrsError, ValueError):
     """The framework was set up wrongly: an unknown URL scheme, a missing optional
     dependency (the message names the extra to install), or an invalid table name."""
+
+
+class NotOpenError(ConfigurationError):
+    """A repository (or a view repository on it) was used before ``open()`` or after
+    ``close()``. Every backend raises this one error, before any I/O; call
+    ``await repository.open()`` or use ``async with repository``."""

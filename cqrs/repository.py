@@ -18,22 +18,35 @@ from uuid import UUID
 import msgspec
 
 from cqrs.codec import Codec
-from cqrs.errors import ConfigurationError, DeserializationError
+from cqrs.errors import ConfigurationError, DeserializationError, NotOpenError
 
 __all__ = [
+    "MAX_AGGREGATE_ID_BYTES",
+    "MAX_AGGREGATE_TYPE_BYTES",
     "AsyncResource",
     "PersistedEventRepository",
     "SerializedEvent",
     "SerializedSnapshot",
     "ViewContext",
     "ViewRepository",
+    "check_batch",
+    "check_ids",
     "decode_view",
     "next_view_version",
+    "not_open",
     "read_pages",
+    "stored_positions",
     "validate_identifier",
 ]
 
 V = TypeVar("V")
+
+MAX_AGGREGATE_TYPE_BYTES = 255
+"""The longest ``aggregate_type`` every backend stores, in UTF-8 bytes."""
+
+MAX_AGGREGATE_ID_BYTES = 1024
+"""The longest ``aggregate_id`` every backend stores, in UTF-8 bytes (PostgreSQL's btree
+index bounds what fits; the limit is the same on every backend so data can move)."""
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -48,6 +61,34 @@ def validate_identifier(name: str, what: str = "table name") -> str:
         )
         raise ConfigurationError(msg)
     return name
+
+
+def check_ids(aggregate_type: object, aggregate_id: object) -> None:
+    """Raise ValueError naming the culprit unless ``aggregate_type`` and ``aggregate_id`` are
+    non-empty strings without NUL characters, of at most :data:`MAX_AGGREGATE_TYPE_BYTES` and
+    :data:`MAX_AGGREGATE_ID_BYTES` UTF-8 bytes."""
+    for what, value, limit in (
+        ("aggregate_type", aggregate_type, MAX_AGGREGATE_TYPE_BYTES),
+        ("aggregate_id", aggregate_id, MAX_AGGREGATE_ID_BYTES),
+    ):
+        if not isinstance(value, str) or not value:
+            msg = f"{what} must be a non-empty string, not {value!r}"
+            raise ValueError(msg)
+        if "\x00" in value:
+            msg = f"{what} must not contain NUL characters: {value[:80]!r}"
+            raise ValueError(msg)
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            msg = f"{what} is {size} UTF-8 bytes long; the limit is {limit}: {value[:40]!r}..."
+            raise ValueError(msg)
+
+
+def not_open(what: str) -> NotOpenError:
+    """The error every backend raises when ``what`` (a repository's description) is used
+    before ``open()`` or after ``close()``."""
+    return NotOpenError(
+        f"{what} is not open: call 'await repository.open()' or use 'async with repository'"
+    )
 
 
 class SerializedEvent(msgspec.Struct, frozen=True, gc=False):
@@ -85,14 +126,69 @@ class SerializedSnapshot(msgspec.Struct, frozen=True, gc=False):
     snapshot_version: int
 
 
+def check_batch(events: Sequence[SerializedEvent]) -> None:
+    """Raise ValueError unless ``events`` is a non-empty batch of one aggregate with
+    consecutive sequences starting at 1 or more, and ids within the limits of
+    :func:`check_ids`. Backends call this first in ``persist``."""
+    if not events:
+        msg = "persist needs at least one event"
+        raise ValueError(msg)
+    first = events[0]
+    check_ids(first.aggregate_type, first.aggregate_id)
+    if not isinstance(first.sequence, int) or first.sequence < 1:
+        msg = f"sequences start at 1, not {first.sequence!r}"
+        raise ValueError(msg)
+    key = (first.aggregate_type, first.aggregate_id)
+    sequence = first.sequence
+    for event in events:
+        if (event.aggregate_type, event.aggregate_id) != key or event.sequence != sequence:
+            msg = (
+                "persist takes consecutive events of one aggregate; "
+                f"{event.aggregate_type} {event.aggregate_id[:40]!r} sequence {event.sequence} "
+                f"does not follow {first.aggregate_type} {first.aggregate_id[:40]!r} "
+                f"sequence {sequence - 1}"
+            )
+            raise ValueError(msg)
+        sequence += 1
+
+
+def stored_positions(
+    events: Sequence[SerializedEvent], stored: Sequence[SerializedEvent]
+) -> list[int] | None:
+    """The positions of ``events`` if ``stored`` (what the store holds at and after the
+    batch's first sequence, by sequence) begins with exactly these events, recognized by
+    their event ids; else None.
+
+    This is how ``persist`` stays idempotent: a batch retried after an unknown outcome (a
+    connection lost during COMMIT) that finds its own event ids stored is a success, not a
+    conflict. Event ids may be UUIDs or their text form on either side."""
+    if len(stored) < len(events):
+        return None
+    positions = []
+    for event, row in zip(events, stored, strict=False):
+        if row.sequence != event.sequence or str(row.event_id) != str(event.event_id):
+            return None
+        positions.append(row.position)
+    return positions
+
+
 class PersistedEventRepository(Protocol):
     """The storage port for events and snapshots.
 
     Every method takes the aggregate type. Rules every backend must keep:
 
     - **Optimistic concurrency.** ``(aggregate_type, aggregate_id, sequence)`` is unique.
-      :meth:`persist` is atomic: all its events and its snapshot are stored, or nothing is,
-      and a batch that collides with a stored sequence raises ``AggregateConflict``.
+      :meth:`persist` is atomic: all its events and its snapshot are stored, or nothing is.
+      A batch must start right after the stored last sequence: one that collides with a
+      stored sequence, or leaves a gap after it, raises ``AggregateConflict``.
+    - **Idempotent by event id.** A batch whose events are already stored (same sequences,
+      same event ids: a retry after an unknown outcome) returns their stored positions and
+      stores nothing again. A backend that can lose a connection retries a write whose
+      outcome is unknown once on a fresh connection, and retries reads, so only operations
+      in flight during a fault can fail.
+    - **Input.** :func:`check_batch` is applied before any I/O: one aggregate, consecutive
+      sequences from 1 up, ids within :data:`MAX_AGGREGATE_TYPE_BYTES` /
+      :data:`MAX_AGGREGATE_ID_BYTES` (ValueError otherwise, the same on every backend).
     - **Global order.** Every stored event has a ``position``, an integer that only grows
       along :meth:`stream_all_events`; once any reader has seen position ``p``, no event at
       or below ``p`` can appear later. A reader tailing with ``after_position`` therefore
@@ -102,7 +198,8 @@ class PersistedEventRepository(Protocol):
       ``AggregateConflict`` / ``DatabaseConnectionError`` / ``UnexpectedError``, raised
       ``from`` the driver error.
     - **Lifecycle.** The constructor does no I/O; ``open()`` and ``close()`` are idempotent
-      and the repository is an async context manager.
+      and the repository is an async context manager. Any other method called before
+      ``open()`` or after ``close()`` raises :class:`~cqrs.errors.NotOpenError`.
     """
 
     async def open(self) -> None:
