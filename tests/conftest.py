@@ -70,17 +70,20 @@ class Backend:
             pytest.skip(f"needs capability {capability!r}: {CAPABILITIES[capability]}")
 
     def new_repository(
-        self, events: str = "events", snapshots: str = "snapshots"
+        self, events: str = "events", snapshots: str = "snapshots", *, page_size: int | None = None
     ) -> PersistedEventRepository:
-        """An unopened repository over this test's tables (closed after the test)."""
-        repository = self.factory.repository(self.workdir, self.name(events), self.name(snapshots))
+        """An unopened repository over this test's tables (closed after the test); each is a
+        separate client (its own connections) on the same data."""
+        repository = self.factory.repository(
+            self.workdir, self.name(events), self.name(snapshots), page_size
+        )
         self.opened.append(repository)
         return repository
 
     async def open_repository(
-        self, events: str = "events", snapshots: str = "snapshots"
+        self, events: str = "events", snapshots: str = "snapshots", *, page_size: int | None = None
     ) -> PersistedEventRepository:
-        repository = self.new_repository(events, snapshots)
+        repository = self.new_repository(events, snapshots, page_size=page_size)
         await repository.open()
         await repository.create_schema()
         return repository

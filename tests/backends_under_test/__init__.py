@@ -5,7 +5,9 @@ Each backend lives in ``tests/backends/<id>.py`` and defines ``FACTORY``, an obj
 - ``id``: the backend id (``memory``, ``sqlite``, ``postgres``, ``mongodb``);
 - ``capabilities``: a frozenset of capability names (see ``CAPABILITIES``);
 - ``async unavailable() -> str | None``: None when usable, else a one-line skip reason;
-- ``repository(workdir, events_table, snapshots_table)``: a new, unopened repository;
+- ``repository(workdir, events_table, snapshots_table, page_size=None)``: a new, unopened
+  repository (``page_size``: rows per page of the ``stream_*`` methods, the backend's
+  default for None);
 - ``async cleanup(workdir, prefix)``: drop every table/collection whose name starts with
   ``prefix`` (tests name everything they create with their prefix).
 
@@ -35,7 +37,7 @@ class BackendFactory(Protocol):
     async def unavailable(self) -> str | None: ...
 
     def repository(
-        self, workdir: Path, events_table: str, snapshots_table: str
+        self, workdir: Path, events_table: str, snapshots_table: str, page_size: int | None = None
     ) -> PersistedEventRepository: ...
 
     async def cleanup(self, workdir: Path, prefix: str) -> None: ...

@@ -16,10 +16,11 @@ class MemoryFactory:
         return None
 
     def repository(
-        self, workdir: Path, events_table: str, snapshots_table: str
+        self, workdir: Path, events_table: str, snapshots_table: str, page_size: int | None = None
     ) -> MemoryEventRepository:
         database = self._databases.setdefault(workdir, MemoryDatabase())
-        return MemoryEventRepository(events_table, snapshots_table, database=database)
+        paging = {} if page_size is None else {"page_size": page_size}
+        return MemoryEventRepository(events_table, snapshots_table, database=database, **paging)
 
     async def cleanup(self, workdir: Path, prefix: str) -> None:
         self._databases.pop(workdir, None)

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
-from cqrs_mongodb import MongoEventRepository, from_url
+from cqrs_mongodb import MongoEventRepository
 
 DATABASE = "cqrs_test"
 
@@ -51,11 +51,14 @@ class MongoFactory:
         return None
 
     def repository(
-        self, workdir: Path, events_table: str, snapshots_table: str
+        self, workdir: Path, events_table: str, snapshots_table: str, page_size: int | None = None
     ) -> MongoEventRepository:
         url = database_url()
         assert url is not None
-        return from_url(url).with_tables(events_table, snapshots_table)
+        paging = {} if page_size is None else {"page_size": page_size}
+        return MongoEventRepository(
+            url, events_collection=events_table, snapshots_collection=snapshots_table, **paging
+        )
 
     async def cleanup(self, workdir: Path, prefix: str) -> None:
         url = database_url()

@@ -28,8 +28,9 @@ class PostgresFactory:
         return None
 
     def repository(
-        self, workdir: Path, events_table: str, snapshots_table: str
+        self, workdir: Path, events_table: str, snapshots_table: str, page_size: int | None = None
     ) -> PostgresEventRepository:
+        paging = {} if page_size is None else {"page_size": page_size}
         return from_url(
             self.url,
             events_table=events_table,
@@ -37,6 +38,7 @@ class PostgresFactory:
             min_size=1,
             max_size=4,
             timeout=10,
+            **paging,
         )
 
     async def cleanup(self, workdir: Path, prefix: str) -> None:

@@ -13,10 +13,11 @@ class SqliteFactory:
         return None
 
     def repository(
-        self, workdir: Path, events_table: str, snapshots_table: str
+        self, workdir: Path, events_table: str, snapshots_table: str, page_size: int | None = None
     ) -> SqliteEventRepository:
         # One file per test: every repository of a test shares it, as processes would.
-        return SqliteEventRepository(workdir / "store.db", events_table, snapshots_table)
+        paging = {} if page_size is None else {"page_size": page_size}
+        return SqliteEventRepository(workdir / "store.db", events_table, snapshots_table, **paging)
 
     async def cleanup(self, workdir: Path, prefix: str) -> None:
         return None  # the file lives in the test's own tmp_path
