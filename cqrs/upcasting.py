@@ -6,6 +6,7 @@ stored rows are never rewritten. They work on the decoded JSON payload (plain di
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -43,23 +44,34 @@ class EventUpcaster(Protocol):
         ...
 
 
+_VERSION = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
 def parse_version(version: str) -> tuple[int, ...]:
-    """Parse "1", "1.2" or "2.0.1" into a tuple of ints; raise ValueError otherwise."""
-    try:
-        parts = tuple(int(part) for part in version.split("."))
-    except ValueError:
-        parts = ()
-    if not parts or any(part < 0 for part in parts):
+    """Parse a version ("1", "1.2", "2.0.1": dotted non-negative integers) into the key it
+    compares by; raise ValueError for anything else.
+
+    Versions compare like semantic versions, part by part, with missing parts equal to
+    zero: "2" == "2.0" == "2.0.0" < "2.0.1" < "2.1" < "10". The key is the parts with
+    trailing zeros dropped ("2.0.0" -> ``(2,)``), so equal versions have equal keys and
+    tuple order is version order.
+    """
+    if not _VERSION.fullmatch(version):
         msg = f"invalid event version {version!r}: expected dotted integers like '1.0'"
         raise ValueError(msg)
-    return parts
+    parts = [int(part) for part in version.split(".")]
+    while parts and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
 
 
 class SemanticVersionEventUpcaster:
     """Upcasts events named ``event_type`` whose version is older than ``event_version``.
 
     ``upcast_fn`` receives the old JSON payload (a dict) and returns the new one; the event's
-    version becomes ``event_version``. Versions compare as dotted integers ("1.10" > "1.9").
+    version becomes ``event_version``. Versions compare as semantic versions (see
+    :func:`parse_version`): "1.10" > "1.9", and "2" == "2.0", so an upcaster to "2.0" never
+    touches an event stored at "2". A stored version that does not parse is never upcast.
     """
 
     def __init__(
@@ -74,7 +86,8 @@ class SemanticVersionEventUpcaster:
         self._upcast_fn = upcast_fn
 
     def can_upcast(self, event_type: str, event_version: str) -> bool:
-        """True for ``event_type`` stored at a version older than this upcaster's."""
+        """True for ``event_type`` stored at a version strictly older than this upcaster's;
+        false at an equal version however written ("2" and "2.0") and above it."""
         if event_type != self.event_type:
             return False
         try:
@@ -92,15 +105,17 @@ class SemanticVersionEventUpcaster:
 
 def check_upcaster_order(upcasters: Sequence[EventUpcaster]) -> None:
     """Raise ConfigurationError if two semantic-version upcasters of one event type are
-    listed newest first (the older step would then never run before the newer one)."""
-    newest: dict[str, tuple[int, ...]] = {}
+    listed newest first (the older step would then never run before the newer one), or
+    target the same version however written ("2" and "2.0": the second would never run)."""
+    newest: dict[str, SemanticVersionEventUpcaster] = {}
     for upcaster in upcasters:
         if isinstance(upcaster, SemanticVersionEventUpcaster):
             seen = newest.get(upcaster.event_type)
-            if seen is not None and seen >= upcaster._version:  # noqa: SLF001 - same module
+            if seen is not None and seen._version >= upcaster._version:  # noqa: SLF001 - same module
                 msg = (
-                    f"upcasters for {upcaster.event_type!r} must be listed oldest first; "
-                    f"{upcaster.event_version!r} comes after a newer one"
+                    f"upcasters for {upcaster.event_type!r} must be listed oldest first, "
+                    f"one per version; {upcaster.event_version!r} comes after "
+                    f"{seen.event_version!r}"
                 )
                 raise ConfigurationError(msg)
-            newest[upcaster.event_type] = upcaster._version  # noqa: SLF001 - same module
+            newest[upcaster.event_type] = upcaster
