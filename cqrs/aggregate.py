@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar, Generic, TypeVar
 
+from cqrs.errors import DomainError
+
 __all__ = ["Aggregate"]
 
 C = TypeVar("C")
@@ -24,7 +26,9 @@ class Aggregate(ABC, Generic[C, E, S]):
     - ``Aggregate()`` (no arguments) is the empty state of a new aggregate.
     - :meth:`handle` decides: it reads the state, may await services, and returns the events
       to commit (possibly none). It must not change state. To refuse a command it raises one
-      of ``user_errors``; the framework wraps that in :class:`~cqrs.errors.UserError`.
+      of ``user_errors`` (by default :class:`~cqrs.errors.DomainError` and its subclasses);
+      the framework wraps that in :class:`~cqrs.errors.UserError`. Anything else it raises
+      is a bug: :class:`~cqrs.errors.UnexpectedError`.
     - :meth:`apply` changes state from one event, with no logic that can fail.
     - ``aggregate_id`` is set by the framework before any event is applied or any command
       handled, so the handler can learn which aggregate it is deciding for.
@@ -35,8 +39,11 @@ class Aggregate(ABC, Generic[C, E, S]):
 
     aggregate_type: ClassVar[str]
     event_classes: ClassVar[Sequence[type[object]]]
-    user_errors: ClassVar[tuple[type[Exception], ...]] = (Exception,)
-    """Exceptions from :meth:`handle` that mean "refused"; others become UnexpectedError."""
+    user_errors: ClassVar[tuple[type[Exception], ...]] = (DomainError,)
+    """The exception classes (and their subclasses) by which :meth:`handle` refuses a
+    command: raised as UserError. Any other exception becomes UnexpectedError. Set it to
+    declare classes that do not derive from DomainError; it replaces the default, so list
+    DomainError too if the handler also raises it."""
 
     aggregate_id: str = ""
 

@@ -12,6 +12,9 @@
     └── ConfigurationError         bad setup: unknown URL scheme, missing extra, invalid name
         └── NotOpenError           a repository used before open() or after close()
 
+    DomainError                    yours: raise it (or a subclass) in ``handle`` to refuse a
+                                   command; the framework raises it wrapped in UserError
+
 Every backend translates its driver's errors into this tree in exactly one function and raises
 ``from`` the driver error, so the original is always available as ``__cause__``.
 """
@@ -25,10 +28,22 @@ __all__ = [
     "CqrsError",
     "DatabaseConnectionError",
     "DeserializationError",
+    "DomainError",
     "NotOpenError",
     "UnexpectedError",
     "UserError",
 ]
+
+
+class DomainError(Exception):
+    """A rule of the domain refused a command; the message is for the user who sent it.
+
+    Raise it, or a subclass, from :meth:`Aggregate.handle <cqrs.aggregate.Aggregate.handle>`:
+    it is the default of ``Aggregate.user_errors``, so the framework reports it as
+    :class:`UserError` and commits nothing. Any other exception from the handler is a bug
+    and becomes :class:`UnexpectedError`, unless the aggregate lists its class in
+    ``user_errors``. It is not a :class:`CqrsError`: it belongs to the user's domain.
+    """
 
 
 class CqrsError(Exception):

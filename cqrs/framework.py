@@ -61,9 +61,13 @@ class CqrsFramework(Generic[C, E, S]):
     nothing. Query failures are logged on the ``cqrs.framework`` logger and passed to
     ``on_query_error``; they never undo the commit and are not raised to the caller.
 
-    Errors: :class:`~cqrs.errors.UserError` when the handler refuses,
-    :class:`~cqrs.errors.AggregateConflict` when another writer won (after ``retry`` is
-    exhausted, if given), and the store's connection/deserialization errors.
+    Errors: :class:`~cqrs.errors.UserError` when the handler refuses (raises one of the
+    aggregate's ``user_errors``, by default :class:`~cqrs.errors.DomainError`);
+    :class:`~cqrs.errors.UnexpectedError` when it raises anything else (a bug; the original
+    is the ``__cause__``); :class:`~cqrs.errors.AggregateConflict` when another writer won;
+    and the store's connection and deserialization errors. With ``retry``, only
+    AggregateConflict is retried (a fresh load and a new decision each time, up to
+    ``retry.attempts`` tries in all); every other error is raised at once, after one try.
     """
 
     def __init__(

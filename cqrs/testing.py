@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from cqrs.aggregate import Aggregate
+from cqrs.errors import CqrsError
 
 __all__ = ["AggregateResultValidator", "AggregateTestExecutor", "TestFramework"]
 
@@ -58,11 +59,15 @@ class AggregateTestExecutor(Generic[A]):
         return self
 
     async def when(self, command: object) -> AggregateResultValidator[A]:
-        """Run the handler. A declared user error is captured for ``then_expect_error``;
-        any other exception propagates (it is a bug, not a refusal)."""
+        """Run the handler. A declared user error (one of the aggregate's ``user_errors``,
+        by default :class:`~cqrs.errors.DomainError`) is captured for ``then_expect_error``,
+        as the framework would raise it wrapped in UserError; any other exception propagates
+        unwrapped (it is a bug, not a refusal: the framework raises UnexpectedError)."""
         aggregate = self.aggregate
         try:
             events = list(await aggregate.handle(command, self.services))
+        except CqrsError:
+            raise  # the framework never counts its own errors as the user's refusal
         except aggregate.user_errors as error:
             return AggregateResultValidator(aggregate, error)
         for event in events:

@@ -6,7 +6,15 @@ from decimal import Decimal
 
 import pytest
 
-from cqrs import TestFramework
+from cqrs import (
+    CqrsFramework,
+    DomainError,
+    PersistedEventStore,
+    TestFramework,
+    UnexpectedError,
+    UserError,
+)
+from cqrs_memory import MemoryEventRepository
 from examples.bank_account.domain import (
     AccountOpened,
     BankAccount,
@@ -107,3 +115,27 @@ async def test_validator_assertions_fail_loudly(account):
         refused.then_expect_events([])
     with pytest.raises(AssertionError, match="expected error message"):
         refused.then_expect_error_message("nope")
+
+
+def test_refusals_are_domain_errors():
+    assert issubclass(BankAccountError, DomainError)
+    assert BankAccount.user_errors == (DomainError,)  # the default: nothing else is a refusal
+
+
+async def test_a_failing_service_is_a_bug_not_a_refusal():
+    class BrokenAtm:
+        async def withdrawal(self, atm_id, account_id, amount):
+            raise RuntimeError("ATM driver bug")
+
+    account = TestFramework(BankAccount, BankAccountServices(atm=BrokenAtm()), aggregate_id="A1")
+    with pytest.raises(RuntimeError, match="ATM driver bug"):
+        await account.given([OPENED, FUNDED]).when(WithdrawMoney(D(1), "ATM-1"))
+    store = PersistedEventStore(MemoryEventRepository(), BankAccount)
+    cqrs = CqrsFramework(store, (), BankAccountServices(atm=BrokenAtm()))
+    await cqrs.execute("A1", OpenAccount("A1"))
+    await cqrs.execute("A1", DepositMoney(D(5)))
+    with pytest.raises(UnexpectedError, match="ATM driver bug") as caught:
+        await cqrs.execute("A1", WithdrawMoney(D(1), "ATM-1"))
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    with pytest.raises(UserError, match="funds not available"):
+        await cqrs.execute("A1", WriteCheck("1", D(6)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -126,3 +127,24 @@ def test_demo_command_runs(capsys):
     output = capsys.readouterr().out
     assert "refused WithdrawMoney" in output
     assert '"balance": "343.72"' in output
+
+
+async def test_a_bug_in_the_handler_is_a_500_not_a_refusal(caplog):
+    class BrokenAtm:
+        async def withdrawal(self, atm_id, account_id, amount):
+            raise RuntimeError("ATM driver bug")
+
+    service = await BankService.over(MemoryEventRepository())
+    service.cqrs.services.atm = BrokenAtm()
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(create_app(service)), base_url="http://b"
+    ) as c:
+        await post(c, "A1", {"OpenAccount": {"account_id": "A1"}})
+        await post(c, "A1", {"DepositMoney": {"amount": 10}})
+        with caplog.at_level(logging.ERROR, logger="examples.bank_account"):
+            broken = await post(c, "A1", {"WithdrawMoney": {"amount": 1, "atm_id": "ATM-1"}})
+        assert (broken.status_code, broken.json()) == (500, {"error": "internal error"})
+        assert "ATM driver bug" in caplog.text  # the details are logged, not sent
+        refused = await post(c, "A1", {"WithdrawMoney": {"amount": 99, "atm_id": "ATM-1"}})
+        assert (refused.status_code, refused.json()) == (400, {"error": "funds not available"})
+        assert len((await c.get("/accounts/A1/events")).json()) == 2

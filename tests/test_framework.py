@@ -18,11 +18,13 @@ from cqrs import (
     ConfigurationError,
     CqrsFramework,
     DeserializationError,
+    DomainError,
     DomainEvent,
     PersistedEventStore,
     QueryFailure,
     Retry,
     SemanticVersionEventUpcaster,
+    TestFramework,
     UnexpectedError,
     UserError,
 )
@@ -52,6 +54,8 @@ class Notebook(Aggregate[str, Noted, None]):
             raise ValueError("refused")
         if command == "bug":
             raise KeyError("oops")
+        if command == "misconfigured":
+            raise ConfigurationError("bad setup")  # a ValueError, but the framework's own
         if command == "nothing":
             return []
         return [Noted(self.aggregate_id)]  # the handler learns its aggregate id
@@ -147,6 +151,95 @@ async def test_declared_errors_become_user_errors_others_unexpected():
     with pytest.raises(UnexpectedError, match="KeyError") as bug:
         await cqrs.execute("nb", "bug")
     assert isinstance(bug.value.__cause__, KeyError)
+
+
+class OverdrawnError(DomainError):
+    pass
+
+
+def _bug(kind: str) -> None:
+    if kind == "type":
+        len(42)  # type: ignore[arg-type]
+    elif kind == "key":
+        _ = {}["missing"]
+    elif kind == "attribute":
+        _ = None.balance  # type: ignore[attr-defined]
+
+
+@dataclass
+class Purse(Aggregate[str, Noted, None]):
+    """Declares nothing: user_errors keeps its default, DomainError."""
+
+    aggregate_type: ClassVar[str] = "Purse"
+    event_classes: ClassVar[Sequence[type[object]]] = (Noted,)
+
+    async def handle(self, command: str, services: None) -> list[Noted]:
+        if command == "overdraw":
+            raise OverdrawnError("not enough money")
+        if command == "refuse":
+            raise DomainError("refused")
+        _bug(command)
+        return [Noted(command)]
+
+    def apply(self, event: Noted) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"), [("type", TypeError), ("key", KeyError), ("attribute", AttributeError)]
+)
+async def test_a_bug_in_the_handler_is_an_unexpected_error_not_a_refusal(kind, error):
+    store = PersistedEventStore(MemoryEventRepository(), Purse)
+    with pytest.raises(UnexpectedError, match=f"Purse.handle raised {error.__name__}") as caught:
+        await CqrsFramework(store).execute("p", kind)
+    assert not isinstance(caught.value, UserError)
+    assert isinstance(caught.value.__cause__, error)
+    assert await store.load_events("p") == []
+
+
+@pytest.mark.parametrize(
+    ("command", "error"), [("overdraw", OverdrawnError), ("refuse", DomainError)]
+)
+async def test_domain_errors_and_subclasses_are_user_errors_by_default(command, error):
+    store = PersistedEventStore(MemoryEventRepository(), Purse)
+    with pytest.raises(UserError) as refused:
+        await CqrsFramework(store).execute("p", command)
+    assert type(refused.value.error) is error
+    assert refused.value.__cause__ is refused.value.error
+    assert await store.load_events("p") == []
+
+
+async def test_declaring_user_errors_replaces_the_default():
+    class Strict(Purse):
+        user_errors = (OverdrawnError,)
+
+    cqrs = CqrsFramework(PersistedEventStore(MemoryEventRepository(), Strict))
+    with pytest.raises(UserError, match="not enough money"):
+        await cqrs.execute("p", "overdraw")
+    with pytest.raises(UnexpectedError) as bug:
+        await cqrs.execute("p", "refuse")  # a DomainError, but not declared here
+    assert type(bug.value.__cause__) is DomainError
+
+
+async def test_test_framework_classifies_errors_like_the_framework():
+    purse = TestFramework(Purse)
+    result = await purse.given_no_previous_events().when("overdraw")
+    result.then_expect_error(OverdrawnError("not enough money"))
+    (await purse.given_no_previous_events().when("refuse")).then_expect_error(DomainError)
+    for kind, error in (("type", TypeError), ("key", KeyError), ("attribute", AttributeError)):
+        with pytest.raises(error):
+            await purse.given_no_previous_events().when(kind)  # a bug propagates, unwrapped
+    (await TestFramework(Notebook).given([]).when("refuse")).then_expect_error(ValueError)
+    with pytest.raises(KeyError):
+        await TestFramework(Notebook).given([]).when("bug")
+
+
+async def test_the_frameworks_own_errors_are_never_the_users_refusal():
+    # Notebook declares ValueError, and ConfigurationError is one: it still propagates as is.
+    with pytest.raises(ConfigurationError, match="bad setup"):
+        await notebook().execute("nb", "misconfigured")
+    with pytest.raises(ConfigurationError, match="bad setup"):
+        await TestFramework(Notebook).given([]).when("misconfigured")
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from cqrs import (
     AggregateConflict,
     DatabaseConnectionError,
     EventEnvelope,
+    UnexpectedError,
     UserError,
     event_type_of,
     event_version_of,
@@ -31,6 +33,8 @@ from examples.bank_account.service import DEFAULT_DATABASE_URL, BankService
 COMMANDS: dict[str, type[BankAccountCommand]] = {
     cls.__name__: cls for cls in (OpenAccount, DepositMoney, WithdrawMoney, WriteCheck)
 }
+
+logger = logging.getLogger("examples.bank_account")
 
 _encoder = msgspec.json.Encoder(decimal_format="number")
 _body = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -126,6 +130,12 @@ async def _unavailable(request: Request, error: Exception) -> Response:  # noqa:
     return _error(503, f"database unavailable: {error}")
 
 
+async def _internal(request: Request, error: Exception) -> Response:
+    # A bug (say, in the handler): log the details, tell the client nothing of the internals.
+    logger.error("%s %s failed", request.method, request.url.path, exc_info=error)
+    return _error(500, "internal error")
+
+
 def create_app(service: BankService | None = None, database_url: str | None = None) -> FastAPI:
     """The ASGI app. With ``service``, it is used as is (tests); otherwise the app opens
     ``database_url`` (default: $CQRS_DATABASE_URL, else sqlite:///bank.db) on startup."""
@@ -145,5 +155,6 @@ def create_app(service: BankService | None = None, database_url: str | None = No
     app = FastAPI(title="Bank account (cqrs-es example)", lifespan=lifespan)
     app.state.service = service
     app.add_exception_handler(DatabaseConnectionError, _unavailable)
+    app.add_exception_handler(UnexpectedError, _internal)
     app.include_router(router)
     return app

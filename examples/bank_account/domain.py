@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import ClassVar, Protocol
 
-from cqrs import Aggregate, DomainEvent, EventEnvelope
+from cqrs import Aggregate, DomainError, DomainEvent, EventEnvelope
 
 # -- commands --------------------------------------------------------------------------------
 
@@ -73,8 +73,11 @@ BankAccountEvent = (
 # -- services --------------------------------------------------------------------------------
 
 
-class BankAccountError(Exception):
-    """A rule of the bank account refused the command; the message is for the customer."""
+class BankAccountError(DomainError):
+    """A rule of the bank account refused the command; the message is for the customer.
+
+    A DomainError, so the framework reports it as UserError (HTTP 400 in the API); any
+    other exception from the handler is a bug and becomes UnexpectedError (HTTP 500)."""
 
 
 class AtmClient(Protocol):
@@ -127,8 +130,6 @@ class BankAccount(Aggregate[BankAccountCommand, BankAccountEvent, BankAccountSer
         CustomerWithdrewCash,
         CustomerWroteCheck,
     )
-    user_errors: ClassVar[tuple[type[Exception], ...]] = (BankAccountError,)
-
     opened: bool = False
     balance: Decimal = Decimal(0)
 
