@@ -6,6 +6,7 @@ Dependencies come from the extras and dependency groups in pyproject.toml.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -64,6 +65,25 @@ def bench(session: nox.Session) -> None:
     """
     session.install("-e", ".[all]", *_group("bench"))
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def mutate(session: nox.Session) -> None:
+    """Mutation testing of the core (``cqrs/``) with mutmut against the memory and SQLite
+    tests (see ``[tool.mutmut]`` in pyproject.toml); prints the score and the survivors.
+
+    Not part of CI (it takes minutes). Arguments go to ``mutmut run`` (e.g. mutant names
+    to re-check); ``mutmut browse`` in the session's virtualenv shows each survivor's diff.
+    """
+    session.install("-e", ".[all]", *_group("mutate"))
+    session.run("mutmut", "run", *session.posargs, env={"CQRS_TEST_REQUIRE": ""})
+    session.run("mutmut", "export-cicd-stats")
+    stats = json.loads((ROOT / "mutants" / "mutmut-cicd-stats.json").read_text())
+    checked = stats["total"] - stats["skipped"]  # a mutant no test reaches survives
+    killed = stats["killed"] + stats["timeout"] + stats["segfault"]
+    score = 100 * killed / checked if checked else 0.0
+    session.log(f"mutation score {score:.1f}% ({killed} killed of {checked}; {stats})")
+    session.run("mutmut", "results")
 
 
 @nox.session
