@@ -34,6 +34,13 @@ OPENED = AccountOpened("A1")
 FUNDED = CustomerDepositedMoney(D(200), D(200))
 
 
+async def memory() -> MemoryEventRepository:
+    """An open in-memory repository (every repository must be open to be used)."""
+    repository = MemoryEventRepository()
+    await repository.open()
+    return repository
+
+
 @pytest.fixture
 def account() -> TestFramework[BankAccount]:
     return TestFramework(BankAccount, BankAccountServices(), aggregate_id="A1")
@@ -130,7 +137,7 @@ async def test_a_failing_service_is_a_bug_not_a_refusal():
     account = TestFramework(BankAccount, BankAccountServices(atm=BrokenAtm()), aggregate_id="A1")
     with pytest.raises(RuntimeError, match="ATM driver bug"):
         await account.given([OPENED, FUNDED]).when(WithdrawMoney(D(1), "ATM-1"))
-    store = PersistedEventStore(MemoryEventRepository(), BankAccount)
+    store = PersistedEventStore(await memory(), BankAccount)
     cqrs = CqrsFramework(store, (), BankAccountServices(atm=BrokenAtm()))
     await cqrs.execute("A1", OpenAccount("A1"))
     await cqrs.execute("A1", DepositMoney(D(5)))

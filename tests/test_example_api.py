@@ -17,6 +17,13 @@ from examples.bank_account.api import create_app
 from examples.bank_account.service import BankService
 
 
+async def memory() -> MemoryEventRepository:
+    """An open in-memory repository (every repository must be open to be used)."""
+    repository = MemoryEventRepository()
+    await repository.open()
+    return repository
+
+
 @pytest.fixture
 async def client(backend) -> AsyncIterator[httpx.AsyncClient]:
     repository = await backend.open_repository()
@@ -103,7 +110,7 @@ async def test_concurrent_deposits_give_an_exact_balance(client):
 
 
 async def test_conflict_after_retries_is_409_and_unreachable_database_is_503():
-    service = await BankService.over(MemoryEventRepository())
+    service = await BankService.over(await memory())
     app = create_app(service)
 
     async def conflicting(*args, **kwargs):
@@ -134,7 +141,7 @@ async def test_a_bug_in_the_handler_is_a_500_not_a_refusal(caplog):
         async def withdrawal(self, atm_id, account_id, amount):
             raise RuntimeError("ATM driver bug")
 
-    service = await BankService.over(MemoryEventRepository())
+    service = await BankService.over(await memory())
     service.cqrs.services.atm = BrokenAtm()
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(create_app(service)), base_url="http://b"

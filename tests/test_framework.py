@@ -75,14 +75,19 @@ class Recorder:
             raise RuntimeError("query broke")
 
 
-def notebook(*queries, **kwargs) -> CqrsFramework[str, Noted, None]:
-    return CqrsFramework(
-        PersistedEventStore(MemoryEventRepository(), Notebook), queries, None, **kwargs
-    )
+async def memory() -> MemoryEventRepository:
+    """An open in-memory repository (every repository must be open to be used)."""
+    repository = MemoryEventRepository()
+    await repository.open()
+    return repository
+
+
+async def notebook(*queries, **kwargs) -> CqrsFramework[str, Noted, None]:
+    return CqrsFramework(PersistedEventStore(await memory(), Notebook), queries, None, **kwargs)
 
 
 async def test_handler_learns_its_aggregate_id():
-    envelopes = await notebook().execute("nb-7", "write")
+    envelopes = await (await notebook()).execute("nb-7", "write")
     assert envelopes[0].payload == Noted("nb-7")
 
 
@@ -97,19 +102,19 @@ async def test_queries_run_in_order_after_commit():
         async def dispatch(self, aggregate_id, events):
             order.append(self.name)
 
-    cqrs = notebook(Named("first"), Named("second"), Named("third"))
+    cqrs = await notebook(Named("first"), Named("second"), Named("third"))
     await cqrs.execute("nb", "write")
     assert order == ["first", "second", "third"]
 
 
 async def test_no_dispatch_when_no_events():
     recorder = Recorder()
-    assert await notebook(recorder).execute("nb", "nothing") == []
+    assert await (await notebook(recorder)).execute("nb", "nothing") == []
     assert recorder.calls == []
 
 
 async def test_expected_version_0_yielding_nothing_on_an_existing_aggregate_conflicts():
-    cqrs = notebook()
+    cqrs = await notebook()
     await cqrs.execute("nb", "write")
     with pytest.raises(AggregateConflict, match="at version 1, expected 0"):
         await cqrs.execute("nb", "nothing", expected_version=0)
@@ -119,7 +124,7 @@ async def test_expected_version_0_yielding_nothing_on_an_existing_aggregate_conf
 async def test_failing_query_is_reported_and_never_undoes_the_commit(caplog):
     failures: list[QueryFailure[Noted]] = []
     broken, after = Recorder(fail=True), Recorder()
-    cqrs = notebook(broken, after, on_query_error=failures.append)
+    cqrs = await notebook(broken, after, on_query_error=failures.append)
     with caplog.at_level(logging.ERROR, logger="cqrs.framework"):
         envelopes = await cqrs.execute("nb", "write")
     assert [e.sequence for e in envelopes] == [1]
@@ -136,14 +141,14 @@ async def test_error_handler_that_raises_is_logged_not_raised(caplog):
     def explode(failure: QueryFailure[Noted]) -> None:
         raise RuntimeError("handler broke")
 
-    cqrs = notebook(Recorder(fail=True), on_query_error=explode)
+    cqrs = await notebook(Recorder(fail=True), on_query_error=explode)
     with caplog.at_level(logging.ERROR, logger="cqrs.framework"):
         await cqrs.execute("nb", "write")
     assert "on_query_error raised" in caplog.text
 
 
 async def test_declared_errors_become_user_errors_others_unexpected():
-    cqrs = notebook()
+    cqrs = await notebook()
     with pytest.raises(UserError) as refused:
         await cqrs.execute("nb", "refuse")
     assert isinstance(refused.value.error, ValueError)
@@ -189,7 +194,7 @@ class Purse(Aggregate[str, Noted, None]):
     ("kind", "error"), [("type", TypeError), ("key", KeyError), ("attribute", AttributeError)]
 )
 async def test_a_bug_in_the_handler_is_an_unexpected_error_not_a_refusal(kind, error):
-    store = PersistedEventStore(MemoryEventRepository(), Purse)
+    store = PersistedEventStore(await memory(), Purse)
     with pytest.raises(UnexpectedError, match=f"Purse.handle raised {error.__name__}") as caught:
         await CqrsFramework(store).execute("p", kind)
     assert not isinstance(caught.value, UserError)
@@ -201,7 +206,7 @@ async def test_a_bug_in_the_handler_is_an_unexpected_error_not_a_refusal(kind, e
     ("command", "error"), [("overdraw", OverdrawnError), ("refuse", DomainError)]
 )
 async def test_domain_errors_and_subclasses_are_user_errors_by_default(command, error):
-    store = PersistedEventStore(MemoryEventRepository(), Purse)
+    store = PersistedEventStore(await memory(), Purse)
     with pytest.raises(UserError) as refused:
         await CqrsFramework(store).execute("p", command)
     assert type(refused.value.error) is error
@@ -213,7 +218,7 @@ async def test_declaring_user_errors_replaces_the_default():
     class Strict(Purse):
         user_errors = (OverdrawnError,)
 
-    cqrs = CqrsFramework(PersistedEventStore(MemoryEventRepository(), Strict))
+    cqrs = CqrsFramework(PersistedEventStore(await memory(), Strict))
     with pytest.raises(UserError, match="not enough money"):
         await cqrs.execute("p", "overdraw")
     with pytest.raises(UnexpectedError) as bug:
@@ -237,7 +242,7 @@ async def test_test_framework_classifies_errors_like_the_framework():
 async def test_the_frameworks_own_errors_are_never_the_users_refusal():
     # Notebook declares ValueError, and ConfigurationError is one: it still propagates as is.
     with pytest.raises(ConfigurationError, match="bad setup"):
-        await notebook().execute("nb", "misconfigured")
+        await (await notebook()).execute("nb", "misconfigured")
     with pytest.raises(ConfigurationError, match="bad setup"):
         await TestFramework(Notebook).given([]).when("misconfigured")
 
@@ -254,11 +259,11 @@ async def test_the_frameworks_own_errors_are_never_the_users_refusal():
 )
 async def test_bad_input_is_refused_naming_the_culprit(aggregate_id, metadata, error):
     with pytest.raises(error, match=r"aggregate_id|metadata"):
-        await notebook().execute_with_metadata(aggregate_id, "write", metadata)
+        await (await notebook()).execute_with_metadata(aggregate_id, "write", metadata)
 
 
 async def test_retry_resolves_conflicts_and_is_bounded():
-    repository = MemoryEventRepository()
+    repository = await memory()
     store = PersistedEventStore(repository, Notebook)
     real_commit = store.commit
     conflicts = 3
@@ -321,14 +326,14 @@ async def test_committing_an_undeclared_event_class_is_refused():
     class Stray(DomainEvent):
         pass
 
-    store = PersistedEventStore(MemoryEventRepository(), Notebook)
+    store = PersistedEventStore(await memory(), Notebook)
     context = await store.load_aggregate("nb")
     with pytest.raises(ConfigurationError, match="Stray is not listed"):
         await store.commit([Stray()], context, {})
 
 
 async def test_typed_bank_account_round_trip():
-    store = PersistedEventStore(MemoryEventRepository(), BankAccount)
+    store = PersistedEventStore(await memory(), BankAccount)
     cqrs = CqrsFramework(store, (), BankAccountServices())
     await cqrs.execute("A1", OpenAccount("A1"))
     await cqrs.execute("A1", DepositMoney(Decimal("0.10")))
@@ -337,7 +342,7 @@ async def test_typed_bank_account_round_trip():
 
 
 async def test_event_ids_are_unique_random_uuids():
-    cqrs = notebook()
+    cqrs = await notebook()
     envelopes = [e for n in range(50) for e in await cqrs.execute(f"nb-{n}", "write")]
     ids = [e.event_id for e in envelopes]
     assert len(set(ids)) == 50
@@ -366,7 +371,7 @@ class Tags(Aggregate[str, Tagged, None]):
 
 
 async def test_pydantic_events_commit_load_and_snapshot():
-    store = PersistedEventStore(MemoryEventRepository(), Tags, snapshot_every=2)
+    store = PersistedEventStore(await memory(), Tags, snapshot_every=2)
     cqrs = CqrsFramework(store)
     for tag in ("a", "b", "c"):
         await cqrs.execute("t", tag)
@@ -381,7 +386,7 @@ async def test_a_failing_upcaster_is_a_deserialization_error_naming_the_event():
     def broken(payload: dict[str, object]) -> dict[str, object]:
         raise AttributeError("no such field")
 
-    repository = MemoryEventRepository()
+    repository = await memory()
     await CqrsFramework(PersistedEventStore(repository, Notebook)).execute("nb", "write")
     store = PersistedEventStore(repository, Notebook).with_upcasters(
         [SemanticVersionEventUpcaster("Noted", "2.0", broken)]

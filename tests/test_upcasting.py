@@ -27,6 +27,13 @@ from cqrs_memory import MemoryEventRepository
 parts = st.lists(st.integers(0, 12), min_size=1, max_size=4)
 
 
+async def memory() -> MemoryEventRepository:
+    """An open in-memory repository (every repository must be open to be used)."""
+    repository = MemoryEventRepository()
+    await repository.open()
+    return repository
+
+
 def text(version: list[int]) -> str:
     return ".".join(map(str, version))
 
@@ -167,7 +174,7 @@ def stored(sequence: int, version: str, payload: dict[str, object]) -> Serialize
 
 
 async def test_the_chain_upgrades_old_events_and_leaves_current_ones_alone():
-    repository = MemoryEventRepository()
+    repository = await memory()
     current = {"full_name": "cur", "source": "stored", "steps": []}
     await repository.persist(
         [
