@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from cqrs.errors import AggregateConflict
+from cqrs.errors import AggregateConflict, ConfigurationError
 from cqrs.events import EventEnvelope
 from cqrs.repository import ViewContext, ViewRepository
 from cqrs.store import PersistedEventStore
@@ -124,11 +124,14 @@ class GenericQuery(Generic[V]):
 class QueryReplay(Generic[C, E, S]):
     """Feeds stored events to a query again, to rebuild a view or backfill a projection.
 
-    Events are read in pages (bounded memory) in global order, decoded and upcast like on
-    load, and dispatched in batches of consecutive events of one aggregate (at most
-    ``batch_size``). A ``GenericQuery`` skips events its views already include, so a replay
-    fills in what a view missed; to rebuild views from scratch, replay into an empty table
-    (a new one, then switch).
+    Events are read in pages (bounded memory), decoded and upcast like on load, and each is
+    dispatched exactly once, in stream order, one batch per ``dispatch`` call. A batch holds
+    consecutive events of one aggregate and is full (``batch_size`` events) unless the run
+    of that aggregate's events or the stream ends first: 7 events of one aggregate with
+    ``batch_size=3`` are dispatched as batches of 3, 3 and 1. Dispatches are awaited one at
+    a time. A ``GenericQuery`` skips events its views already include, so a replay fills in
+    what a view missed; to rebuild views from scratch, replay into an empty table (a new
+    one, then switch). ``batch_size`` below 1 is a ConfigurationError.
     """
 
     def __init__(
@@ -138,12 +141,16 @@ class QueryReplay(Generic[C, E, S]):
         *,
         batch_size: int = 500,
     ) -> None:
+        if batch_size < 1:
+            msg = f"QueryReplay batch_size must be at least 1, not {batch_size!r}"
+            raise ConfigurationError(msg)
         self.store = store
         self.query = query
         self.batch_size = batch_size
 
     async def replay(self, aggregate_id: str) -> int:
-        """Dispatch every event of one aggregate; return how many were dispatched."""
+        """Dispatch every event of one aggregate, by sequence, in batches of ``batch_size``
+        (the last one holds the rest); return how many were dispatched."""
         batch: list[EventEnvelope[E]] = []
         count = 0
         async for envelope in self.store.stream_events(aggregate_id):
@@ -158,8 +165,10 @@ class QueryReplay(Generic[C, E, S]):
         return count
 
     async def replay_all(self, after_position: int | None = None) -> int:
-        """Dispatch every event of the store's aggregate type after ``after_position``;
-        return how many were dispatched."""
+        """Dispatch every event of the store's aggregate type after ``after_position``, in
+        global order; a batch ends where ``batch_size`` is reached or the next event belongs
+        to another aggregate (so one aggregate's events may come in several batches, between
+        other aggregates'). Return how many were dispatched."""
         batch: list[EventEnvelope[E]] = []
         count = 0
         async for envelope in self.store.stream_all_events(after_position):

@@ -15,6 +15,7 @@ from support import collect, event
 from cqrs import (
     Aggregate,
     AggregateConflict,
+    ConfigurationError,
     CqrsFramework,
     DeserializationError,
     DomainEvent,
@@ -96,11 +97,23 @@ async def test_user_error_commits_nothing(repository):
 
 async def test_expected_version_guards_the_command(repository):
     cqrs = bank(repository)
-    await open_with(cqrs, "acc", "10")
-    with pytest.raises(AggregateConflict, match="expected 1"):
-        await cqrs.execute("acc", DepositMoney(D(1)), expected_version=1)
+    await open_with(cqrs, "acc", "10")  # at version 2
+    before = [(e.sequence, e.event_id) for e in await cqrs.store.load_events("acc")]
+    # Below and above the stored version alike: a conflict, and nothing is stored. Retry
+    # changes nothing: a version mismatch is the caller's to resolve.
+    for retry in (None, Retry(attempts=3, base_delay=0)):
+        cqrs.retry = retry
+        for expected in (1, 3, 4):
+            with pytest.raises(AggregateConflict, match=f"at version 2, expected {expected}"):
+                await cqrs.execute("acc", DepositMoney(D(1)), expected_version=expected)
+        with pytest.raises(AggregateConflict, match="at version 0, expected 1"):
+            await cqrs.execute("new", OpenAccount("new"), expected_version=1)
+    assert [(e.sequence, e.event_id) for e in await cqrs.store.load_events("acc")] == before
+    assert await cqrs.store.load_events("new") == []
+    assert (await cqrs.store.load_aggregate("acc")).aggregate.balance == D(10)
     await cqrs.execute("acc", DepositMoney(D(1)), expected_version=2)
-    assert (await cqrs.store.load_aggregate("acc")).version == 3
+    context = await cqrs.store.load_aggregate("acc")
+    assert (context.version, context.aggregate.balance) == (3, D(11))
 
 
 async def test_expected_version_0_on_an_existing_aggregate_is_always_a_conflict(repository):
@@ -369,6 +382,62 @@ async def test_query_replay_rebuilds_a_view_from_stored_events(backend):
     await single.create_schema()
     assert await QueryReplay(store, GenericQuery(single, BankAccountView)).replay("b") == 4
     assert await single.load("b") == await live.load("b")
+
+
+class BatchRecorder:
+    """A query that records each dispatch as (aggregate id, sequences)."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, list[int]]] = []
+
+    async def dispatch(self, aggregate_id, events):
+        assert {e.aggregate_id for e in events} == {aggregate_id}
+        self.batches.append((aggregate_id, [e.sequence for e in events]))
+
+
+async def test_query_replay_dispatches_each_event_once_in_order_in_full_batches(repository):
+    cqrs = bank(repository)
+    await open_with(cqrs, "a", "1", "2", "3", "4", "5")  # a: 1-6
+    await open_with(cqrs, "b", "1")  # b: 1-2
+    await cqrs.execute("a", DepositMoney(D(6)))  # a: 7, after b's events in global order
+    store = PersistedEventStore(repository, BankAccount)
+
+    async def replay(batch_size: int, aggregate_id: str | None = None, after: int | None = None):
+        recorder = BatchRecorder()
+        replay = QueryReplay(store, recorder, batch_size=batch_size)
+        if aggregate_id is None:
+            count = await replay.replay_all(after)
+        else:
+            count = await replay.replay(aggregate_id)
+        assert count == sum(len(sequences) for _, sequences in recorder.batches)
+        return recorder.batches
+
+    assert await replay(3, "a") == [("a", [1, 2, 3]), ("a", [4, 5, 6]), ("a", [7])]
+    assert await replay(7, "a") == [("a", [1, 2, 3, 4, 5, 6, 7])]
+    assert await replay(8, "a") == [("a", [1, 2, 3, 4, 5, 6, 7])]
+    assert await replay(1, "b") == [("b", [1]), ("b", [2])]
+    assert await replay(3) == [
+        ("a", [1, 2, 3]),
+        ("a", [4, 5, 6]),
+        ("b", [1, 2]),
+        ("a", [7]),
+    ]
+    assert await replay(2) == [
+        ("a", [1, 2]),
+        ("a", [3, 4]),
+        ("a", [5, 6]),
+        ("b", [1, 2]),
+        ("a", [7]),
+    ]
+    assert await replay(500) == [("a", [1, 2, 3, 4, 5, 6]), ("b", [1, 2]), ("a", [7])]
+    assert await replay(1) == [
+        (e.aggregate_id, [e.sequence]) for e in await collect(store.stream_all_events())
+    ]
+    third = (await store.load_events("a"))[2].position
+    assert await replay(3, after=third) == [("a", [4, 5, 6]), ("b", [1, 2]), ("a", [7])]
+    for nonsense in (0, -1):
+        with pytest.raises(ConfigurationError, match="batch_size"):
+            QueryReplay(store, BatchRecorder(), batch_size=nonsense)
 
 
 def _serialized(context, event, *, payload=None, event_type=None):
