@@ -8,28 +8,37 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
 import cqrs
+import cqrs_sqlite.repository
 from cqrs import (
     AggregateConflict,
     ConfigurationError,
     DatabaseConnectionError,
     GenericQuery,
+    NotOpenError,
     PersistedEventStore,
     SerializedEvent,
     SerializedSnapshot,
+    ViewContext,
+    check_batch,
     default_codec,
 )
 from cqrs.ddl import ddl_files
@@ -286,14 +295,96 @@ async def test_busy_lock_waits_for_the_timeout_then_names_the_file(tmp_path):
         assert not await repository.run(lambda connection: connection.in_transaction)
 
 
-async def test_using_a_repository_before_open_is_a_clear_error(tmp_path):
-    repository = SqliteEventRepository(tmp_path / "store.db")
-    with pytest.raises(DatabaseConnectionError, match="not open"):
-        await repository.get_events("T", "a1")
-    await repository.open()
-    await repository.close()
-    with pytest.raises(DatabaseConnectionError, match="not open"):
+def every_call(repository: SqliteEventRepository) -> dict[str, Callable[[], Awaitable[object]]]:
+    """Each method of the repository and of a view repository on it, ready to call."""
+    views = repository.view_repository(BankAccountView, "accounts")
+    return {
+        "create_schema": repository.create_schema,
+        "get_events": lambda: repository.get_events("T", "a1"),
+        "get_last_events": lambda: repository.get_last_events("T", "a1", 1),
+        "get_snapshot": lambda: repository.get_snapshot("T", "a1"),
+        "persist": lambda: repository.persist(rows("a1", 2, 1), None),
+        "stream_events": lambda: collect(repository.stream_events("T", "a1")),
+        "stream_all_events": lambda: collect(repository.stream_all_events(None)),
+        "stream_all_events of a type": lambda: collect(repository.stream_all_events("T")),
+        "run": lambda: repository.run(lambda connection: None),
+        "view create_schema": views.create_schema,
+        "view load": lambda: views.load("v"),
+        "view load_with_context": lambda: views.load_with_context("v"),
+        "view update_view": lambda: views.update_view(BankAccountView(), ViewContext("v", 0)),
+    }
+
+
+async def collect(events: AsyncIterator[SerializedEvent]) -> list[SerializedEvent]:
+    return [event async for event in events]
+
+
+@pytest.mark.parametrize("path", ["file", ":memory:"])
+async def test_every_call_before_open_and_after_close_raises_not_open(tmp_path, path):
+    repository = SqliteEventRepository(tmp_path / "store.db" if path == "file" else path)
+
+    async def refused() -> None:
+        for name, call in every_call(repository).items():
+            with pytest.raises(NotOpenError, match="is not open") as caught:
+                await call()
+            assert repository.path in str(caught.value), name
+
+    await refused()
+    async with repository:
+        await repository.create_schema()
         await repository.persist(rows("a1", 1, 1), None)
+    await refused()
+    await repository.close()  # idempotent
+    await refused()
+
+
+# -- lifecycle -------------------------------------------------------------------------------
+
+
+def _worker(connection: sqlite3.Connection) -> tuple[int, int]:
+    return id(connection), threading.get_ident()
+
+
+@pytest.mark.parametrize("path", ["file", ":memory:"])
+async def test_open_again_keeps_the_data_the_connection_and_the_thread(tmp_path, path):
+    repository = SqliteEventRepository(tmp_path / "store.db" if path == "file" else path)
+    async with repository:
+        await repository.create_schema()
+        await repository.persist(rows("a1", 1, 2), None)
+        worker = await repository.run(_worker)
+        await repository.open()
+        await asyncio.gather(repository.open(), repository.open())
+        assert await repository.run(_worker) == worker
+        assert [e.sequence for e in await repository.get_events("T", "a1")] == [1, 2]
+        assert await repository.persist(rows("a1", 3, 1), None) == [3]
+
+
+async def test_concurrent_opens_start_one_thread_and_one_connection(tmp_path, monkeypatch):
+    started: list[ThreadPoolExecutor] = []
+
+    class Counting(ThreadPoolExecutor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    connections: list[sqlite3.Connection] = []
+    connect = SqliteEventRepository._connect
+
+    def counting_connect(self: SqliteEventRepository) -> sqlite3.Connection:
+        connections.append(connect(self))
+        return connections[-1]
+
+    monkeypatch.setattr(cqrs_sqlite.repository, "ThreadPoolExecutor", Counting)
+    monkeypatch.setattr(SqliteEventRepository, "_connect", counting_connect)
+    repository = SqliteEventRepository(tmp_path / "store.db")
+    await asyncio.gather(*(repository.open() for _ in range(5)))
+    try:
+        assert (len(started), len(connections)) == (1, 1)
+        assert await repository.run(lambda c: c.execute("PRAGMA journal_mode").fetchone()) == (
+            "wal",
+        )
+    finally:
+        await repository.close()
 
 
 # -- one hop per call ------------------------------------------------------------------------
@@ -317,6 +408,7 @@ async def test_commit_and_load_each_take_one_hop_to_the_database_thread(repo, mo
     verbs = [s.split()[0].upper() for s in statements]
     assert (verbs[0], verbs[-1]) == ("BEGIN", "COMMIT")
     assert verbs.count("INSERT") == 11  # ten events (one prepared statement) and the snapshot
+    assert verbs.count("SELECT") == 2  # max(sequence), last_insert_rowid(): nothing more
 
     hops.clear()
     assert len(await repo.get_events("T", "a1")) == 10
@@ -356,29 +448,18 @@ async def test_a_cancelled_commit_leaves_no_transaction_open(repo):
     assert await repo.persist(rows("other", 1, 1), None)
 
 
-async def test_concurrent_opens_share_one_connection(tmp_path):
-    repository = SqliteEventRepository(tmp_path / "store.db")
-    await asyncio.gather(*(repository.open() for _ in range(5)))
-    try:
-        assert repository._connection is not None
-        assert await repository.run(lambda c: c.execute("PRAGMA journal_mode").fetchone()) == (
-            "wal",
-        )
-    finally:
-        await repository.close()
-
-
 # -- schema ----------------------------------------------------------------------------------
 
 
 async def test_create_schema_applies_and_records_exactly_the_ddl_files(tmp_path):
     path = tmp_path / "store.db"
-    first = SqliteEventRepository(path, "orders", "order_snapshots")
+    first = SqliteEventRepository(path, "orders", "order_snapshots", page_size=7)
     second = first.with_tables("invoices", "invoice_snapshots")
-    assert (second.path, second.busy_timeout, second.synchronous) == (
+    assert (second.path, second.busy_timeout, second.synchronous, second.page_size) == (
         first.path,
         first.busy_timeout,
         first.synchronous,
+        7,
     )
     async with first, second:
         await first.create_schema()
@@ -404,6 +485,70 @@ async def test_create_schema_applies_and_records_exactly_the_ddl_files(tmp_path)
         "invoice_snapshots",
         "invoices_schema",
     } <= tables
+
+
+def query_plan(connection: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> str:
+    return " | ".join(row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+
+
+async def test_stream_pages_are_index_ranges_that_never_sort(repo):
+    # Without an index on (aggregate_type, position), a page of one type is found through the
+    # unique key and sorted ("USE TEMP B-TREE FOR ORDER BY"): quadratic over a long stream.
+    queries = {
+        "type page": (repo._sql_type_page, (0, "T", 500), "(aggregate_type=? AND position>?)"),
+        "all page": (repo._sql_all_page, (0, 500), "INTEGER PRIMARY KEY (rowid>?)"),
+        "aggregate page": (
+            repo._sql_events_page,
+            ("T", "a1", 0, 500),
+            "(aggregate_type=? AND aggregate_id=? AND sequence>?)",
+        ),
+    }
+    for aggregate in range(40):
+        await repo.persist(rows(f"a{aggregate}", 1, 5), None)
+        await repo.persist(
+            [replace(e, aggregate_type="U") for e in rows(f"a{aggregate}", 1, 5)], None
+        )
+    for analyzed in (False, True):
+        if analyzed:  # the planner must keep the plan once it has statistics
+            await repo.run(lambda c: c.execute("ANALYZE"))
+        for name, (sql, params, search) in queries.items():
+            plan = await repo.run(lambda c, sql=sql, params=params: query_plan(c, sql, params))
+            assert "TEMP B-TREE" not in plan, (name, plan)
+            assert plan.startswith("SEARCH events USING"), (name, plan)
+            assert search in plan, (name, plan)
+            assert " INDEX " in plan or "PRIMARY KEY" in plan, (name, plan)
+
+
+async def test_create_schema_adds_the_type_index_to_a_database_made_by_001(tmp_path):
+    path = tmp_path / "store.db"
+    first = ddl_files("sqlite")[0]
+    async with SqliteEventRepository(path) as repository:
+        await repository.create_schema()
+        await repository.persist(rows("a1", 1, 3), None)
+
+        def downgrade(connection: sqlite3.Connection) -> None:
+            connection.execute("DROP INDEX events_type_position")
+            connection.execute("DELETE FROM events_schema WHERE name != ?", (first[0],))
+
+        await repository.run(downgrade)
+        plan = await repository.run(
+            lambda c: query_plan(c, repository._sql_type_page, (0, "T", 500))
+        )
+        assert "TEMP B-TREE" in plan  # the bug this migration fixes
+        await repository.create_schema()
+        plan = await repository.run(
+            lambda c: query_plan(c, repository._sql_type_page, (0, "T", 500))
+        )
+        assert "TEMP B-TREE" not in plan
+        applied = await repository.run(
+            lambda c: [row[0] for row in c.execute("SELECT name FROM events_schema ORDER BY name")]
+        )
+        assert applied == [name for name, _ in ddl_files("sqlite")]
+        indexes = await repository.run(
+            lambda c: [row[0] for row in c.execute("SELECT name FROM sqlite_master")]
+        )
+        assert "events_type_position" in indexes
+        assert len([e async for e in repository.stream_all_events("T")]) == 3
 
 
 # -- URLs and connect ------------------------------------------------------------------------
@@ -524,3 +669,81 @@ async def test_a_gap_in_sequences_is_a_conflict_and_a_mixed_batch_is_refused(rep
     with pytest.raises(ValueError, match="consecutive"):
         await repo.persist([*rows("a1", 3, 1), *rows("b1", 4, 1)], None)
     assert [e.sequence for e in await repo.get_events("T", "a1")] == [1, 2]
+
+
+# -- persist: idempotence and the batch rule ---------------------------------------------------
+
+
+async def test_a_retried_batch_returns_its_stored_positions_in_one_hop(repo, monkeypatch):
+    batch = rows("a1", 1, 3)
+    snapshot = SerializedSnapshot("T", "a1", b'{"s": 3}', 3, 1)
+    positions = await repo.persist(batch, snapshot)
+    await repo.persist(rows("b1", 1, 2), None)
+    await repo.persist(rows("a1", 4, 2), None)
+
+    statements: list[str] = []
+    hops: list[str] = []
+    call = repo._call
+
+    async def counting(executor, fn, context):
+        hops.append(context)
+        return await call(executor, fn, context)
+
+    await repo.run(lambda connection: connection.set_trace_callback(statements.append))
+    monkeypatch.setattr(repo, "_call", counting)
+    # A commit whose outcome was unknown, sent again: a success, and nothing stored twice.
+    assert await repo.persist(batch, snapshot) == positions
+    assert await repo.persist(batch[:2], None) == positions[:2]
+    assert len(hops) == 2
+    verbs = [s.split()[0].upper() for s in statements]
+    assert verbs == ["BEGIN", "SELECT", "SELECT", "COMMIT"] * 2  # under the write lock
+    monkeypatch.undo()
+    stored = await repo.get_events("T", "a1")
+    assert [e.sequence for e in stored] == [1, 2, 3, 4, 5]
+    assert [e.event_id for e in stored[:3]] == [str(e.event_id) for e in batch]
+    stored_snapshot = await repo.get_snapshot("T", "a1")
+    assert stored_snapshot is not None
+    assert (stored_snapshot.last_sequence, stored_snapshot.snapshot_version) == (3, 1)
+
+
+async def test_other_events_at_stored_sequences_and_gaps_are_conflicts(repo):
+    batch = rows("a1", 1, 3)
+    await repo.persist(batch, None)
+    with pytest.raises(AggregateConflict, match="sequence 2"):
+        await repo.persist(rows("a1", 2, 1), None)  # another writer's event 2
+    with pytest.raises(AggregateConflict, match="sequence 2"):
+        await repo.persist([*batch[1:], *rows("a1", 4, 1)], None)  # runs past the stored
+    with pytest.raises(AggregateConflict, match="sequence 3"):
+        await repo.persist([batch[2], replace(batch[1], sequence=4)], None)
+    with pytest.raises(AggregateConflict, match="sequence 5"):
+        await repo.persist(rows("a1", 5, 1), None)  # a gap
+    assert [e.sequence for e in await repo.get_events("T", "a1")] == [1, 2, 3]
+
+
+def core_error(batch: list[SerializedEvent]) -> str:
+    """The message of the ValueError the core's check_batch raises for ``batch``."""
+    try:
+        check_batch(batch)
+    except ValueError as error:
+        return str(error)
+    pytest.fail("check_batch accepted the batch")
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        [],
+        [*rows("a1", 1, 1), *rows("a1", 3, 1)],
+        [*rows("a1", 1, 1), *rows("b1", 2, 1)],
+        rows("a1", 0, 2),
+        rows("x" * 1025, 1, 1),
+        rows("", 1, 1),
+    ],
+    ids=["empty", "gap", "two aggregates", "sequence 0", "long id", "empty id"],
+)
+async def test_bad_batches_get_the_cores_error_and_store_nothing(repo, batch):
+    expected = core_error(batch)
+    with pytest.raises(ValueError, match=re.escape(expected)) as caught:
+        await repo.persist(batch, None)
+    assert str(caught.value) == expected
+    assert await repo.run(lambda c: c.execute("SELECT count(*) FROM events").fetchone()) == (0,)

@@ -31,7 +31,10 @@ from cqrs.repository import (
     AsyncResource,
     SerializedEvent,
     SerializedSnapshot,
+    check_batch,
+    not_open,
     read_pages,
+    stored_positions,
     validate_identifier,
 )
 from cqrs_sqlite.rows import all_rows, event_rows, stream_rows
@@ -244,15 +247,11 @@ class SqliteEventRepository(AsyncResource):
         the same connection. ``fn`` must leave no transaction open (use ``BEGIN IMMEDIATE``
         for writes and ``COMMIT``/``ROLLBACK`` before returning). sqlite3 errors are
         translated (``context`` says what was being done), raised ``from`` the original.
-        Raises DatabaseConnectionError if the repository is not open.
+        Raises NotOpenError if the repository is not open.
         """
         connection, executor = self._connection, self._executor
         if connection is None or executor is None:
-            msg = (
-                f"SQLite repository {self.path} is not open: "
-                "call 'await repository.open()' or use 'async with repository'"
-            )
-            raise DatabaseConnectionError(msg)
+            raise not_open(f"SQLite repository {self.path} ({self.events_table})")
         return await self._call(executor, lambda: fn(connection), context)
 
     # -- schema -------------------------------------------------------------------------
@@ -364,11 +363,11 @@ class SqliteEventRepository(AsyncResource):
         """Store the events and the snapshot in one write transaction (one hop).
 
         The first sequence must follow the stored ones: a stored sequence or a gap raises
-        AggregateConflict and nothing is stored. The snapshot replaces the stored one only if
-        its ``last_sequence`` is greater.
+        AggregateConflict and nothing is stored, unless these very events (by event id) are
+        stored already: then their positions are returned. The snapshot replaces the stored
+        one only if its ``last_sequence`` is greater.
         """
-        if not events:
-            return []
+        check_batch(events)
         first = events[0]
         aggregate_type, aggregate_id, start = (
             first.aggregate_type,
@@ -378,6 +377,7 @@ class SqliteEventRepository(AsyncResource):
         rows = event_rows(events)
         count = len(rows)
         insert, last_sequence, upsert = self._sql_insert, self._sql_last_sequence, self._sql_upsert
+        select = self._sql_events_page
         key = (aggregate_type, aggregate_id)
         snapshot_row = (
             None
@@ -391,12 +391,23 @@ class SqliteEventRepository(AsyncResource):
             )
         )
 
-        def write(connection: sqlite3.Connection) -> int:
+        def write(connection: sqlite3.Connection) -> list[int]:
             execute = connection.execute
 
-            def body() -> int:
+            def body() -> list[int]:
                 stored = execute(last_sequence, key).fetchone()[0] or 0
                 if stored != start - 1:
+                    # The conflict path only: a retry of a commit that did happen finds its
+                    # own events, read under the same write lock.
+                    if stored >= start:
+                        found = stream_rows(
+                            aggregate_type,
+                            aggregate_id,
+                            execute(select, (aggregate_type, aggregate_id, start - 1, count)),
+                        )
+                        positions = stored_positions(events, found)
+                        if positions is not None:
+                            return positions
                     msg = (
                         f"{aggregate_type} {aggregate_id!r}: sequence {start} conflicts with "
                         f"{stored} stored event(s); another writer committed first"
@@ -406,12 +417,11 @@ class SqliteEventRepository(AsyncResource):
                 last: int = execute("SELECT last_insert_rowid()").fetchone()[0]
                 if snapshot_row is not None:
                     execute(upsert, snapshot_row)
-                return last
+                return list(range(last - count + 1, last + 1))
 
             return write_transaction(connection, body)
 
-        last = await self.run(write, f"committing {aggregate_type} {aggregate_id!r} at {start}")
-        return list(range(last - count + 1, last + 1))
+        return await self.run(write, f"committing {aggregate_type} {aggregate_id!r} at {start}")
 
     # -- views --------------------------------------------------------------------------
 

@@ -24,19 +24,11 @@ def _parse_timestamp(text: str) -> datetime:
 
 
 def event_rows(events: Sequence[SerializedEvent]) -> list[tuple[object, ...]]:
-    """The INSERT parameters of a batch; raise ValueError unless it holds consecutive
-    sequences of one aggregate."""
-    first = events[0]
-    key = (first.aggregate_type, first.aggregate_id)
-    sequence = first.sequence
+    """The INSERT parameters of a batch (checked by ``cqrs.repository.check_batch`` first)."""
     last_timestamp: datetime | None = None
     text = ""
     rows: list[tuple[object, ...]] = []
     for event in events:
-        if (event.aggregate_type, event.aggregate_id) != key or event.sequence != sequence:
-            msg = "persist takes consecutive events of one aggregate"
-            raise ValueError(msg)
-        sequence += 1
         if event.timestamp is not last_timestamp:  # one commit shares one timestamp
             last_timestamp = event.timestamp
             text = _format_timestamp(last_timestamp)

@@ -20,8 +20,8 @@ V = TypeVar("V")
 
 
 class SqliteViewRepository(Generic[V]):
-    """Views of type ``view_type`` in ``table``, on the connection of ``repository`` (which
-    must be open when the view repository is used).
+    """Views of type ``view_type`` in ``table``, on the connection of ``repository``: every
+    method raises NotOpenError while that repository is not open.
 
     ``update_view`` stores the view only if its version is still the one loaded (0: none
     stored yet) and raises AggregateConflict otherwise; each update is one hop in a
