@@ -34,7 +34,9 @@ class Aggregate(ABC, Generic[C, E, S]):
       handled, so the handler can learn which aggregate it is deciding for.
 
     For snapshots and the aggregate-store mode the aggregate itself must be encodable by the
-    codec (a dataclass or ``msgspec.Struct`` whose fields are encodable).
+    codec (a dataclass or ``msgspec.Struct`` whose fields are encodable). A snapshot is stored
+    with a fingerprint of the state's schema (see ``snapshot_schema``) and is used only by a
+    class with the same fingerprint; otherwise the state is rebuilt from the events.
     """
 
     aggregate_type: ClassVar[str]
@@ -44,6 +46,16 @@ class Aggregate(ABC, Generic[C, E, S]):
     command: raised as UserError. Any other exception becomes UnexpectedError. Set it to
     declare classes that do not derive from DomainError; it replaces the default, so list
     DomainError too if the handler also raises it."""
+
+    snapshot_schema: ClassVar[str | None] = None
+    """The snapshot format, for aggregates that migrate their snapshots themselves.
+
+    None (the default): the store fingerprints the state's schema (field names, types,
+    defaults; see :func:`cqrs.codec.schema_fingerprint`), so a snapshot written before a
+    field was renamed, removed, added or changed type is never used: the state is replayed
+    from the events and the next commit writes a fresh snapshot. A string replaces that
+    check: snapshots are used when written under the same string. Change it whenever old
+    snapshots would decode into a wrong state."""
 
     aggregate_id: str = ""
 

@@ -5,17 +5,19 @@ stays exact), ``datetime``, ``UUID``, enums and nested combinations of them. Pyd
 go through the same interface: they are recognized by their ``model_dump`` /
 ``model_validate_json`` methods, so pydantic is never imported here.
 
-Decoders are built once per type and cached.
+Decoders are built once per type and cached. :func:`schema_fingerprint` names the structure
+a type encodes to, so that stored state written for another structure is recognized.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar, cast
 
 import msgspec
 
-__all__ = ["Codec", "MsgspecCodec", "default_codec"]
+__all__ = ["Codec", "MsgspecCodec", "default_codec", "schema_fingerprint"]
 
 T = TypeVar("T")
 
@@ -120,3 +122,52 @@ class MsgspecCodec:
 
 default_codec = MsgspecCodec()
 """The shared default codec instance."""
+
+
+_DOCUMENTATION = frozenset({"title", "description", "examples", "$comment"})
+"""JSON Schema keywords that document a schema without changing what it accepts."""
+
+_VALUES = frozenset({"default", "const", "enum"})
+"""JSON Schema keywords whose values are data, not schemas: kept as they are."""
+
+_NAMED_SCHEMAS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
+"""JSON Schema keywords whose values map names (kept) to schemas."""
+
+
+def schema_fingerprint(type_: type[object]) -> str:
+    """The SHA-256 (hex) of the canonical JSON Schema of ``type_``: equal for types that
+    encode to and decode from the same JSON structure (field names, types, required fields,
+    defaults, nested types), different when a field is renamed, removed, added or changes
+    type. Docstrings and titles do not count.
+
+    The schema is pydantic's ``model_json_schema()`` for pydantic models and
+    ``msgspec.json.schema`` for everything else (dataclasses, ``msgspec.Struct``...),
+    serialized with sorted keys. Raises TypeError for a type that has no JSON Schema.
+    A new msgspec or pydantic release may word a schema differently; a fingerprint is meant
+    for caches (snapshots), where a change only costs a rebuild.
+    """
+    schema: object
+    if _is_pydantic(type_):
+        schema = getattr(type_, "model_json_schema")()  # noqa: B009 - duck-typed pydantic
+    else:
+        schema = msgspec.json.schema(type_)
+    canonical = msgspec.json.encode(_without_documentation(schema), order="sorted")
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _without_documentation(schema: object) -> object:
+    if isinstance(schema, list):
+        return [_without_documentation(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    kept: dict[object, object] = {}
+    for key, value in schema.items():
+        if key in _DOCUMENTATION:
+            continue
+        if key in _VALUES:
+            kept[key] = value
+        elif key in _NAMED_SCHEMAS and isinstance(value, dict):
+            kept[key] = {name: _without_documentation(item) for name, item in value.items()}
+        else:
+            kept[key] = _without_documentation(value)
+    return kept

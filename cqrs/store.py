@@ -10,15 +10,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, Protocol, TypeVar
 
+import msgspec
+
 from cqrs.aggregate import Aggregate
-from cqrs.codec import Codec, default_codec
+from cqrs.codec import Codec, default_codec, schema_fingerprint
 from cqrs.errors import (
     ConfigurationError,
     DeserializationError,
     UnexpectedError,
 )
 from cqrs.events import EventEnvelope, event_type_of, event_version_of
-from cqrs.repository import PersistedEventRepository, SerializedEvent, SerializedSnapshot
+from cqrs.repository import (
+    PersistedEventRepository,
+    SerializedEvent,
+    SerializedSnapshot,
+    check_ids,
+)
 from cqrs.upcasting import EventUpcaster, RawEvent, check_upcaster_order
 
 __all__ = ["AggregateContext", "EventStore", "PersistedEventStore", "validate_input"]
@@ -31,6 +38,23 @@ logger = logging.getLogger("cqrs.store")
 
 _EMPTY_METADATA = (b"{}", "{}")
 
+_STAND_IN = "_"
+"""A valid aggregate type or id, for checking the other half of a pair with check_ids."""
+
+
+class _StoredSnapshot(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A snapshot payload as the store writes it: ``{"schema": ..., "state": ...}``.
+
+    ``schema`` is the fingerprint of the state's schema when it was written; ``state`` stays
+    raw JSON, so it is parsed once, by the aggregate's own decoder, and only if it fits.
+    """
+
+    schema: str
+    state: msgspec.Raw
+
+
+_decode_stored_snapshot = msgspec.json.Decoder(_StoredSnapshot).decode
+
 
 @dataclass(slots=True)
 class AggregateContext(Generic[C, E, S]):
@@ -38,13 +62,17 @@ class AggregateContext(Generic[C, E, S]):
 
     ``version`` is the sequence of the last event the state includes (0 for a new
     aggregate). A successful commit advances both the state and the version, so the context
-    can take the next commit; after a failed commit, load again.
+    can take the next commit; after a failed commit, load again. ``replace_snapshot`` is
+    True when the stored snapshot could not be used (written for another state schema, or
+    undecodable): the next commit then writes a fresh one even between two multiples of
+    ``snapshot_every``.
     """
 
     aggregate_id: str
     aggregate: Aggregate[C, E, S]
     version: int
     snapshot_version: int = 0
+    replace_snapshot: bool = False
 
 
 class EventStore(Protocol[C, E, S]):
@@ -77,14 +105,14 @@ class EventStore(Protocol[C, E, S]):
 
 
 def validate_input(aggregate_id: object, metadata: object) -> Mapping[str, str]:
-    """Check an aggregate id and metadata at the API boundary; raise ValueError/TypeError
-    naming the culprit. Returns the metadata."""
-    if not isinstance(aggregate_id, str) or not aggregate_id:
-        msg = f"aggregate_id must be a non-empty string, not {aggregate_id!r}"
-        raise ValueError(msg)
-    if "\x00" in aggregate_id:
-        msg = f"aggregate_id must not contain NUL characters: {aggregate_id!r}"
-        raise ValueError(msg)
+    """Check an aggregate id and metadata at the API boundary, before any I/O; raise
+    ValueError/TypeError naming the culprit. Returns the metadata.
+
+    The id must pass :func:`~cqrs.repository.check_ids`: a non-empty string without NUL
+    characters of at most ``MAX_AGGREGATE_ID_BYTES`` (1024) UTF-8 bytes. Metadata must be a
+    mapping of str to str.
+    """
+    check_ids(_STAND_IN, aggregate_id)
     if not isinstance(metadata, Mapping):
         msg = f"metadata must be a mapping of str to str, not {type(metadata).__name__}"
         raise TypeError(msg)
@@ -109,6 +137,17 @@ class PersistedEventStore(Generic[C, E, S]):
     Snapshots are a cache: a missing, stale or undecodable snapshot falls back to the events,
     so no event is ever lost. Events are always stored, so queries and replays see them.
     Upcasters apply on load, on streams and on replay.
+
+    A snapshot is stored as ``{"schema": fingerprint, "state": aggregate}``. The fingerprint
+    is the aggregate class's ``snapshot_schema`` if it sets one, else the SHA-256 of its
+    state's JSON Schema (:func:`cqrs.codec.schema_fingerprint`), computed once per store. A
+    snapshot is used only if its fingerprint equals the class's and its state decodes;
+    otherwise (a field renamed, removed, added or retyped since it was written, or a
+    snapshot from a version without fingerprints) a warning is logged on ``cqrs.store``,
+    the state is replayed from the events, and the next commit writes a fresh snapshot.
+
+    ``aggregate_type`` must be a non-empty string of at most ``MAX_AGGREGATE_TYPE_BYTES``
+    (255) UTF-8 bytes; a bad type, event list or snapshot setup is a ConfigurationError.
     """
 
     def __init__(
@@ -135,6 +174,9 @@ class PersistedEventStore(Generic[C, E, S]):
         self._classes = _event_classes(aggregate_class)
         self._names: dict[type[object], str] = {cls: name for name, cls in self._classes.items()}
         self._versions = {name: event_version_of(cls) for name, cls in self._classes.items()}
+        self._snapshot_schema = "" if snapshot_every is None else _snapshot_schema(aggregate_class)
+        self._snapshot_prefix = b'{"schema":' + msgspec.json.encode(self._snapshot_schema)
+        self._snapshot_prefix += b',"state":'
 
     @classmethod
     def new_event_store(
@@ -199,12 +241,15 @@ class PersistedEventStore(Generic[C, E, S]):
         aggregate = None
         after = 0
         snapshot_version = 0
+        replace_snapshot = False
         if self.snapshot_every is not None:
             snapshot = await self.repository.get_snapshot(aggregate_type, aggregate_id)
             if snapshot is not None:
                 snapshot_version = snapshot.snapshot_version
                 aggregate = self._decode_snapshot(snapshot)
-                if aggregate is not None:
+                if aggregate is None:
+                    replace_snapshot = True
+                else:
                     after = snapshot.last_sequence
         if aggregate is None:
             aggregate = self.new_aggregate(aggregate_id)
@@ -216,7 +261,9 @@ class PersistedEventStore(Generic[C, E, S]):
         for row in rows:
             apply(decode(row))
         version = rows[-1].sequence if rows else after
-        return AggregateContext(aggregate_id, aggregate, version, snapshot_version)
+        return AggregateContext(
+            aggregate_id, aggregate, version, snapshot_version, replace_snapshot
+        )
 
     async def stream_events(self, aggregate_id: str) -> AsyncIterator[EventEnvelope[E]]:
         """The events of one aggregate, decoded and upcast, read in pages."""
@@ -289,19 +336,34 @@ class PersistedEventStore(Generic[C, E, S]):
         return raw
 
     def _decode_snapshot(self, snapshot: SerializedSnapshot) -> Aggregate[C, E, S] | None:
+        """The state in ``snapshot`` if it was written for this class's state schema and
+        decodes; else None, with a warning saying why."""
         try:
-            aggregate = self.codec.decode(snapshot.payload, self.aggregate_class)
-        except (ValueError, TypeError) as error:
-            logger.warning(
-                "snapshot of %s %r at sequence %d does not decode, replaying events: %s",
-                snapshot.aggregate_type,
-                snapshot.aggregate_id,
-                snapshot.last_sequence,
-                error,
-            )
-            return None
-        aggregate.aggregate_id = snapshot.aggregate_id
-        return aggregate
+            stored = _decode_stored_snapshot(snapshot.payload)
+        except ValueError as error:
+            reason = f"it carries no schema fingerprint (written by an older version?): {error}"
+        else:
+            if stored.schema != self._snapshot_schema:
+                reason = (
+                    f"it was written for another state schema ({stored.schema[:16]!r}, "
+                    f"now {self._snapshot_schema[:16]!r})"
+                )
+            else:
+                try:
+                    aggregate = self.codec.decode(bytes(stored.state), self.aggregate_class)
+                except (ValueError, TypeError) as error:
+                    reason = f"it does not decode: {error}"
+                else:
+                    aggregate.aggregate_id = snapshot.aggregate_id
+                    return aggregate
+        logger.warning(
+            "snapshot of %s %r at sequence %d is not used, replaying events: %s",
+            snapshot.aggregate_type,
+            snapshot.aggregate_id,
+            snapshot.last_sequence,
+            reason,
+        )
+        return None
 
     # -- writing ------------------------------------------------------------------------
 
@@ -364,6 +426,7 @@ class PersistedEventStore(Generic[C, E, S]):
         context.version = last
         if snapshot is not None:
             context.snapshot_version = snapshot.snapshot_version
+            context.replace_snapshot = False
         frozen_metadata = dict(metadata)
         return [
             EventEnvelope(
@@ -385,10 +448,12 @@ class PersistedEventStore(Generic[C, E, S]):
         self, context: AggregateContext[C, E, S], last: int
     ) -> SerializedSnapshot | None:
         every = self.snapshot_every
-        if every is None or context.version // every == last // every:
+        if every is None or (
+            context.version // every == last // every and not context.replace_snapshot
+        ):
             return None
         try:
-            payload = self.codec.encode(context.aggregate)
+            state = self.codec.encode(context.aggregate)
         except TypeError as error:
             msg = (
                 f"cannot snapshot {self.aggregate_class.__qualname__}: {error}; snapshots need "
@@ -398,7 +463,7 @@ class PersistedEventStore(Generic[C, E, S]):
         return SerializedSnapshot(
             self.aggregate_type,
             context.aggregate_id,
-            payload,
+            self._snapshot_prefix + state + b"}",
             last,
             context.snapshot_version + 1,
         )
@@ -432,7 +497,32 @@ def _aggregate_type(aggregate_class: type[object]) -> str:
     if not isinstance(name, str) or not name:
         msg = f"{aggregate_class.__qualname__}.aggregate_type must be a non-empty string"
         raise ConfigurationError(msg)
+    try:
+        check_ids(name, _STAND_IN)
+    except ValueError as error:
+        msg = f"{aggregate_class.__qualname__}.{error}"
+        raise ConfigurationError(msg) from error
     return name
+
+
+def _snapshot_schema(aggregate_class: type[object]) -> str:
+    """The fingerprint stored with (and required of) the snapshots of ``aggregate_class``."""
+    name = aggregate_class.__qualname__
+    declared = getattr(aggregate_class, "snapshot_schema", None)
+    if declared is not None:
+        if not isinstance(declared, str) or not declared:
+            msg = f"{name}.snapshot_schema must be a non-empty string or None, not {declared!r}"
+            raise ConfigurationError(msg)
+        return declared
+    try:
+        return schema_fingerprint(aggregate_class)
+    except (TypeError, ValueError, NameError) as error:  # NameError: an unresolved annotation
+        msg = (
+            f"cannot snapshot {name}: its state has no JSON Schema to fingerprint ({error}); "
+            "snapshots need a dataclass, msgspec.Struct or pydantic model of encodable "
+            f"fields, or a {name}.snapshot_schema naming the format"
+        )
+        raise ConfigurationError(msg) from error
 
 
 def _event_classes(aggregate_class: type[object]) -> dict[str, type[object]]:

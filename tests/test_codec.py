@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import enum
+import os
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import msgspec
 import pydantic
@@ -15,7 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cqrs import DomainEvent, MsgspecCodec, SemanticVersionEventUpcaster, default_codec
+from cqrs.codec import schema_fingerprint
 from cqrs.upcasting import RawEvent, parse_version
+from examples.bank_account.domain import BankAccount
 
 
 class Colour(enum.Enum):
@@ -134,3 +140,88 @@ def test_upcasting_a_current_event_is_the_identity(payload, minor):
     assert upcaster.upcast(RawEvent("E", "1.0", payload)) == RawEvent(
         "E", f"2.{minor}", {"changed": True}
     )
+
+
+# -- schema fingerprints (what a snapshot is checked against) ----------------------------------
+
+
+def _dataclass(name: str, doc: str = "", /, **fields: type[object]) -> type[object]:
+    """A dataclass ``name`` whose fields all default to None."""
+    annotations = {field_name: type_ | None for field_name, type_ in fields.items()}
+    namespace = {"__annotations__": annotations, "__doc__": doc, **dict.fromkeys(fields)}
+    return dataclass(type(name, (), namespace))
+
+
+def _pydantic(name: str, doc: str = "", /, **fields: type[object]) -> type[object]:
+    model = pydantic.create_model(name, **{k: (v | None, None) for k, v in fields.items()})  # type: ignore[call-overload]
+    model.__doc__ = doc
+    return model
+
+
+@pytest.mark.parametrize("make", [_dataclass, _pydantic], ids=["dataclass", "pydantic"])
+def test_schema_fingerprint_changes_with_the_structure_only(make):
+    base = schema_fingerprint(make("State", title=str, balance=Decimal, tags=list[str]))
+    assert len(base) == 64
+    assert int(base, 16) >= 0  # SHA-256 hex
+    # Documentation does not count; a field named "title" or "description" does.
+    same = make("State", "Documented at length.", title=str, balance=Decimal, tags=list[str])
+    assert schema_fingerprint(same) == base
+    changed = {
+        "renamed": make("State", name=str, balance=Decimal, tags=list[str]),
+        "removed": make("State", title=str, balance=Decimal),
+        "added": make("State", title=str, balance=Decimal, tags=list[str], description=str),
+        "retyped": make("State", title=str, balance=int, tags=list[str]),
+        "retyped inside": make("State", title=str, balance=Decimal, tags=list[int]),
+    }
+    fingerprints = {what: schema_fingerprint(cls) for what, cls in changed.items()}
+    assert base not in fingerprints.values()
+    assert len(set(fingerprints.values())) == len(fingerprints)
+
+
+def test_schema_fingerprint_sees_nested_types_and_defaults():
+    inner_v1 = _dataclass("Inner", amount=Decimal)
+    inner_v2 = _dataclass("Inner", amount=Decimal, note=str)
+    outer_v1 = _dataclass("Outer", inner=inner_v1)
+    outer_v2 = _dataclass("Outer", inner=inner_v2)
+    assert schema_fingerprint(outer_v1) != schema_fingerprint(outer_v2)
+
+    @dataclass
+    class Counter:
+        count: int = 0
+
+    first = schema_fingerprint(Counter)
+
+    @dataclass
+    class Counter:  # type: ignore[no-redef]
+        count: int = 1
+
+    assert schema_fingerprint(Counter) != first
+
+
+def test_schema_fingerprint_is_the_same_in_every_process():
+    code = (
+        "from examples.bank_account.domain import BankAccount\n"
+        "from cqrs.codec import schema_fingerprint\n"
+        "print(schema_fingerprint(BankAccount))\n"
+    )
+    root = Path(__file__).parent.parent
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=root,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert outputs == {schema_fingerprint(BankAccount)}
+
+
+def test_schema_fingerprint_of_a_type_without_a_schema_is_a_type_error():
+    class Opaque:
+        pass
+
+    with pytest.raises(TypeError):
+        schema_fingerprint(Opaque)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -33,6 +34,7 @@ from cqrs import (
     event_type_of,
     event_version_of,
 )
+from cqrs.codec import schema_fingerprint
 from examples.bank_account.domain import (
     BankAccount,
     BankAccountServices,
@@ -190,8 +192,12 @@ async def test_snapshots_at_and_across_boundaries_lose_nothing(repository, snaps
     snapshot = await repository.get_snapshot(BankAccount.aggregate_type, "acc")
     assert snapshot is not None
     assert snapshot.last_sequence % snapshot_every == 0 or snapshot.last_sequence in (5, 7, 10)
-    from_snapshot = default_codec.decode(snapshot.payload, BankAccount)
-    assert from_snapshot.balance == snapshot.last_sequence - 1
+    stored = default_codec.decode_untyped(snapshot.payload)
+    assert isinstance(stored, dict)
+    assert sorted(stored) == ["schema", "state"]
+    assert stored["schema"] == schema_fingerprint(BankAccount)
+    from_snapshot = default_codec.convert(stored["state"], BankAccount)
+    assert from_snapshot == BankAccount(opened=True, balance=D(snapshot.last_sequence - 1))
 
 
 async def test_snapshot_plus_tail_is_used_and_matches_full_replay(repository):
@@ -200,23 +206,58 @@ async def test_snapshot_plus_tail_is_used_and_matches_full_replay(repository):
     snapshot = await repository.get_snapshot(BankAccount.aggregate_type, "acc")
     assert snapshot is not None
     assert snapshot.last_sequence == 3
+    full_reads: list[str] = []
+    real_get_events = repository.get_events
+
+    async def get_events(aggregate_type, aggregate_id):
+        full_reads.append(aggregate_id)
+        return await real_get_events(aggregate_type, aggregate_id)
+
+    repository.get_events = get_events
     with_snapshot = await cqrs.store.load_aggregate("acc")
+    assert full_reads == []  # the snapshot was used, not a full replay
     replayed = await PersistedEventStore(repository, BankAccount).load_aggregate("acc")
     assert with_snapshot.aggregate == replayed.aggregate
     assert with_snapshot.version == replayed.version == 5
 
 
-async def test_undecodable_snapshot_falls_back_to_events(repository):
+UNUSABLE_SNAPSHOTS = {
+    "bare-undecodable": b'{"balance": "x"}',
+    "bare-empty": b"{}",  # decodes into the empty aggregate: a fallback to that must show
+    "fingerprint-undecodable": b'{"schema": "%s", "state": {"balance": "x"}}',
+    "fingerprint-not-an-object": b'{"schema": "%s", "state": [1]}',
+    "fingerprint-wrong-field-type": b'{"schema": "%s", "state": {"opened": "yes"}}',
+    "other-fingerprint": b'{"schema": "0ld", "state": {"opened": true, "balance": "5"}}',
+    "unknown-envelope-key": b'{"schema": "%s", "state": {"opened": true}, "extra": 1}',
+    "not-an-object": b"[]",
+}
+
+
+@pytest.mark.parametrize("payload", list(UNUSABLE_SNAPSHOTS.values()), ids=list(UNUSABLE_SNAPSHOTS))
+async def test_undecodable_snapshot_falls_back_to_events(repository, payload, caplog):
     cqrs = bank(repository, snapshot_every=100)
     await open_with(cqrs, "acc", "7")
-    garbage = SerializedSnapshot(BankAccount.aggregate_type, "acc", b'{"balance": "x"}', 2, 1)
+    if b"%s" in payload:
+        payload %= schema_fingerprint(BankAccount).encode()
+    garbage = SerializedSnapshot(BankAccount.aggregate_type, "acc", payload, 2, 1)
     # Plant the bad snapshot together with the next event, through the port.
     context = await cqrs.store.load_aggregate("acc")
     rows = [_serialized(context, CustomerDepositedMoney(D(1), D(8)))]
     await repository.persist(rows, garbage)
-    reloaded = await cqrs.store.load_aggregate("acc")
-    assert reloaded.aggregate.balance == D(8)
-    assert reloaded.version == 3
+    with caplog.at_level(logging.WARNING, logger="cqrs.store"):
+        reloaded = await cqrs.store.load_aggregate("acc")
+    replayed = await PersistedEventStore(repository, BankAccount).load_aggregate("acc")
+    assert reloaded.aggregate == replayed.aggregate == BankAccount(opened=True, balance=D(8))
+    assert reloaded.version == replayed.version == 3
+    assert reloaded.replace_snapshot
+    warning = "snapshot of BankAccount 'acc' at sequence 2 is not used"
+    assert any(r.name == "cqrs.store" and warning in r.getMessage() for r in caplog.records)
+    # The next commit replaces it (sequence 4, far from a multiple of 100).
+    await cqrs.execute("acc", DepositMoney(D(1)))
+    snapshot = await repository.get_snapshot(BankAccount.aggregate_type, "acc")
+    assert snapshot is not None
+    assert (snapshot.last_sequence, snapshot.snapshot_version) == (4, 2)
+    assert (await cqrs.store.load_aggregate("acc")).aggregate == BankAccount(True, D(9))
 
 
 async def test_aggregate_store_mode_keeps_state_and_events(repository):
@@ -226,7 +267,9 @@ async def test_aggregate_store_mode_keeps_state_and_events(repository):
     snapshot = await repository.get_snapshot(BankAccount.aggregate_type, "acc")
     assert snapshot is not None
     assert (snapshot.last_sequence, snapshot.snapshot_version) == (3, 3)
-    assert (await store.load_aggregate("acc")).aggregate.balance == D(7)
+    replayed = await PersistedEventStore(repository, BankAccount).load_aggregate("acc")
+    assert (await store.load_aggregate("acc")).aggregate == replayed.aggregate
+    assert replayed.aggregate == BankAccount(opened=True, balance=D(7))
     assert len(await store.load_events("acc")) == 3
 
 
