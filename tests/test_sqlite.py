@@ -551,6 +551,12 @@ async def test_create_schema_adds_the_type_index_to_a_database_made_by_001(tmp_p
         assert len([e async for e in repository.stream_all_events("T")]) == 3
 
 
+@pytest.mark.parametrize("page_size", [0, -1, 1.5, "5", None, True])
+def test_page_size_must_be_a_positive_int(page_size):
+    with pytest.raises(ConfigurationError, match="page_size"):
+        SqliteEventRepository(page_size=page_size)
+
+
 # -- URLs and connect ------------------------------------------------------------------------
 
 

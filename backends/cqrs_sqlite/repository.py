@@ -125,7 +125,7 @@ class SqliteEventRepository(AsyncResource):
         if not isinstance(synchronous, str) or synchronous.upper() not in _SYNCHRONOUS:
             msg = f"synchronous must be one of {sorted(_SYNCHRONOUS)}, not {synchronous!r}"
             raise ConfigurationError(msg)
-        if not isinstance(page_size, int) or page_size < 1:
+        if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 1:
             msg = f"page_size must be a positive int, not {page_size!r}"
             raise ConfigurationError(msg)
         self.busy_timeout = float(busy_timeout)
