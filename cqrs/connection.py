@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from importlib.metadata import EntryPoint, entry_points
 from types import TracebackType
-from typing import Protocol, cast
+from typing import cast
 
 from cqrs.errors import ConfigurationError
 from cqrs.repository import PersistedEventRepository
 
-__all__ = ["BACKENDS", "connect"]
+__all__ = ["ENTRY_POINT_GROUP", "backends", "connect"]
 
-BACKENDS: dict[str, tuple[str, str]] = {
-    "memory": ("cqrs_memory", ""),
-    "sqlite": ("cqrs_sqlite", "sqlite"),
-    "postgresql": ("cqrs_postgres", "postgres"),
-    "postgres": ("cqrs_postgres", "postgres"),
-    "mongodb": ("cqrs_mongodb", "mongodb"),
-    "mongodb+srv": ("cqrs_mongodb", "mongodb"),
-}
-"""URL scheme -> (backend module, extra that installs its driver)."""
+ENTRY_POINT_GROUP = "cqrs.backends"
+"""The entry-point group that maps URL schemes to backends.
+
+Each entry is named after a URL scheme and points at a function ``from_url(url)`` that
+returns an unopened repository; an extra in brackets names what installs the backend's
+driver. cqrs-es registers its own backends this way in its pyproject.toml, e.g.
+``postgresql = "cqrs_postgres:from_url [postgres]"``; a third-party package adds its schemes
+to the same group."""
 
 
-class _BackendModule(Protocol):
-    def from_url(self, url: str) -> PersistedEventRepository: ...
+def backends() -> dict[str, EntryPoint]:
+    """The installed backends: URL scheme (lower case) -> its entry point. Nothing is
+    imported until a scheme is used."""
+    return {entry.name.lower(): entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 class _Connect:
@@ -36,7 +37,7 @@ class _Connect:
         self._repository: PersistedEventRepository | None = None
 
     async def _open(self) -> PersistedEventRepository:
-        repository = _backend_for(self._url).from_url(self._url)
+        repository = _from_url(self._url)(self._url)
         await repository.open()
         try:
             if self._create_schema:
@@ -70,33 +71,39 @@ def connect(url: str, *, create_schema: bool = True) -> _Connect:
     """Open the event repository named by ``url``; use as ``async with`` or ``await``.
 
     Schemes: ``memory://``, ``sqlite:///path.db`` (``sqlite://:memory:`` too),
-    ``postgresql://...`` and ``mongodb://...``. The backend's driver is imported only when
-    its scheme is used. With ``create_schema`` (the default) the tables/collections are
-    created if missing. Raises ConfigurationError for an unknown scheme or a missing
-    driver (naming the extra to install), and the backend's DatabaseConnectionError when the
-    server cannot be reached. ``async with`` closes the repository on exit; after a bare
-    ``await`` the caller closes it.
+    ``postgresql://...`` and ``mongodb://...``, plus any scheme a third-party backend
+    registers in the :data:`ENTRY_POINT_GROUP` entry-point group. The backend's driver is
+    imported only when its scheme is used. With ``create_schema`` (the default) the
+    tables/collections are created if missing. Raises ConfigurationError for an unknown
+    scheme or a missing driver (naming the extra to install), and the backend's
+    DatabaseConnectionError when the server cannot be reached. ``async with`` closes the
+    repository on exit; after a bare ``await`` the caller closes it.
     """
     _resolve(url)
     return _Connect(url, create_schema=create_schema)
 
 
-def _resolve(url: str) -> tuple[str, str, str]:
-    scheme, sep, _ = url.partition("://")
-    entry = BACKENDS.get(scheme.lower()) if sep else None
+def _resolve(url: str) -> tuple[str, EntryPoint]:
+    scheme, sep, _ = url.partition("://") if isinstance(url, str) else ("", "", "")
+    installed = backends()
+    entry = installed.get(scheme.lower()) if sep else None
     if entry is None:
-        known = ", ".join(f"{name}://" for name in BACKENDS)
+        known = ", ".join(f"{name}://" for name in sorted(installed))
         msg = f"unsupported database URL {url!r}: the scheme must be one of {known}"
         raise ConfigurationError(msg)
-    return scheme, *entry
+    return scheme, entry
 
 
-def _backend_for(url: str) -> _BackendModule:
-    scheme, module_name, extra = _resolve(url)
+def _from_url(url: str) -> Callable[[str], PersistedEventRepository]:
+    scheme, entry = _resolve(url)
     try:
-        module = importlib.import_module(module_name)
+        factory = entry.load()
     except ImportError as error:
-        hint = f"pip install 'cqrs-es[{extra}]'" if extra else "reinstall cqrs-es"
+        extra = ",".join(entry.extras)
+        hint = f"pip install 'cqrs-es[{extra}]'" if extra else f"reinstall {entry.value!r}"
         msg = f"the {scheme}:// backend is not available ({error}); install it with: {hint}"
         raise ConfigurationError(msg) from error
-    return cast("_BackendModule", module)
+    if not callable(factory):
+        msg = f"the {scheme}:// backend's entry point {entry.value!r} is not callable"
+        raise ConfigurationError(msg)
+    return cast("Callable[[str], PersistedEventRepository]", factory)

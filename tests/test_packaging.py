@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
@@ -51,9 +52,27 @@ def test_unknown_scheme_is_a_clear_error(url):
 
 
 async def test_missing_backend_names_the_extra(monkeypatch):
-    monkeypatch.setitem(cqrs.connection.BACKENDS, "postgresql", ("no_such_module", "postgres"))
+    installed = cqrs.connection.backends()
+    missing = EntryPoint("postgresql", "no_such_module:from_url [postgres]", "cqrs.backends")
+    monkeypatch.setattr(cqrs.connection, "backends", lambda: {**installed, "postgresql": missing})
     with pytest.raises(ConfigurationError, match=r"pip install 'cqrs-es\[postgres\]'"):
         await connect("postgresql://localhost/db")
+
+
+def test_every_builtin_scheme_is_registered_by_entry_point():
+    installed = cqrs.connection.backends()
+    expected = {"memory", "sqlite", "postgresql", "postgres", "mongodb", "mongodb+srv"}
+    assert expected <= set(installed)
+    for scheme in expected:
+        assert installed[scheme].load().__name__ == "from_url"
+
+
+async def test_a_scheme_registered_by_another_package_is_used(monkeypatch):
+    installed = cqrs.connection.backends()
+    extra = EntryPoint("custom", "cqrs_memory:from_url", "cqrs.backends")
+    monkeypatch.setattr(cqrs.connection, "backends", lambda: {**installed, "custom": extra})
+    async with connect("custom://anything") as repository:
+        assert await repository.get_events("T", "x") == []
 
 
 def test_wheel_ships_the_packages_the_ddl_and_py_typed(tmp_path):
