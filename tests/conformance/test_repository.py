@@ -278,7 +278,7 @@ async def test_invalid_table_names_are_rejected(backend, bad_name: str):
         "back\\slash",
         "robert'); DROP TABLE events;--",
         "ünïcödé ✓ 𝄞 日本",
-        "x" * 10_000,
+        "x" * 1024,
         " leading and trailing ",
         "$where",
         "a.b.c",
