@@ -21,6 +21,7 @@ from cqrs.errors import (
     UserError,
 )
 from cqrs.events import DomainEvent, EventEnvelope, event_type_of, event_version_of
+from cqrs.factories import new_framework
 from cqrs.framework import CqrsFramework, QueryFailure, Retry
 from cqrs.query import EventSource, GenericQuery, Query, QueryReplay, View
 from cqrs.repository import (
@@ -89,6 +90,7 @@ __all__ = [
     "default_codec",
     "event_type_of",
     "event_version_of",
+    "new_framework",
     "next_view_version",
     "not_open",
     "read_pages",

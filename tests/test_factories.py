@@ -1,0 +1,73 @@
+"""cqrs.new_framework: one way to build a framework over any repository."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+import cqrs
+from cqrs_memory import MemoryEventRepository
+from examples.bank_account.domain import (
+    BankAccount,
+    BankAccountServices,
+    DepositMoney,
+    OpenAccount,
+)
+
+
+async def opened() -> MemoryEventRepository:
+    repository = MemoryEventRepository()
+    await repository.open()
+    return repository
+
+
+@pytest.mark.parametrize(
+    ("options", "snapshot_every"),
+    [({}, None), ({"snapshot_every": 3}, 3), ({"aggregate_store": True}, 1)],
+)
+async def test_each_source_of_truth_stores_events_and_snapshots_as_chosen(options, snapshot_every):
+    repository = await opened()
+    app = cqrs.new_framework(repository, BankAccount, (), BankAccountServices(), **options)
+    assert isinstance(app.store, cqrs.PersistedEventStore)
+    assert app.store.snapshot_every == snapshot_every
+    await app.execute("a1", OpenAccount("a1"))
+    for _ in range(3):
+        await app.execute("a1", DepositMoney(Decimal(5)))
+    assert len(await repository.get_events("BankAccount", "a1")) == 4
+    snapshot = await repository.get_snapshot("BankAccount", "a1")
+    expected = {None: None, 3: 3, 1: 4}[snapshot_every]
+    assert (snapshot and snapshot.last_sequence) == expected
+    assert (await app.store.load_aggregate("a1")).aggregate.balance == Decimal(15)  # type: ignore[attr-defined]
+
+
+async def test_queries_retry_upcasters_and_error_handler_are_passed_on():
+    repository = await opened()
+    seen: list[int] = []
+
+    class Count:
+        async def dispatch(self, aggregate_id, envelopes):
+            seen.append(len(envelopes))
+
+    retry = cqrs.Retry(attempts=2)
+    upcaster = cqrs.SemanticVersionEventUpcaster("AccountOpened", "2.0", dict)
+    failures: list[object] = []
+    app = cqrs.new_framework(
+        repository,
+        BankAccount,
+        [Count()],
+        BankAccountServices(),
+        retry=retry,
+        upcasters=[upcaster],
+        on_query_error=failures.append,
+    )
+    await app.execute("a1", OpenAccount("a1"))
+    assert seen == [1]
+    assert app.retry is retry
+    assert app.on_query_error == failures.append
+    assert app.store._upcasters == (upcaster,)
+
+
+async def test_both_snapshot_options_at_once_are_refused():
+    with pytest.raises(cqrs.ConfigurationError, match="not both"):
+        cqrs.new_framework(await opened(), BankAccount, snapshot_every=5, aggregate_store=True)
