@@ -8,25 +8,35 @@ increment, one ``insert_many`` and one snapshot ``bulk_write`` for all of them, 
 transaction. Each caller still gets its own outcome:
 
 - a group holds at most one commit per aggregate (the others wait for the next group), so
-  a duplicate key names exactly one culprit: it gets AggregateConflict and the group is
-  retried without it;
-- a commit that reuses a sequence this process has stored (a stale writer on a hot
-  aggregate) gets AggregateConflict at once, without a transaction;
+  a duplicate key names exactly one culprit; the group is retried without it;
+- a batch must start right after the aggregate's stored last sequence. The transaction first
+  reads the previous sequence of each commit not starting at 1, in one query for the group
+  (skipped for aggregates whose previous sequence this process stored: events are never
+  deleted). A commit whose previous sequence is missing would leave a gap: it gets
+  AggregateConflict and the others commit in the same transaction, without its snapshot;
+- a commit that collides with stored sequences (a duplicate key, or sequences this process
+  knows it stored, which costs no transaction) is read back: if its event ids are stored at
+  its sequences it is a retry of a stored commit and gets their positions
+  (:func:`cqrs.repository.stored_positions`); otherwise AggregateConflict;
 - a lost connection, a timeout or an unknown commit result (the transaction may have
-  committed) fails the whole group with DatabaseConnectionError, never with a conflict;
+  committed): the group's commits are read back, those found stored by their event ids
+  succeed and the rest are retried once in a new transaction (the driver has discarded the
+  broken connection, so it runs on a fresh one); if that outcome is unknown too, they fail
+  with DatabaseConnectionError, never with a conflict;
 - an event position that is already taken (a counter document behind the events) fails
   the whole group with UnexpectedError: that is no conflict between writers;
 - any other error is retried commit by commit, so one bad commit cannot fail the others.
 
 Across processes the counter still serializes writers (the driver's transaction helper
-retries the write conflicts); that is accepted on MongoDB.
+retries the write conflicts) and the unique index refuses a sequence stored twice; the
+in-process knowledge of stored sequences only saves round trips.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pymongo
@@ -36,7 +46,9 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
-from cqrs.errors import AggregateConflict, UnexpectedError
+from cqrs.errors import AggregateConflict, CqrsError, UnexpectedError
+from cqrs.repository import SerializedEvent, stored_positions
+from cqrs_mongodb._documents import SEQUENCE_KEY, event_from_document
 from cqrs_mongodb._driver import Document, translate
 
 MAX_GROUP_DOCUMENTS = 1000
@@ -50,16 +62,27 @@ _DUPLICATE_KEY = 11000
 
 @dataclass(eq=False)
 class Commit:
-    """One ``persist`` call: its event documents (``_id`` set at commit), its snapshot
-    upsert, and the future that receives its first position or its error."""
+    """One ``persist`` call: its events, their documents (``_id`` set at commit), its
+    snapshot upsert, and the future that receives its positions or its error."""
 
     key: tuple[str, str]
+    events: Sequence[SerializedEvent]
     documents: list[Document]
     snapshot: UpdateOne | None
     doing: str
-    done: asyncio.Future[int] = field(
+    done: asyncio.Future[list[int]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+    @property
+    def first(self) -> int:
+        """The batch's first sequence."""
+        return self.events[0].sequence
+
+    @property
+    def last(self) -> int:
+        """The batch's last sequence."""
+        return self.events[-1].sequence
 
 
 class GroupCommitter:
@@ -80,10 +103,10 @@ class GroupCommitter:
         self._task: asyncio.Task[None] | None = None
         self._stored: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
 
-    async def commit(self, commit: Commit) -> int:
-        """Queue ``commit`` and wait for its first position (or its error)."""
-        self._fail_if_stored(commit)
-        if commit.done.done():
+    async def commit(self, commit: Commit) -> list[int]:
+        """Queue ``commit`` and wait for its positions (or its error)."""
+        if self._overlap(commit) is not None:
+            await self._settle_known(commit)
             return await commit.done
         self._queue.append(commit)
         if self._task is None or self._task.done():
@@ -99,34 +122,45 @@ class GroupCommitter:
     async def _run(self) -> None:
         try:
             while self._queue:
-                await self._commit_group(self._next_group())
+                group, known = self._next_group()
+                if known:
+                    await asyncio.gather(*(self._settle_known(commit) for commit in known))
+                if group:
+                    await self._commit_group(group)
         except BaseException as error:  # e.g. the loop is shutting down: nobody waits forever
             for commit in self._queue:
                 _fail(commit, error)
             self._queue.clear()
             raise
 
-    def _next_group(self) -> list[Commit]:
+    def _next_group(self) -> tuple[list[Commit], list[Commit]]:
+        """The next group, and the queued commits known to collide with stored sequences."""
         group: list[Commit] = []
+        known: list[Commit] = []
         later: list[Commit] = []
         keys: set[tuple[str, str]] = set()
         size = 0
         for commit in self._queue:
-            self._fail_if_stored(commit)
-            if commit.done.done():  # cancelled by its caller, or known to conflict
+            if commit.done.done():  # cancelled by its caller
                 continue
-            if commit.key in keys or (group and size + len(commit.documents) > MAX_GROUP_DOCUMENTS):
+            if self._overlap(commit) is not None:
+                known.append(commit)
+            elif commit.key in keys or (
+                group and size + len(commit.documents) > MAX_GROUP_DOCUMENTS
+            ):
                 later.append(commit)
-                continue
-            group.append(commit)
-            keys.add(commit.key)
-            size += len(commit.documents)
+            else:
+                group.append(commit)
+                keys.add(commit.key)
+                size += len(commit.documents)
         self._queue = later
-        return group
+        return group, known
+
+    # -- what this process knows it stored ---------------------------------------------------
 
     def _remember(self, commit: Commit) -> None:
         """Record the sequences ``commit`` stored, extending the aggregate's known range."""
-        first, last = commit.documents[0]["sequence"], commit.documents[-1]["sequence"]
+        first, last = commit.first, commit.last
         known = self._stored.pop(commit.key, None)
         if known is not None and known[0] <= first <= known[1] + 1:
             first, last = known[0], max(last, known[1])
@@ -134,41 +168,96 @@ class GroupCommitter:
         if len(self._stored) > REMEMBERED_AGGREGATES:
             self._stored.popitem(last=False)
 
-    def _fail_if_stored(self, commit: Commit) -> None:
-        """Fail ``commit`` at once if this process stored one of its sequences: a stale
-        writer on a hot aggregate then costs no transaction to find out."""
-        known = self._stored.get(commit.key)
-        if known is None:
-            return
-        first, last = commit.documents[0]["sequence"], commit.documents[-1]["sequence"]
-        if first <= known[1] and last >= known[0]:
-            msg = (
-                f"conflict while {commit.doing}: sequence {max(first, known[0])} is already "
-                "stored (another writer committed first)"
-            )
-            _fail(commit, AggregateConflict(msg))
+    def _knows(self, key: tuple[str, str], sequence: int) -> bool:
+        known = self._stored.get(key)
+        return known is not None and known[0] <= sequence <= known[1]
 
-    async def _commit_group(self, group: list[Commit]) -> None:
+    def _overlap(self, commit: Commit) -> int | None:
+        """The first of ``commit``'s sequences this process knows is stored, if any."""
+        known = self._stored.get(commit.key)
+        if known is None or commit.first > known[1] or commit.last < known[0]:
+            return None
+        return max(commit.first, known[0])
+
+    # -- reading back --------------------------------------------------------------------------
+
+    async def _settle(self, commits: Sequence[Commit]) -> list[Commit]:
+        """Read back the stored events at the commits' sequences: each commit whose event ids
+        are stored there gets their positions. Return the others (a failed read fails them)."""
+        try:
+            documents = await self._events.find(
+                _any_of(commits, lambda c: {"$gte": c.first, "$lte": c.last}),
+                hint=SEQUENCE_KEY,
+            ).to_list()
+            stored: dict[tuple[str, str], list[SerializedEvent]] = {}
+            for document in documents:
+                event = event_from_document(document)
+                stored.setdefault((event.aggregate_type, event.aggregate_id), []).append(event)
+        except (PyMongoError, BSONError) as error:
+            for commit in commits:
+                _fail(commit, translate(error, commit.doing), error)
+            return []
+        except CqrsError as error:  # a stored event that does not decode
+            for commit in commits:
+                _fail(commit, error)
+            return []
+        rest = []
+        for commit in commits:
+            rows = sorted(stored.get(commit.key, ()), key=lambda event: event.sequence)
+            positions = stored_positions(commit.events, rows)
+            if positions is None:
+                rest.append(commit)
+                continue
+            if not commit.done.done():
+                commit.done.set_result(positions)
+            self._remember(commit)
+        return rest
+
+    async def _settle_known(self, commit: Commit) -> None:
+        """Settle a commit that overlaps sequences this process stored, without a
+        transaction: a retry of a stored commit succeeds, anything else is a conflict."""
+        sequence = self._overlap(commit)
+        for rest in await self._settle([commit]):
+            msg = (
+                f"conflict while {rest.doing}: sequence {sequence} is already stored "
+                "(another writer committed first)"
+            )
+            _fail(rest, AggregateConflict(msg))
+
+    # -- transactions --------------------------------------------------------------------------
+
+    async def _commit_group(self, group: list[Commit], *, retried: bool = False) -> None:
         while group:
             try:
-                starts = await self._transaction(group)
+                started, gapped = await self._transaction(group)
             except (PyMongoError, BSONError) as error:
-                group = await self._after_error(group, error)
+                if _outcome_unknown(error) and not retried:
+                    retried = True  # the next outcome that is unknown fails the group
+                    group = await self._settle(group)
+                    continue
+                group = await self._after_error(group, error, retried=retried)
                 continue
             except BaseException as error:
                 for commit in group:
                     _fail(commit, error)
                 raise
-            for commit, start in zip(group, starts, strict=True):
+            for commit in gapped:
+                msg = (
+                    f"conflict while {commit.doing}: sequence {commit.first - 1} is not "
+                    f"stored, so sequence {commit.first} would leave a gap (the aggregate is "
+                    "behind what this writer expects)"
+                )
+                _fail(commit, AggregateConflict(msg))
+            for commit, start in started:
                 if not commit.done.done():
-                    commit.done.set_result(start)
+                    commit.done.set_result(list(range(start, start + len(commit.documents))))
                 self._remember(commit)
             return
 
     async def _after_error(
-        self, group: list[Commit], error: PyMongoError | BSONError
+        self, group: list[Commit], error: PyMongoError | BSONError, *, retried: bool
     ) -> list[Commit]:
-        """Give the failed commits their errors; return the commits to retry together."""
+        """Give the failed commits their outcomes; return the commits to retry together."""
         if _position_taken(error):
             taken = _duplicate_key(error).get("keyValue")
             for commit in group:
@@ -182,24 +271,49 @@ class GroupCommitter:
             return []
         culprit = _duplicate_key_culprit(error, group)
         if culprit is not None:
-            _fail(culprit, translate(error, culprit.doing), error)
+            for commit in await self._settle([culprit]):  # stored by an earlier try?
+                _fail(commit, translate(error, commit.doing), error)
             return [commit for commit in group if commit is not culprit]
         if len(group) == 1 or _outcome_unknown(error):
             for commit in group:
                 _fail(commit, translate(error, commit.doing), error)
             return []
         for commit in group:
-            await self._commit_group([commit])
+            await self._commit_group([commit], retried=retried)
         return []
 
-    async def _transaction(self, group: Sequence[Commit]) -> list[int]:
-        documents = [document for commit in group for document in commit.documents]
-        snapshots = [commit.snapshot for commit in group if commit.snapshot is not None]
-        total = len(documents)
+    async def _gapped(self, group: Sequence[Commit], session: AsyncClientSession) -> list[Commit]:
+        """The commits whose previous sequence is not stored, in one query for the group
+        (none for aggregates whose previous sequence this process stored)."""
+        unknown = [c for c in group if c.first > 1 and not self._knows(c.key, c.first - 1)]
+        if not unknown:
+            return []
+        found = await self._events.find(
+            _any_of(unknown, lambda c: c.first - 1),
+            {"_id": 0, "aggregate_type": 1, "aggregate_id": 1},
+            hint=SEQUENCE_KEY,
+            session=session,
+        ).to_list()
+        present = {(document["aggregate_type"], document["aggregate_id"]) for document in found}
+        return [commit for commit in unknown if commit.key not in present]
 
-        async def attempt(session: AsyncClientSession) -> list[int]:
+    async def _transaction(
+        self, group: Sequence[Commit]
+    ) -> tuple[list[tuple[Commit, int]], list[Commit]]:
+        """Commit the group's commits that follow their stored sequences; return each one
+        with its first position, and the commits that would leave a gap."""
+
+        async def attempt(
+            session: AsyncClientSession,
+        ) -> tuple[list[tuple[Commit, int]], list[Commit]]:
             # Re-run from scratch on a transient error (a write conflict on the counter);
             # a duplicate key is not transient, so it leaves the helper at once.
+            gapped = await self._gapped(group, session)
+            live = [commit for commit in group if commit not in gapped]
+            documents = [document for commit in live for document in commit.documents]
+            if not documents:
+                return [], gapped
+            total = len(documents)
             counter = await self._counters.find_one_and_update(
                 {"_id": self._counter_id},
                 {"$inc": {"position": total}},
@@ -209,16 +323,17 @@ class GroupCommitter:
             )
             assert counter is not None  # noqa: S101 - upsert with AFTER returns the document
             position: int = counter["position"] - total + 1
-            starts = []
-            for commit in group:
-                starts.append(position)
+            started = []
+            for commit in live:
+                started.append((commit, position))
                 for document in commit.documents:
                     document["_id"] = position
                     position += 1
             await self._events.insert_many(documents, session=session)
+            snapshots = [commit.snapshot for commit in live if commit.snapshot is not None]
             if snapshots:
                 await self._snapshots.bulk_write(snapshots, session=session)
-            return starts
+            return started, gapped
 
         # The helper retries transient errors (write conflicts, a lost connection) for up to
         # 120 s; bound that by the client's timeoutMS, else its serverSelectionTimeoutMS, so
@@ -228,6 +343,17 @@ class GroupCommitter:
         with pymongo.timeout(client.options.timeout or client.options.server_selection_timeout):
             async with client.start_session() as session:
                 return await session.with_transaction(attempt)
+
+
+def _any_of(commits: Sequence[Commit], sequence: Callable[[Commit], object]) -> Document:
+    """A filter matching, for each commit, its aggregate's events whose sequence matches
+    ``sequence(commit)`` (a value or an operator document)."""
+    return {
+        "$or": [
+            {"aggregate_type": c.key[0], "aggregate_id": c.key[1], "sequence": sequence(c)}
+            for c in commits
+        ]
+    }
 
 
 def _duplicate_key(error: BaseException) -> Document:
@@ -271,8 +397,8 @@ def _duplicate_key_culprit(error: BaseException, group: Sequence[Commit]) -> Com
 
 def _outcome_unknown(error: PyMongoError | BSONError) -> bool:
     """True if the transaction may have committed (a lost connection, a timeout, an unknown
-    commit result): retrying its commits one by one would then meet their own stored events
-    and report conflicts for commits that are stored."""
+    commit result): its commits must be read back before anything is retried or reported,
+    else a stored commit would be reported as a conflict with itself."""
     return isinstance(error, ConnectionFailure) or (
         isinstance(error, PyMongoError)
         and (error.timeout or error.has_error_label("UnknownTransactionCommitResult"))

@@ -20,24 +20,31 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from bson.errors import BSONError
-from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
+from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 
 from cqrs.codec import Codec, default_codec
-from cqrs.errors import ConfigurationError, DeserializationError
+from cqrs.errors import ConfigurationError
 from cqrs.repository import (
     AsyncResource,
     SerializedEvent,
     SerializedSnapshot,
+    check_batch,
+    not_open,
     read_pages,
     validate_identifier,
+)
+from cqrs_mongodb._documents import (
+    SEQUENCE_KEY,
+    event_document,
+    event_from_document,
+    snapshot_update,
 )
 from cqrs_mongodb._driver import (
     CODEC_OPTIONS,
@@ -56,7 +63,7 @@ __all__ = ["PAGE_SIZE", "MongoEventRepository", "from_url"]
 V = TypeVar("V")
 
 PAGE_SIZE = 500
-"""Documents per page (position window) read by the ``stream_*`` methods."""
+"""The default ``page_size``: documents per page read by the ``stream_*`` methods."""
 
 _DUPLICATE_KEY = 11000
 
@@ -74,7 +81,9 @@ class MongoEventRepository(AsyncResource):
     Each :meth:`persist` is one multi-document transaction, so the deployment must be a
     replica set (a single node is enough) or a sharded cluster; :meth:`open` checks this and
     raises ConfigurationError for a standalone server. Collection names are validated with
-    :func:`cqrs.validate_identifier`.
+    :func:`cqrs.validate_identifier`. The ``stream_*`` methods read ``page_size`` documents
+    per query. Every other method raises :class:`cqrs.NotOpenError` before :meth:`open` and
+    after :meth:`close`.
     """
 
     def __init__(
@@ -85,7 +94,12 @@ class MongoEventRepository(AsyncResource):
         events_collection: str = "events",
         snapshots_collection: str = "snapshots",
         counters_collection: str = "counters",
+        page_size: int = PAGE_SIZE,
     ) -> None:
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            msg = f"page_size must be a positive int, not {page_size!r}"
+            raise ConfigurationError(msg)
+        self.page_size = page_size
         self.events_collection = validate_identifier(events_collection, "collection name")
         self.snapshots_collection = validate_identifier(snapshots_collection, "collection name")
         self.counters_collection = validate_identifier(counters_collection, "collection name")
@@ -112,13 +126,14 @@ class MongoEventRepository(AsyncResource):
         counters: str | None = None,
     ) -> MongoEventRepository:
         """A new, unopened repository on the same client (or URL) and database, with these
-        (validated) collection names; names not given are kept."""
+        (validated) collection names; names not given are kept, and so is ``page_size``."""
         return MongoEventRepository(
             self._source,
             database=self._database_name,
             events_collection=self.events_collection if events is None else events,
             snapshots_collection=self.snapshots_collection if snapshots is None else snapshots,
             counters_collection=self.counters_collection if counters is None else counters,
+            page_size=self.page_size,
         )
 
     def with_tables(self, events_table: str, snapshots_table: str) -> MongoEventRepository:
@@ -129,13 +144,10 @@ class MongoEventRepository(AsyncResource):
 
     @property
     def database(self) -> AsyncDatabase[Document]:
-        """The database in use; raises ConfigurationError before :meth:`open`."""
+        """The database in use; raises NotOpenError before :meth:`open` and after
+        :meth:`close`."""
         if self._database is None:
-            msg = (
-                f"{self!r} is not open: call `await repository.open()` first or use "
-                "`async with repository:`"
-            )
-            raise ConfigurationError(msg)
+            raise not_open(repr(self))
         return self._database
 
     async def open(self) -> None:
@@ -196,15 +208,7 @@ class MongoEventRepository(AsyncResource):
         snapshots = self._collection(self.snapshots_collection)
         counters = self._collection(self.counters_collection)
         try:
-            await events.create_index(
-                [
-                    ("aggregate_type", ASCENDING),
-                    ("aggregate_id", ASCENDING),
-                    ("sequence", ASCENDING),
-                ],
-                unique=True,
-                name="aggregate_sequence",
-            )
+            await events.create_index(SEQUENCE_KEY, unique=True, name="aggregate_sequence")
             await events.create_index(
                 [("aggregate_type", ASCENDING), ("_id", ASCENDING)], name="type_position"
             )
@@ -257,7 +261,7 @@ class MongoEventRepository(AsyncResource):
             documents = await events.find(query, sort=[(sort, ASCENDING)], limit=limit).to_list()
         except (PyMongoError, BSONError) as error:
             raise translate(error, f"reading events from {self.events_collection}") from error
-        return [_event(document) for document in documents]
+        return [event_from_document(document) for document in documents]
 
     async def get_snapshot(
         self, aggregate_type: str, aggregate_id: str
@@ -285,7 +289,9 @@ class MongoEventRepository(AsyncResource):
     async def stream_events(
         self, aggregate_type: str, aggregate_id: str
     ) -> AsyncIterator[SerializedEvent]:
-        """The aggregate's events by sequence, read in pages of :data:`PAGE_SIZE`."""
+        """The aggregate's events by sequence, read in pages of ``page_size`` (each page
+        continues after the previous page's last sequence)."""
+        size = self.page_size
 
         async def fetch(after: int) -> list[SerializedEvent]:
             query = {
@@ -293,27 +299,28 @@ class MongoEventRepository(AsyncResource):
                 "aggregate_id": aggregate_id,
                 "sequence": {"$gt": after},
             }
-            return await self._find_events(query, PAGE_SIZE)
+            return await self._find_events(query, size)
 
-        async for event in read_pages(fetch, 0, PAGE_SIZE, by_sequence=True):
+        async for event in read_pages(fetch, 0, size, by_sequence=True):
             yield event
 
     async def stream_all_events(
         self, aggregate_type: str | None, after_position: int | None = None
     ) -> AsyncIterator[SerializedEvent]:
-        """Events in position order, read in windows of :data:`PAGE_SIZE` documents with
+        """Events in position order, read in windows of ``page_size`` documents with
         ``_id > last``. A position is taken in the transaction that commits it, and the
         counter document makes those transactions commit in position order, so a position
         never becomes visible after a higher one: a tailing reader cannot miss an event.
         Reads use the "majority" read concern, so what a reader has seen survives failover."""
         query: Document = {} if aggregate_type is None else {"aggregate_type": aggregate_type}
+        size = self.page_size
 
         async def fetch(after: int) -> list[SerializedEvent]:
             return await self._find_events(
-                {**query, "_id": {"$gt": after}}, PAGE_SIZE, "_id", durable=True
+                {**query, "_id": {"$gt": after}}, size, "_id", durable=True
             )
 
-        async for event in read_pages(fetch, after_position or 0, PAGE_SIZE):
+        async for event in read_pages(fetch, after_position or 0, size):
             yield event
 
     # -- writing --------------------------------------------------------------------------
@@ -322,25 +329,24 @@ class MongoEventRepository(AsyncResource):
         self, events: Sequence[SerializedEvent], snapshot: SerializedSnapshot | None
     ) -> list[int]:
         """Insert the events, take their positions from the counter document and write the
-        snapshot, in one transaction; a stored sequence raises AggregateConflict and stores
-        nothing. Concurrent calls share transactions (see ``_group_commit``)."""
-        if not events:
-            return []
-        _check_batch(events)
+        snapshot, in one transaction. A batch that collides with stored sequences or does not
+        follow the stored last sequence raises AggregateConflict and stores nothing, unless
+        its event ids are stored at its sequences: then it returns their positions.
+        Concurrent calls share transactions (see ``_group_commit``)."""
+        check_batch(events)
         committer = self._committer
         if committer is None:
-            self.database  # noqa: B018 - raises the "not open" error
-            raise AssertionError  # unreachable: not open
+            raise not_open(repr(self))
         first, last = events[0], events[-1]
         commit = Commit(
             (first.aggregate_type, first.aggregate_id),
-            [_event_document(event) for event in events],
-            None if snapshot is None else _snapshot_update(snapshot),
-            f"storing {first.aggregate_type} {first.aggregate_id!r} sequence {first.sequence} "
-            f"to {last.sequence}",
+            events,
+            [event_document(event) for event in events],
+            None if snapshot is None else snapshot_update(snapshot),
+            f"storing {first.aggregate_type} {first.aggregate_id!r} sequence "
+            f"{first.sequence} to {last.sequence}",
         )
-        start = await committer.commit(commit)
-        return list(range(start, start + len(events)))
+        return await committer.commit(commit)
 
     def view_repository(
         self, view_type: type[V], table: str, *, codec: Codec = default_codec
@@ -350,89 +356,9 @@ class MongoEventRepository(AsyncResource):
         return MongoViewRepository(self, view_type, table, codec=codec)
 
 
-def _check_batch(events: Sequence[SerializedEvent]) -> None:
-    first = events[0]
-    for offset, event in enumerate(events):
-        if (
-            event.aggregate_type != first.aggregate_type
-            or event.aggregate_id != first.aggregate_id
-            or event.sequence != first.sequence + offset
-        ):
-            msg = "persist takes consecutive events of one aggregate"
-            raise ValueError(msg)
-
-
-def _text(data: bytes | str) -> str | bytes:
-    """JSON is stored as a string; bytes that are not UTF-8 are kept as BSON binary so
-    the read side reports them as undecodable instead of failing the write."""
-    if isinstance(data, str):
-        return data
-    try:
-        return data.decode()
-    except UnicodeDecodeError:
-        return data
-
-
-def _event_document(event: SerializedEvent) -> Document:
-    timestamp = event.timestamp
-    return {
-        "_id": 0,
-        "aggregate_type": event.aggregate_type,
-        "aggregate_id": event.aggregate_id,
-        "sequence": event.sequence,
-        "event_type": event.event_type,
-        "event_version": event.event_version,
-        "payload": _text(event.payload),
-        "metadata": _text(event.metadata),
-        "timestamp": timestamp,
-        "timestamp_us": timestamp.microsecond % 1000,
-        "event_id": event.event_id,
-    }
-
-
-def _event(document: Document) -> SerializedEvent:
-    try:
-        timestamp: datetime = document["timestamp"]
-        micros = document.get("timestamp_us", 0)
-        if micros:
-            timestamp = timestamp.replace(microsecond=timestamp.microsecond + micros)
-        return SerializedEvent(
-            document["aggregate_type"],
-            document["aggregate_id"],
-            document["sequence"],
-            document["event_type"],
-            document["event_version"],
-            document["payload"],
-            document["metadata"],
-            timestamp,
-            document["event_id"],
-            document["_id"],
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        msg = f"event document at position {document.get('_id')!r} is malformed: {error!r}"
-        raise DeserializationError(msg) from error
-
-
-def _snapshot_update(snapshot: SerializedSnapshot) -> UpdateOne:
-    """Filter and pipeline for an upsert that replaces the stored snapshot only when the new
-    one includes more events (one round trip, no read-then-write race)."""
-    newer = {"$lt": [{"$ifNull": ["$last_sequence", -1]}, snapshot.last_sequence]}
-    fields = {
-        "last_sequence": snapshot.last_sequence,
-        "current_snapshot": snapshot.snapshot_version,
-        "payload": _text(snapshot.payload),
-        "timestamp": datetime.now(UTC),
-    }
-    changes = {
-        name: {"$cond": [newer, {"$literal": value}, f"${name}"]} for name, value in fields.items()
-    }
-    key = {"aggregate_type": snapshot.aggregate_type, "aggregate_id": snapshot.aggregate_id}
-    return UpdateOne(key, [{"$set": changes}], upsert=True)
-
-
-def from_url(url: str) -> MongoEventRepository:
+def from_url(url: str, *, page_size: int = PAGE_SIZE) -> MongoEventRepository:
     """An unopened repository for ``mongodb://`` / ``mongodb+srv://`` URLs that creates its
     own ``AsyncMongoClient`` in ``open()`` and closes it in ``close()``. The database is the
     URL's path (``mongodb://host/mydb?replicaSet=rs0``), ``"cqrs"`` when there is none; the
     collections are ``events``, ``snapshots`` and ``counters``."""
-    return MongoEventRepository(url)
+    return MongoEventRepository(url, page_size=page_size)
