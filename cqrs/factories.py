@@ -14,7 +14,7 @@ from cqrs.repository import PersistedEventRepository
 from cqrs.store import PersistedEventStore
 from cqrs.upcasting import EventUpcaster
 
-__all__ = ["new_framework"]
+__all__ = ["aggregate_cqrs", "event_store_cqrs", "new_framework", "snapshot_cqrs"]
 
 C = TypeVar("C")
 E = TypeVar("E")
@@ -57,3 +57,69 @@ def new_framework(
         codec=codec,
     )
     return CqrsFramework(store, queries, services, retry=retry, on_query_error=on_query_error)
+
+
+# The per-backend factories named after cqrs-es (``postgres_cqrs``, ``sqlite_snapshot_cqrs``,
+# ...) are these three functions under the backend's names, so every backend has the same
+# parameters, names and order by construction.
+
+
+def event_store_cqrs(
+    repository: PersistedEventRepository,
+    aggregate_class: type[Aggregate[C, E, S]],
+    queries: Sequence[Query[E]] = (),
+    services: S | None = None,
+    *,
+    upcasters: Sequence[EventUpcaster] = (),
+    retry: Retry | None = None,
+) -> CqrsFramework[C, E, S]:
+    """A framework whose source of truth is the events alone (every load replays them),
+    over an open ``repository`` whose schema exists. See :func:`new_framework`."""
+    return new_framework(
+        repository, aggregate_class, queries, services, upcasters=upcasters, retry=retry
+    )
+
+
+def snapshot_cqrs(
+    repository: PersistedEventRepository,
+    aggregate_class: type[Aggregate[C, E, S]],
+    queries: Sequence[Query[E]],
+    snapshot_every: int,
+    services: S | None = None,
+    *,
+    upcasters: Sequence[EventUpcaster] = (),
+    retry: Retry | None = None,
+) -> CqrsFramework[C, E, S]:
+    """Like :func:`event_store_cqrs`, also storing the state whenever a commit crosses a
+    multiple of ``snapshot_every`` events; a load reads the snapshot and the events after it."""
+    return new_framework(
+        repository,
+        aggregate_class,
+        queries,
+        services,
+        snapshot_every=snapshot_every,
+        upcasters=upcasters,
+        retry=retry,
+    )
+
+
+def aggregate_cqrs(
+    repository: PersistedEventRepository,
+    aggregate_class: type[Aggregate[C, E, S]],
+    queries: Sequence[Query[E]] = (),
+    services: S | None = None,
+    *,
+    upcasters: Sequence[EventUpcaster] = (),
+    retry: Retry | None = None,
+) -> CqrsFramework[C, E, S]:
+    """Like :func:`event_store_cqrs`, storing the state after every commit (the events are
+    still stored, so queries and replays see them); a load reads the state alone."""
+    return new_framework(
+        repository,
+        aggregate_class,
+        queries,
+        services,
+        aggregate_store=True,
+        upcasters=upcasters,
+        retry=retry,
+    )

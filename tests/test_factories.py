@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from decimal import Decimal
 
 import pytest
 
 import cqrs
+from cqrs.factories import aggregate_cqrs, event_store_cqrs, snapshot_cqrs
 from cqrs_memory import MemoryEventRepository
 from examples.bank_account.domain import (
     BankAccount,
@@ -71,3 +73,53 @@ async def test_queries_retry_upcasters_and_error_handler_are_passed_on():
 async def test_both_snapshot_options_at_once_are_refused():
     with pytest.raises(cqrs.ConfigurationError, match="not both"):
         cqrs.new_framework(await opened(), BankAccount, snapshot_every=5, aggregate_store=True)
+
+
+def test_every_backends_factories_have_identical_signatures():
+    import cqrs_memory  # noqa: PLC0415
+    import cqrs_mongodb  # noqa: PLC0415
+    import cqrs_postgres  # noqa: PLC0415
+    import cqrs_sqlite  # noqa: PLC0415
+
+    expected = {
+        "cqrs": inspect.signature(event_store_cqrs),
+        "snapshot_cqrs": inspect.signature(snapshot_cqrs),
+        "aggregate_cqrs": inspect.signature(aggregate_cqrs),
+    }
+    for module, prefix in [
+        (cqrs_memory, "memory"),
+        (cqrs_sqlite, "sqlite"),
+        (cqrs_postgres, "postgres"),
+        (cqrs_mongodb, "mongodb"),
+    ]:
+        for suffix, signature in expected.items():
+            name = f"{prefix}_{suffix}"
+            assert name in module.__all__
+            assert inspect.signature(getattr(module, name)) == signature, name
+    assert list(expected["snapshot_cqrs"].parameters) == [
+        "repository",
+        "aggregate_class",
+        "queries",
+        "snapshot_every",
+        "services",
+        "upcasters",
+        "retry",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["cqrs", "snapshot_cqrs", "aggregate_cqrs"])
+async def test_backend_factories_build_the_chosen_source_of_truth(kind):
+    from cqrs_memory import memory_aggregate_cqrs, memory_cqrs, memory_snapshot_cqrs  # noqa: PLC0415
+
+    repository = await opened()
+    services = BankAccountServices()
+    if kind == "cqrs":
+        app = memory_cqrs(repository, BankAccount, (), services)
+    elif kind == "snapshot_cqrs":
+        app = memory_snapshot_cqrs(repository, BankAccount, (), 2, services)
+    else:
+        app = memory_aggregate_cqrs(repository, BankAccount, (), services)
+    await app.execute("a1", OpenAccount("a1"))
+    await app.execute("a1", DepositMoney(Decimal(1)))
+    snapshot = await repository.get_snapshot("BankAccount", "a1")
+    assert (snapshot and snapshot.last_sequence) == {"cqrs": None}.get(kind, 2)

@@ -642,16 +642,6 @@ async def test_factories_run_the_bank_account(repo, kind):
     assert (snapshot and snapshot.last_sequence) == expected
 
 
-async def test_factory_with_a_path_builds_an_unopened_repository(tmp_path):
-    framework = sqlite_cqrs(tmp_path / "bank.db", BankAccount)
-    repository = framework.store.repository
-    assert isinstance(repository, SqliteEventRepository)
-    async with repository:
-        await repository.create_schema()
-        await framework.execute("acc", OpenAccount("acc"))
-    assert (tmp_path / "bank.db").exists()
-
-
 # -- surface ---------------------------------------------------------------------------------
 
 

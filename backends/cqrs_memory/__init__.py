@@ -4,6 +4,7 @@ It has real optimistic concurrency and global positions, so it passes the whole
 conformance suite; it keeps nothing after the process ends.
 """
 
+from cqrs_memory.factories import memory_aggregate_cqrs, memory_cqrs, memory_snapshot_cqrs
 from cqrs_memory.repository import (
     MemoryDatabase,
     MemoryEventRepository,
@@ -11,4 +12,12 @@ from cqrs_memory.repository import (
     from_url,
 )
 
-__all__ = ["MemoryDatabase", "MemoryEventRepository", "MemoryViewRepository", "from_url"]
+__all__ = [
+    "MemoryDatabase",
+    "MemoryEventRepository",
+    "MemoryViewRepository",
+    "from_url",
+    "memory_aggregate_cqrs",
+    "memory_cqrs",
+    "memory_snapshot_cqrs",
+]
