@@ -12,7 +12,7 @@ a type encodes to, so that stored state written for another structure is recogni
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast
 
 import msgspec
@@ -76,10 +76,6 @@ class MsgspecCodec:
     def encode(self, value: object) -> bytes:
         """Encode a value as compact JSON bytes; ``Decimal`` becomes a string."""
         return self._encoder.encode(value)
-
-    def encode_metadata(self, metadata: Mapping[str, str]) -> bytes:
-        """Encode metadata (a mapping of strings) as JSON bytes."""
-        return self._encoder.encode(metadata)
 
     def decode(self, data: bytes | str, type_: type[T]) -> T:
         """Decode JSON into ``type_`` in one pass."""
