@@ -3,11 +3,13 @@
 Like the backend: a psycopg_pool pool of autocommit connections (1 to 10) preparing every
 statement on the server at first use, one connection borrowed per operation, binary result
 rows with ``json`` columns returned as undecoded text. A load is one SELECT; a commit is one
-statement (the events inserted from ``unnest`` arrays, with the snapshot upsert in the same
-CTE when due), so it is atomic without BEGIN/COMMIT round trips; a stream ends with the
-backend's ``max(position)`` query (its hold-back check). The json-as-text loaders are
-registered once per connection (the cheapest way to the same result). The tables are
-created by the backend's ``create_schema`` (the DDL is not what is measured).
+statement (the events inserted from ``unnest`` arrays if they follow the stored last
+sequence, with the snapshot upsert in the same CTE when due), so it is atomic without
+BEGIN/COMMIT round trips; a page of one type is planned with its values (never prepared),
+and a stream ends with the backend's ``max(position)`` query (its hold-back check). The
+json-as-text loaders are registered once per connection (the cheapest way to the same
+result). The tables are created by the backend's ``create_schema`` (the DDL is not what is
+measured).
 """
 
 from __future__ import annotations
@@ -142,6 +144,8 @@ class RawPostgresSide(RawSide):
             [metadata] * count,
             [timestamp] * count,
             new_event_ids(count),
+            AGGREGATE_TYPE,  # the statement's check that the batch follows the stored events
+            aggregate_id,
         ]
         statement = self._persist
         if snapshot is not None:
@@ -160,7 +164,8 @@ class RawPostgresSide(RawSide):
     async def read_page(self, after: int, limit: int) -> list[Row]:
         async with self.pool.connection() as conn:
             cursor = conn.cursor(binary=True)
-            await cursor.execute(self._all_of_type, (AGGREGATE_TYPE, after, limit))
+            params = {"type": AGGREGATE_TYPE, "after": after, "limit": limit}
+            await cursor.execute(self._all_of_type, params, prepare=False)  # as the backend
             rows = await cursor.fetchall()
             if len(rows) < limit:  # the end: the backend's hold-back check, same connection
                 await cursor.execute(self._newest_of_type, (AGGREGATE_TYPE,))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import psycopg
 from psycopg import AsyncConnection, AsyncCursor, pq
@@ -22,16 +23,19 @@ from cqrs.errors import (
     DatabaseConnectionError,
     UnexpectedError,
 )
+from cqrs.repository import not_open
 
 __all__ = [
+    "Connections",
     "Pool",
-    "borrow",
     "default_postgres_pool",
     "describe_url",
     "new_pool",
     "open_pool",
     "raw_json_cursor",
 ]
+
+T = TypeVar("T")
 
 Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
 """The pool type the repositories take (psycopg_pool's default for a URL)."""
@@ -120,35 +124,82 @@ async def default_postgres_pool(
     return pool
 
 
-@asynccontextmanager
-async def borrow(pool: Pool, what: str) -> AsyncIterator[AsyncConnection[TupleRow]]:
-    """Lend a connection of ``pool`` in autocommit mode (restored afterwards).
+class Connections:
+    """Where a repository and the view repositories made from it borrow connections: the
+    pool (replaced when an owned pool is reopened) and whether the repository is open.
 
-    This is the backend's one translation of driver errors, each raised ``from`` the driver
-    error: a unique violation or a serialization failure -> AggregateConflict; a connection,
-    pool or server-shutdown error -> DatabaseConnectionError; any other -> UnexpectedError.
-    ``what`` names the operation in the message. A connection found broken (a server
-    restart, a killed backend) makes the pool replace all its connections, so only the
-    commands already in flight fail.
+    ``owner`` names the repository in :class:`~cqrs.errors.NotOpenError`. A repository over
+    a caller's pool that is open can be used without ``open()``; once the repository is
+    closed (``closed`` set), nothing is lent until it is opened again.
     """
-    if pool.closed:
-        msg = f"{what}: the connection pool is not open; call open() or use 'async with'"
-        raise ConfigurationError(msg)
-    conn: AsyncConnection[TupleRow] | None = None
-    try:
-        async with pool.connection() as conn:
-            restore = not conn.autocommit
-            if restore:
-                await conn.set_autocommit(True)
-            try:
+
+    def __init__(self, pool: Pool, owner: str) -> None:
+        self.pool = pool
+        self.owner = owner
+        self.closed = False
+
+    @asynccontextmanager
+    async def borrow(self, what: str) -> AsyncIterator[AsyncConnection[TupleRow]]:
+        """Lend a connection in autocommit mode (restored afterwards).
+
+        Raises NotOpenError (before any I/O) if the repository or its pool is not open. This
+        is the backend's one translation of driver errors, each raised ``from`` the driver
+        error: a unique violation or a serialization failure -> AggregateConflict; a
+        connection, pool or server-shutdown error -> DatabaseConnectionError; any other ->
+        UnexpectedError. ``what`` names the operation in the message.
+        """
+        try:
+            async with self._connection() as conn:
                 yield conn
-            finally:
-                if restore and not conn.closed:
-                    await conn.set_autocommit(False)
-    except psycopg.Error as error:
-        if conn is not None and conn.broken:
-            await _replace_connections(pool)
-        raise _translate(error, what) from error
+        except psycopg.Error as error:
+            raise _translate(error, what) from error
+
+    async def run(
+        self,
+        what: str,
+        operation: Callable[[AsyncConnection[TupleRow]], Awaitable[T]],
+        again: Callable[[AsyncConnection[TupleRow]], Awaitable[T]] | None = None,
+    ) -> T:
+        """``operation`` on a borrowed connection (as :meth:`borrow`); if that connection
+        turns out broken, ``again`` (default: ``operation``) once more on a fresh one.
+
+        A pooled connection the server dropped while it was idle (a restart, a killed
+        backend) is only found broken when used: the retry makes an operation sent after
+        such a fault succeed. The broken connection may also have carried the operation to
+        the server before it broke, so only operations that are safe to repeat come here:
+        reads, and writes that recognize their own earlier success.
+        """
+        conn: AsyncConnection[TupleRow] | None = None
+        try:
+            async with self._connection() as conn:
+                return await operation(conn)
+        except psycopg.Error as error:
+            if conn is None or not conn.broken:
+                raise _translate(error, what) from error
+        async with self.borrow(what) as conn:
+            return await (again or operation)(conn)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[TupleRow]]:
+        if self.closed or self.pool.closed:
+            raise not_open(self.owner)
+        conn: AsyncConnection[TupleRow] | None = None
+        try:
+            async with self.pool.connection() as conn:
+                restore = not conn.autocommit
+                if restore:
+                    await conn.set_autocommit(True)
+                try:
+                    yield conn
+                finally:
+                    if restore and not conn.closed:
+                        await conn.set_autocommit(False)
+        except psycopg.Error:
+            if conn is not None and conn.broken:
+                # The pool's idle connections are most likely as dead as this one (a
+                # restart, or every idle backend killed): replace them all.
+                await _replace_connections(self.pool)
+            raise
 
 
 def _translate(error: psycopg.Error, what: str) -> AggregateError:

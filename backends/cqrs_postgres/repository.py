@@ -22,26 +22,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 from typing import TypeVar, cast
 
+import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow, tuple_row
 
 from cqrs.codec import Codec, default_codec
-from cqrs.errors import DatabaseConnectionError
+from cqrs.errors import AggregateConflict, DatabaseConnectionError
 from cqrs.repository import (
     AsyncResource,
     SerializedEvent,
     SerializedSnapshot,
+    check_batch,
     read_pages,
+    stored_positions,
     validate_identifier,
 )
 from cqrs_postgres.connection import (
     DEFAULT_MAX_SIZE,
     DEFAULT_MIN_SIZE,
     DEFAULT_TIMEOUT,
+    Connections,
     Pool,
-    borrow,
     new_pool,
     open_pool,
     raw_json_cursor,
@@ -53,9 +57,17 @@ __all__ = ["PostgresEventRepository", "from_url"]
 
 V = TypeVar("V")
 
+DEFAULT_PAGE_SIZE = 1000
+DEFAULT_HOLD_BACK_WAIT = 1.0
+
 MAX_BATCH = (1 << 20) - 1
 """The most events one ``persist`` can store (the index bits of a position)."""
 
+# The rows are inserted only if the batch starts right after the stored last sequence (the
+# max is one index probe, evaluated once): a gap or a taken sequence writes nothing, and the
+# snapshot is written only with the events. Two writers at one sequence both pass the check;
+# the unique key makes the second wait for the first and fail. No rows written, or a unique
+# violation, is then told apart from a retry of this very batch by its event ids.
 _EVENTS = """WITH written AS (
   INSERT INTO {events} (aggregate_type, aggregate_id, sequence, event_type, event_version,
     payload, metadata, timestamp, event_id, position)
@@ -65,13 +77,16 @@ _EVENTS = """WITH written AS (
     %b::timestamptz[], %b::uuid[])
     WITH ORDINALITY AS batch (sequence, event_type, event_version, payload, metadata,
       timestamp, event_id, ordinal)
+  WHERE batch.sequence - batch.ordinal = (SELECT COALESCE(max(stored.sequence), 0)
+    FROM {events} AS stored WHERE stored.aggregate_type = %b AND stored.aggregate_id = %b)
   RETURNING position
 )"""
 
 _SNAPSHOT = """, snapshot AS (
   INSERT INTO {snapshots} AS stored (aggregate_type, aggregate_id, last_sequence,
     current_snapshot, payload, timestamp)
-  VALUES (%b, %b, %b, %b, %b::json, CURRENT_TIMESTAMP)
+  SELECT %b::text, %b::text, %b::bigint, %b::bigint, %b::json, CURRENT_TIMESTAMP
+  WHERE EXISTS (SELECT FROM written)
   ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
   SET last_sequence = excluded.last_sequence, current_snapshot = excluded.current_snapshot,
     payload = excluded.payload, timestamp = excluded.timestamp
@@ -102,14 +117,22 @@ FROM {events} WHERE position > %b
 ORDER BY position LIMIT %b"""
 )
 
+# Row comparisons, not ``aggregate_type = ... AND position > ...``: with an equality on the
+# type the planner may walk the position index and filter by type (it guesses the type is
+# spread evenly), reading every other type's rows in between, or all of them for a type
+# whose events are recent. Row bounds are served by the (aggregate_type, position) index,
+# which reads exactly the rows of the page. This statement is never prepared: a generic plan
+# does not know the type's share of the table nor the page size, and may choose the primary
+# key plus a sort of every event of the type; planning each page with its values (a small
+# cost next to reading a page) picks the index.
 _ALL_OF_TYPE = (
     """SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
   metadata, COALESCE(timestamp, 'epoch'), event_id, position
-FROM {events} WHERE aggregate_type = %b AND position > %b
-  AND position <= """
+FROM {events} WHERE (aggregate_type, position) > (%(type)b, %(after)b)
+  AND (aggregate_type, position) <= (%(type)b, """
     + _HORIZON
-    + """
-ORDER BY position LIMIT %b"""
+    + """)
+ORDER BY aggregate_type, position LIMIT %(limit)b"""
 )
 
 _NEWEST_ALL = "SELECT max(position) FROM {events}"
@@ -134,8 +157,15 @@ class PostgresEventRepository(AsyncResource):
     pgbouncer). Payloads come back as undecoded JSON text for the core codec.
 
     A pool passed in belongs to the caller: :meth:`open` opens it if needed, :meth:`close`
-    leaves it open. A repository from :func:`from_url` owns its pool and closes it.
-    Call :meth:`create_schema` once (it is idempotent) before the first use.
+    leaves it open (and the repository refuses work with NotOpenError until reopened; over
+    a caller's open pool, no :meth:`open` is needed first). A repository from
+    :func:`from_url` owns its pool and closes it. Call :meth:`create_schema` once (it is
+    idempotent) before the first use.
+
+    A connection the server dropped (a restart, a killed backend) is found broken only when
+    used: reads and commits are then sent once more on a fresh connection, so only
+    operations in flight during the fault can fail. A commit is safe to repeat: a batch
+    already stored with the same event ids returns its stored positions.
     """
 
     def __init__(
@@ -145,11 +175,10 @@ class PostgresEventRepository(AsyncResource):
         snapshots_table: str = "snapshots",
         *,
         owns_pool: bool = False,
-        page_size: int = 1000,
-        hold_back_wait: float = 1.0,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        hold_back_wait: float = DEFAULT_HOLD_BACK_WAIT,
         open_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        self.pool = pool
         self.events_table = validate_identifier(events_table)
         self.snapshots_table = validate_identifier(snapshots_table)
         schema_version_table(events_table)
@@ -158,6 +187,7 @@ class PostgresEventRepository(AsyncResource):
             raise ValueError(msg)
         self.page_size = page_size
         self.hold_back_wait = hold_back_wait
+        self._connections = Connections(pool, f"PostgresEventRepository({events_table!r})")
         self._owns_pool = owns_pool
         self._pool_spent = False
         self._open_timeout = open_timeout
@@ -179,14 +209,21 @@ class PostgresEventRepository(AsyncResource):
         self._newest_of_type = build(_NEWEST_OF_TYPE)
 
     def with_tables(self, events_table: str, snapshots_table: str) -> PostgresEventRepository:
-        """A repository on the same pool (which it does not own) using these tables."""
+        """A repository on the same pool (which it does not own) using these tables, with the
+        same ``page_size``, ``hold_back_wait`` and ``open_timeout``."""
         return PostgresEventRepository(
             self.pool,
             events_table,
             snapshots_table,
             page_size=self.page_size,
             hold_back_wait=self.hold_back_wait,
+            open_timeout=self._open_timeout,
         )
+
+    @property
+    def pool(self) -> Pool:
+        """The pool this repository borrows from (a new one after an owned pool reopens)."""
+        return self._connections.pool
 
     async def open(self) -> None:
         """Open the pool if it is not open yet (idempotent); raise DatabaseConnectionError if
@@ -194,7 +231,7 @@ class PostgresEventRepository(AsyncResource):
         (psycopg pools cannot reopen)."""
         if self._owns_pool and self._pool_spent:
             old = self.pool
-            self.pool = new_pool(
+            self._connections.pool = new_pool(
                 cast("str", old.conninfo),
                 min_size=old.min_size,
                 max_size=old.max_size,
@@ -206,9 +243,12 @@ class PostgresEventRepository(AsyncResource):
         except DatabaseConnectionError:
             self._pool_spent = True
             raise
+        self._connections.closed = False
 
     async def close(self) -> None:
-        """Close the pool if this repository owns it (idempotent)."""
+        """Close the pool if this repository owns it (idempotent). Either way the repository
+        (and its view repositories) lend no connection until :meth:`open` is called again."""
+        self._connections.closed = True
         if self._owns_pool and not self.pool.closed:
             await self.pool.close()
             self._pool_spent = True
@@ -216,8 +256,11 @@ class PostgresEventRepository(AsyncResource):
     async def create_schema(self) -> None:
         """Apply the DDL files not yet applied to these tables (see
         :mod:`cqrs_postgres.schema`); safe when several processes run it at once."""
-        async with borrow(self.pool, f"create schema for {self.events_table}") as conn:
-            await apply_event_schema(conn, self.events_table, self.snapshots_table)
+
+        async def apply(conn: AsyncConnection[TupleRow]) -> list[str]:
+            return await apply_event_schema(conn, self.events_table, self.snapshots_table)
+
+        await self._connections.run(f"create schema for {self.events_table}", apply)
 
     async def get_events(self, aggregate_type: str, aggregate_id: str) -> list[SerializedEvent]:
         """All events of one aggregate, by sequence."""
@@ -232,21 +275,36 @@ class PostgresEventRepository(AsyncResource):
     async def _read(
         self, aggregate_type: str, aggregate_id: str, after: int, limit: int | None
     ) -> list[SerializedEvent]:
-        async with borrow(self.pool, f"read {aggregate_type} {aggregate_id!r}") as conn:
-            cursor = raw_json_cursor(conn)
-            await cursor.execute(self._one_aggregate, (aggregate_type, aggregate_id, after, limit))
-            rows = await cursor.fetchall()
+        async def read(conn: AsyncConnection[TupleRow]) -> list[SerializedEvent]:
+            return await self._rows(conn, aggregate_type, aggregate_id, after, limit)
+
+        return await self._connections.run(f"read {aggregate_type} {aggregate_id!r}", read)
+
+    async def _rows(
+        self,
+        conn: AsyncConnection[TupleRow],
+        aggregate_type: str,
+        aggregate_id: str,
+        after: int,
+        limit: int | None,
+    ) -> list[SerializedEvent]:
+        cursor = raw_json_cursor(conn)
+        await cursor.execute(self._one_aggregate, (aggregate_type, aggregate_id, after, limit))
+        rows = await cursor.fetchall()
         return [SerializedEvent(aggregate_type, aggregate_id, *row) for row in rows]
 
     async def get_snapshot(
         self, aggregate_type: str, aggregate_id: str
     ) -> SerializedSnapshot | None:
         """The aggregate's snapshot, or None."""
-        what = f"read snapshot of {aggregate_type} {aggregate_id!r}"
-        async with borrow(self.pool, what) as conn:
+
+        async def read(conn: AsyncConnection[TupleRow]) -> TupleRow | None:
             cursor = raw_json_cursor(conn)
             await cursor.execute(self._get_snapshot, (aggregate_type, aggregate_id))
-            row = await cursor.fetchone()
+            return await cursor.fetchone()
+
+        what = f"read snapshot of {aggregate_type} {aggregate_id!r}"
+        row = await self._connections.run(what, read)
         if row is None:
             return None
         payload, last_sequence, version = row
@@ -257,22 +315,17 @@ class PostgresEventRepository(AsyncResource):
     ) -> list[int]:
         """Store the events and the snapshot in one statement; return their positions.
 
-        Raises AggregateConflict if a sequence is taken (nothing is stored then).
+        Raises AggregateConflict (nothing is stored then) unless the batch starts right after
+        the stored last sequence, or is already stored (same sequences and event ids), in
+        which case its stored positions are returned. A write whose outcome is unknown (the
+        connection broke) is sent once more on a fresh connection, where it is either stored
+        or recognized as stored.
         """
-        if not events:
-            return []
-        first = events[0]
+        check_batch(events)
         if len(events) > MAX_BATCH:
             msg = f"persist takes at most {MAX_BATCH} events at once, not {len(events)}"
             raise ValueError(msg)
-        for offset, event in enumerate(events):
-            if (
-                event.aggregate_type != first.aggregate_type
-                or event.aggregate_id != first.aggregate_id
-                or event.sequence != first.sequence + offset
-            ):
-                msg = "persist takes consecutive events of one aggregate"
-                raise ValueError(msg)
+        first = events[0]
         params: list[object] = [
             first.aggregate_type,
             first.aggregate_id,
@@ -283,6 +336,8 @@ class PostgresEventRepository(AsyncResource):
             [_text(e.metadata) for e in events],
             [e.timestamp for e in events],
             [e.event_id for e in events],
+            first.aggregate_type,
+            first.aggregate_id,
         ]
         statement = self._persist
         if snapshot is not None:
@@ -295,11 +350,36 @@ class PostgresEventRepository(AsyncResource):
                 _text(snapshot.payload),
             ]
         what = f"persist {first.aggregate_type} {first.aggregate_id!r}"
-        async with borrow(self.pool, what) as conn:
+
+        async def write(conn: AsyncConnection[TupleRow]) -> list[int]:
             cursor = conn.cursor(row_factory=tuple_row)
-            await cursor.execute(statement, params)
-            rows = await cursor.fetchall()
-        return [cast("int", row[0]) for row in rows]
+            try:
+                await cursor.execute(statement, params)
+                positions = [cast("int", row[0]) for row in await cursor.fetchall()]
+            except psycopg.errors.UniqueViolation:
+                # A writer took a sequence between this statement's check and its insert.
+                if (stored := await self._stored_positions(conn, events)) is None:
+                    raise
+                return stored
+            if positions:
+                return positions
+            if (stored := await self._stored_positions(conn, events)) is None:
+                msg = f"{what}: sequence {first.sequence} does not follow the stored last sequence"
+                raise AggregateConflict(msg)
+            return stored
+
+        return await self._connections.run(what, write)
+
+    async def _stored_positions(
+        self, conn: AsyncConnection[TupleRow], events: Sequence[SerializedEvent]
+    ) -> list[int] | None:
+        """The positions of ``events`` if they are stored already (by their event ids)."""
+        first = events[0]
+        after = first.sequence - 1
+        stored = await self._rows(
+            conn, first.aggregate_type, first.aggregate_id, after, len(events)
+        )
+        return stored_positions(events, stored)
 
     async def stream_events(
         self, aggregate_type: str, aggregate_id: str
@@ -328,17 +408,10 @@ class PostgresEventRepository(AsyncResource):
         deadline = 0.0
         pause = 0.0005
         while True:
-            async with borrow(self.pool, what) as conn:
-                cursor = raw_json_cursor(conn)
-                if aggregate_type is None:
-                    await cursor.execute(self._all, (after, self.page_size))
-                else:
-                    params = (aggregate_type, after, self.page_size)
-                    await cursor.execute(self._all_of_type, params)
-                rows = await cursor.fetchall()
-                if len(rows) < self.page_size and newest is None:
-                    newest = await self._newest(conn, aggregate_type)
-                    deadline = time.monotonic() + self.hold_back_wait
+            page = partial(self._page, aggregate_type, after, find_newest=newest is None)
+            rows, found = await self._connections.run(what, page)
+            if found is not None:
+                newest, deadline = found, time.monotonic() + self.hold_back_wait
             for row in rows:
                 yield SerializedEvent(*row)
             if rows:
@@ -350,22 +423,40 @@ class PostgresEventRepository(AsyncResource):
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
 
-    async def _newest(
-        self, conn: AsyncConnection[TupleRow], aggregate_type: str | None
-    ) -> int | None:
+    async def _page(
+        self,
+        aggregate_type: str | None,
+        after: int,
+        conn: AsyncConnection[TupleRow],
+        *,
+        find_newest: bool,
+    ) -> tuple[list[TupleRow], int | None]:
+        """One page after ``after``; on a short page with ``find_newest``, also the newest
+        stored position (0 if none), on the same connection."""
+        cursor = raw_json_cursor(conn)
+        if aggregate_type is None:
+            await cursor.execute(self._all, (after, self.page_size))
+        else:
+            params = {"type": aggregate_type, "after": after, "limit": self.page_size}
+            await cursor.execute(self._all_of_type, params, prepare=False)
+        rows = await cursor.fetchall()
+        if len(rows) == self.page_size or not find_newest:
+            return rows, None
         cursor = conn.cursor(row_factory=tuple_row, binary=True)
         if aggregate_type is None:
             await cursor.execute(self._newest_all)
         else:
             await cursor.execute(self._newest_of_type, (aggregate_type,))
         row = await cursor.fetchone()
-        return None if row is None else cast("int | None", row[0])
+        newest = None if row is None else cast("int | None", row[0])
+        return rows, 0 if newest is None else newest
 
     def view_repository(
         self, view_type: type[V], table: str, *, codec: Codec = default_codec
     ) -> PostgresViewRepository[V]:
-        """A view repository on this repository's pool."""
-        return PostgresViewRepository(view_type, table, self.pool, codec=codec)
+        """A view repository on this repository's connections: usable while this repository
+        is open, and again after it is reopened."""
+        return PostgresViewRepository(view_type, table, self._connections, codec=codec)
 
 
 def from_url(
@@ -376,10 +467,20 @@ def from_url(
     min_size: int = DEFAULT_MIN_SIZE,
     max_size: int = DEFAULT_MAX_SIZE,
     timeout: float = DEFAULT_TIMEOUT,
+    page_size: int = DEFAULT_PAGE_SIZE,
+    hold_back_wait: float = DEFAULT_HOLD_BACK_WAIT,
 ) -> PostgresEventRepository:
     """An unopened repository that owns a new pool to ``url`` (what ``cqrs.connect`` uses).
     ``open()`` connects, raising DatabaseConnectionError within about ``timeout`` seconds if
-    the server cannot be reached; ``close()`` closes the pool."""
+    the server cannot be reached; ``close()`` closes the pool. ``page_size`` and
+    ``hold_back_wait`` are passed to :class:`PostgresEventRepository`."""
     repository_tables = (validate_identifier(events_table), validate_identifier(snapshots_table))
     pool = new_pool(url, min_size=min_size, max_size=max_size, timeout=timeout)
-    return PostgresEventRepository(pool, *repository_tables, owns_pool=True, open_timeout=timeout)
+    return PostgresEventRepository(
+        pool,
+        *repository_tables,
+        owns_pool=True,
+        page_size=page_size,
+        hold_back_wait=hold_back_wait,
+        open_timeout=timeout,
+    )
