@@ -567,6 +567,32 @@ async def test_a_commit_whose_answer_is_lost_is_recognized_by_its_event_ids(tabl
         await proxy.stop()
 
 
+async def test_a_view_update_whose_answer_is_lost_is_recognized_as_stored(tables):
+    proxy = LosingProxy()
+    url = await proxy.start()
+    repository = from_url(
+        url, events_table=tables["events"], snapshots_table=tables["snapshots"], max_size=1
+    )
+    try:
+        async with repository:
+            views = repository.view_repository(dict[str, int], f"{tables['prefix']}_views")
+            await views.create_schema()
+            await views.update_view({"n": 1}, cqrs.ViewContext("v", 0))
+            await views.update_view({"n": 2}, cqrs.ViewContext("v", 1))  # prepares the update
+            proxy.armed = True
+            await views.update_view({"n": 3}, cqrs.ViewContext("v", 2))
+            assert proxy.lost == 1
+            proxy.armed = True
+            await views.update_view({"n": 1}, cqrs.ViewContext("w", 0))  # an insert
+            assert proxy.lost == 2
+            assert await views.load_with_context("v") == ({"n": 3}, cqrs.ViewContext("v", 3))
+            assert await views.load_with_context("w") == ({"n": 1}, cqrs.ViewContext("w", 1))
+            with pytest.raises(AggregateConflict):  # a real conflict is still one
+                await views.update_view({"n": 4}, cqrs.ViewContext("v", 2))
+    finally:
+        await proxy.stop()
+
+
 async def test_requests_sent_after_the_idle_connections_were_killed_succeed_at_once(tables):
     """Every pooled connection dropped by the server while idle (pg_terminate_backend, as in
     a restart): each kind of request sent afterwards succeeds on its first try."""
