@@ -5,7 +5,10 @@ one ``find`` sorted by sequence, a commit is one transaction (``find_one_and_upd
 counter document, ``insert_many`` of the events, ``bulk_write`` of the snapshot upsert when
 due) run by the driver's ``with_transaction``. The backend additionally groups concurrent
 commits into one transaction; raw commits one transaction per command, so under
-``concurrent_8`` raw is not an upper bound. The collections and indexes are created by the
+``concurrent_8`` raw is not an upper bound. The backend's read of a batch's previous
+sequence (its gap check) is not run on these workloads: every command's aggregate was
+stored or loaded by the same repository just before, which makes that read unnecessary, so
+raw does not do it either. The collections and indexes are created by the
 backend's ``create_schema``. Only run against a real ``mongod`` replica set
 (``--mongodb-url``); test servers are not benchmarked.
 """

@@ -12,8 +12,7 @@ from cqrs.repository import SerializedEvent, SerializedSnapshot
 from cqrs_mongodb._driver import Document
 
 SEQUENCE_KEY = [("aggregate_type", ASCENDING), ("aggregate_id", ASCENDING), ("sequence", ASCENDING)]
-"""The unique index of the events collection; hinted where a query has several ``$or``
-branches on it (SecantusDB plans those as a collection scan unless told)."""
+"""The keys of the events collection's unique index (optimistic concurrency)."""
 
 
 def _text(data: bytes | str) -> str | bytes:

@@ -10,10 +10,13 @@ transaction. Each caller still gets its own outcome:
 - a group holds at most one commit per aggregate (the others wait for the next group), so
   a duplicate key names exactly one culprit; the group is retried without it;
 - a batch must start right after the aggregate's stored last sequence. The transaction first
-  reads the previous sequence of each commit not starting at 1, in one query for the group
-  (skipped for aggregates whose previous sequence this process stored: events are never
-  deleted). A commit whose previous sequence is missing would leave a gap: it gets
-  AggregateConflict and the others commit in the same transaction, without its snapshot;
+  reads the previous sequence of each commit not starting at 1, unless this process stored
+  it or read it (events are never deleted): a command loads its aggregate before it
+  commits, so on that path the read is never needed. One indexed equality query per
+  commit: an ``$or`` over the group would be one round trip on MongoDB, but the test server
+  SecantusDB answers it ~100 times slower than an equality. A commit whose previous
+  sequence is missing would leave a gap: it gets AggregateConflict and the others commit in
+  the same transaction, without its snapshot;
 - a commit that collides with stored sequences (a duplicate key, or sequences this process
   knows it stored, which costs no transaction) is read back: if its event ids are stored at
   its sequences it is a retry of a stored commit and gets their positions
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pymongo
@@ -48,7 +51,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
 from cqrs.errors import AggregateConflict, CqrsError, UnexpectedError
 from cqrs.repository import SerializedEvent, stored_positions
-from cqrs_mongodb._documents import SEQUENCE_KEY, event_from_document
+from cqrs_mongodb._documents import event_from_document
 from cqrs_mongodb._driver import Document, translate
 
 MAX_GROUP_DOCUMENTS = 1000
@@ -158,13 +161,21 @@ class GroupCommitter:
 
     # -- what this process knows it stored ---------------------------------------------------
 
+    def saw(self, key: tuple[str, str], sequence: int) -> None:
+        """Remember that aggregate ``key``'s ``sequence`` is stored (a reader saw it)."""
+        self._extend(key, sequence, sequence)
+
     def _remember(self, commit: Commit) -> None:
-        """Record the sequences ``commit`` stored, extending the aggregate's known range."""
-        first, last = commit.first, commit.last
-        known = self._stored.pop(commit.key, None)
+        """Record the sequences ``commit`` stored."""
+        self._extend(commit.key, commit.first, commit.last)
+
+    def _extend(self, key: tuple[str, str], first: int, last: int) -> None:
+        """Record that ``first`` to ``last`` are stored, extending the aggregate's known
+        range when they touch it (else they replace it)."""
+        known = self._stored.pop(key, None)
         if known is not None and known[0] <= first <= known[1] + 1:
             first, last = known[0], max(last, known[1])
-        self._stored[commit.key] = (first, last)
+        self._stored[key] = (first, last)
         if len(self._stored) > REMEMBERED_AGGREGATES:
             self._stored.popitem(last=False)
 
@@ -182,36 +193,33 @@ class GroupCommitter:
     # -- reading back --------------------------------------------------------------------------
 
     async def _settle(self, commits: Sequence[Commit]) -> list[Commit]:
-        """Read back the stored events at the commits' sequences: each commit whose event ids
-        are stored there gets their positions. Return the others (a failed read fails them)."""
-        try:
-            documents = await self._events.find(
-                _any_of(commits, lambda c: {"$gte": c.first, "$lte": c.last}),
-                hint=SEQUENCE_KEY,
-            ).to_list()
-            stored: dict[tuple[str, str], list[SerializedEvent]] = {}
-            for document in documents:
-                event = event_from_document(document)
-                stored.setdefault((event.aggregate_type, event.aggregate_id), []).append(event)
-        except (PyMongoError, BSONError) as error:
-            for commit in commits:
-                _fail(commit, translate(error, commit.doing), error)
-            return []
-        except CqrsError as error:  # a stored event that does not decode
-            for commit in commits:
-                _fail(commit, error)
-            return []
+        """Read back the stored events at each commit's sequences (concurrently, outside any
+        transaction): a commit whose event ids are stored there gets their positions. Return
+        the others; a commit whose read fails gets that error."""
+        stored = await asyncio.gather(*(self._stored_at(commit) for commit in commits))
         rest = []
-        for commit in commits:
-            rows = sorted(stored.get(commit.key, ()), key=lambda event: event.sequence)
-            positions = stored_positions(commit.events, rows)
-            if positions is None:
+        for commit, rows in zip(commits, stored, strict=True):
+            positions = None if rows is None else stored_positions(commit.events, rows)
+            if positions is not None:
+                if not commit.done.done():
+                    commit.done.set_result(positions)
+                self._remember(commit)
+            elif rows is not None:
                 rest.append(commit)
-                continue
-            if not commit.done.done():
-                commit.done.set_result(positions)
-            self._remember(commit)
         return rest
+
+    async def _stored_at(self, commit: Commit) -> list[SerializedEvent] | None:
+        """The stored events at ``commit``'s sequences, or None (and ``commit`` failed) if
+        they cannot be read."""
+        query = _at(commit, {"$gte": commit.first, "$lte": commit.last})
+        try:
+            documents = await self._events.find(query, sort=[("sequence", 1)]).to_list()
+            return [event_from_document(document) for document in documents]
+        except (PyMongoError, BSONError) as error:
+            _fail(commit, translate(error, commit.doing), error)
+        except CqrsError as error:  # a stored event that does not decode
+            _fail(commit, error)
+        return None
 
     async def _settle_known(self, commit: Commit) -> None:
         """Settle a commit that overlaps sequences this process stored, without a
@@ -283,19 +291,18 @@ class GroupCommitter:
         return []
 
     async def _gapped(self, group: Sequence[Commit], session: AsyncClientSession) -> list[Commit]:
-        """The commits whose previous sequence is not stored, in one query for the group
-        (none for aggregates whose previous sequence this process stored)."""
-        unknown = [c for c in group if c.first > 1 and not self._knows(c.key, c.first - 1)]
-        if not unknown:
-            return []
-        found = await self._events.find(
-            _any_of(unknown, lambda c: c.first - 1),
-            {"_id": 0, "aggregate_type": 1, "aggregate_id": 1},
-            hint=SEQUENCE_KEY,
-            session=session,
-        ).to_list()
-        present = {(document["aggregate_type"], document["aggregate_id"]) for document in found}
-        return [commit for commit in unknown if commit.key not in present]
+        """The commits whose previous sequence is not stored (not read for aggregates whose
+        previous sequence this process stored)."""
+        gapped = []
+        for commit in group:
+            if commit.first == 1 or self._knows(commit.key, commit.first - 1):
+                continue
+            previous = await self._events.find_one(
+                _at(commit, commit.first - 1), {"_id": 1}, session=session
+            )
+            if previous is None:
+                gapped.append(commit)
+        return gapped
 
     async def _transaction(
         self, group: Sequence[Commit]
@@ -345,15 +352,10 @@ class GroupCommitter:
                 return await session.with_transaction(attempt)
 
 
-def _any_of(commits: Sequence[Commit], sequence: Callable[[Commit], object]) -> Document:
-    """A filter matching, for each commit, its aggregate's events whose sequence matches
-    ``sequence(commit)`` (a value or an operator document)."""
-    return {
-        "$or": [
-            {"aggregate_type": c.key[0], "aggregate_id": c.key[1], "sequence": sequence(c)}
-            for c in commits
-        ]
-    }
+def _at(commit: Commit, sequence: object) -> Document:
+    """A filter for ``commit``'s aggregate's events whose sequence matches ``sequence`` (a
+    value or an operator document): served by the unique index."""
+    return {"aggregate_type": commit.key[0], "aggregate_id": commit.key[1], "sequence": sequence}
 
 
 def _duplicate_key(error: BaseException) -> Document:

@@ -233,21 +233,33 @@ class MongoEventRepository(AsyncResource):
 
     async def get_events(self, aggregate_type: str, aggregate_id: str) -> list[SerializedEvent]:
         """All events of one aggregate, by sequence."""
-        return await self._find_events(
-            {"aggregate_type": aggregate_type, "aggregate_id": aggregate_id}
+        return self._seen(
+            await self._find_events(
+                {"aggregate_type": aggregate_type, "aggregate_id": aggregate_id}
+            )
         )
 
     async def get_last_events(
         self, aggregate_type: str, aggregate_id: str, after_sequence: int
     ) -> list[SerializedEvent]:
         """The events of one aggregate after ``after_sequence``, by sequence."""
-        return await self._find_events(
-            {
-                "aggregate_type": aggregate_type,
-                "aggregate_id": aggregate_id,
-                "sequence": {"$gt": after_sequence},
-            }
+        return self._seen(
+            await self._find_events(
+                {
+                    "aggregate_type": aggregate_type,
+                    "aggregate_id": aggregate_id,
+                    "sequence": {"$gt": after_sequence},
+                }
+            )
         )
+
+    def _seen(self, events: list[SerializedEvent]) -> list[SerializedEvent]:
+        """Tell the committer the aggregate's last sequence is stored: a commit that follows
+        it (the usual load, handle, commit) then needs no read to rule out a gap."""
+        if events and self._committer is not None:
+            last = events[-1]
+            self._committer.saw((last.aggregate_type, last.aggregate_id), last.sequence)
+        return events
 
     async def _find_events(
         self, query: Document, limit: int = 0, sort: str = "sequence", *, durable: bool = False

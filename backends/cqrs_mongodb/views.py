@@ -36,8 +36,9 @@ class MongoViewRepository(Generic[V]):
     """Views of type ``view_type`` in one collection, with optimistic locking by version.
 
     ``source`` is a ``MongoEventRepository`` (the views share its client and work while it
-    is open), a ``pymongo.AsyncMongoClient`` (database ``database``, else the client's
-    default, else ``"cqrs"``) or an ``AsyncDatabase``. Views are (de)serialized with
+    is open: every method raises :class:`cqrs.NotOpenError` before any I/O otherwise), a
+    ``pymongo.AsyncMongoClient`` (database ``database``, else the client's default, else
+    ``"cqrs"``) or an ``AsyncDatabase``. Views are (de)serialized with
     ``codec``; a stored view that does not decode raises DeserializationError naming it.
     """
 
