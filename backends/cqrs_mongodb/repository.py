@@ -82,8 +82,9 @@ class MongoEventRepository(AsyncResource):
     replica set (a single node is enough) or a sharded cluster; :meth:`open` checks this and
     raises ConfigurationError for a standalone server. Collection names are validated with
     :func:`cqrs.validate_identifier`. The ``stream_*`` methods read ``page_size`` documents
-    per query. Every other method raises :class:`cqrs.NotOpenError` before :meth:`open` and
-    after :meth:`close`.
+    per query. Used before :meth:`open` or after :meth:`close`, every method that reads or
+    writes raises :class:`cqrs.NotOpenError` before any I/O (``view_repository`` only builds
+    the view repository, which raises it when used).
     """
 
     def __init__(
