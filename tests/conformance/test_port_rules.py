@@ -227,20 +227,26 @@ async def test_small_pages_of_one_aggregate_with_others_interleaved(backend):
 # -- atomic snapshots ------------------------------------------------------------------------
 
 
-async def test_a_refused_commit_stores_neither_its_events_nor_its_snapshot(repository):
+async def test_a_refused_commit_stores_neither_its_events_nor_its_snapshot(backend):
+    repository = await backend.open_repository()
+    # A second client knows nothing of what the first stored: only the database refuses.
+    other = await backend.open_repository()
     await repository.persist(batch("a1", 1, 2), SerializedSnapshot(TYPE, "a1", b'{"v": 2}', 2, 1))
-    stale = batch("a1", 2, 3)
-    with pytest.raises(AggregateConflict):
-        await repository.persist(stale, SerializedSnapshot(TYPE, "a1", b'{"v": 4}', 4, 2))
-    snapshot = await repository.get_snapshot(TYPE, "a1")
-    assert snapshot is not None
-    assert (snapshot.last_sequence, snapshot.snapshot_version) == (2, 1)
-    assert [e.sequence for e in await repository.get_events(TYPE, "a1")] == [1, 2]
-    with pytest.raises(AggregateConflict):
-        await repository.persist([event("new", 2)], None)
-    with pytest.raises(AggregateConflict):
-        await repository.persist([event("new", 2)], SerializedSnapshot(TYPE, "new", b"{}", 2, 1))
-    assert await repository.get_snapshot(TYPE, "new") is None
+    for client in (repository, other):
+        with pytest.raises(AggregateConflict):
+            await client.persist(
+                batch("a1", 2, 3), SerializedSnapshot(TYPE, "a1", b'{"v": 4}', 4, 2)
+            )
+        snapshot = await client.get_snapshot(TYPE, "a1")
+        assert snapshot is not None
+        assert (snapshot.last_sequence, snapshot.snapshot_version) == (2, 1)
+        assert [e.sequence for e in await client.get_events(TYPE, "a1")] == [1, 2]
+    for client in (repository, other):
+        with pytest.raises(AggregateConflict):
+            await client.persist([event("new", 2)], None)
+        with pytest.raises(AggregateConflict):
+            await client.persist([event("new", 2)], SerializedSnapshot(TYPE, "new", b"{}", 2, 1))
+        assert await client.get_snapshot(TYPE, "new") is None
 
 
 # -- a second client -------------------------------------------------------------------------
