@@ -5,7 +5,7 @@ command handler, commits the events with optimistic concurrency and feeds the qu
 Storage is any :class:`PersistedEventRepository`; :func:`connect` opens one from a URL.
 """
 
-from cqrs.aggregate import Aggregate
+from cqrs.aggregate import Aggregate, AggregateClass
 from cqrs.codec import Codec, MsgspecCodec, default_codec
 from cqrs.connection import connect
 from cqrs.errors import (
@@ -46,6 +46,7 @@ from cqrs.upcasting import EventUpcaster, RawEvent, SemanticVersionEventUpcaster
 
 __all__ = [
     "Aggregate",
+    "AggregateClass",
     "AggregateConflict",
     "AggregateContext",
     "AggregateError",

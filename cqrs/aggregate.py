@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import ClassVar, Generic, TypeVar
+from collections.abc import Awaitable, Sequence
+from typing import ClassVar, Generic, Never, Protocol, TypeVar
 
 from cqrs.errors import DomainError
 
-__all__ = ["Aggregate"]
+__all__ = ["Aggregate", "AggregateClass"]
 
 C = TypeVar("C")
 E = TypeVar("E")
 S = TypeVar("S")
+A_co = TypeVar("A_co", covariant=True)
+C_contra = TypeVar("C_contra", contravariant=True)
+E_contra = TypeVar("E_contra", contravariant=True)
+S_contra = TypeVar("S_contra", contravariant=True)
 
 
 class Aggregate(ABC, Generic[C, E, S]):
@@ -66,3 +70,43 @@ class Aggregate(ABC, Generic[C, E, S]):
     @abstractmethod
     def apply(self, event: E) -> None:
         """Change the state by one event."""
+
+
+class AggregateClass(Protocol[A_co, C_contra, E_contra, S_contra]):
+    """The type of an aggregate class itself, as the store and the factories take it.
+
+    ``PersistedEventStore(repository, BankAccount)`` matches ``BankAccount`` (the class
+    object) against this protocol, which binds four type parameters at once, so a typed
+    program needs no cast:
+
+    - ``A``: the instances, what ``BankAccount()`` returns. Loading gives back this class,
+      so ``(await store.load_aggregate(id)).aggregate.balance`` type-checks.
+    - ``C`` and ``S``: the command and services types ``handle`` accepts.
+    - ``E``: the event type ``apply`` accepts. It is read from ``apply``, not from what
+      ``handle`` returns: a handler annotated ``-> list[Deposited]`` in an
+      ``Aggregate[Cmd, Deposited | Withdrawn, Svc]`` still gives ``E = Deposited | Withdrawn``.
+
+    For a subclass of ``Aggregate[C, E, S]`` whose ``handle`` and ``apply`` keep the base's
+    parameter types (as usual), these are the base's ``C``, ``E`` and ``S``. A subclass that
+    widens them (``apply(self, event: object)``) widens the store's parameters with them.
+
+    Only the static types are checked here; at run time the store checks the class's
+    ``aggregate_type`` and ``event_classes`` and raises ConfigurationError.
+    """
+
+    def __call__(self) -> A_co:
+        """The empty state of a new aggregate."""
+        ...
+
+    # Read on the class, the methods are unbound: the instance comes first. It is typed
+    # Never because it is never called through this protocol; only C, S and E are read.
+
+    def handle(
+        self, aggregate: Never, command: C_contra, services: S_contra, /
+    ) -> Awaitable[Sequence[object]]:
+        """``Aggregate.handle`` as seen on the class: binds ``C`` and ``S``."""
+        ...
+
+    def apply(self, aggregate: Never, event: E_contra, /) -> None:
+        """``Aggregate.apply`` as seen on the class: binds ``E``."""
+        ...

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from cqrs.aggregate import Aggregate
+from cqrs.aggregate import Aggregate, AggregateClass
 from cqrs.codec import Codec, default_codec
 from cqrs.errors import ConfigurationError
 from cqrs.framework import CqrsFramework, QueryFailure, Retry
@@ -16,6 +16,7 @@ from cqrs.upcasting import EventUpcaster
 
 __all__ = ["aggregate_cqrs", "event_store_cqrs", "new_framework", "snapshot_cqrs"]
 
+A = TypeVar("A", bound="Aggregate[Any, Any, Any]")  # Any: any aggregate class
 C = TypeVar("C")
 E = TypeVar("E")
 S = TypeVar("S")
@@ -23,7 +24,7 @@ S = TypeVar("S")
 
 def new_framework(
     repository: PersistedEventRepository,
-    aggregate_class: type[Aggregate[C, E, S]],
+    aggregate_class: AggregateClass[A, C, E, S],
     queries: Sequence[Query[E]] = (),
     services: S | None = None,
     *,
@@ -43,6 +44,12 @@ def new_framework(
     ``retry`` retries conflicts; ``on_query_error`` receives query failures. Raises
     ConfigurationError if both ``snapshot_every`` and ``aggregate_store`` are given, or for
     an invalid aggregate class.
+
+    Typing: the framework's ``C``, ``E`` and ``S`` (commands, events, services) are read
+    from ``aggregate_class`` (see :class:`~cqrs.aggregate.AggregateClass`), so
+    ``new_framework(repository, BankAccount)`` is a ``CqrsFramework[BankAccountCommand,
+    BankAccountEvent, BankAccountServices]``; the same holds for the three factories below
+    and the backends' ``*_cqrs`` factories, which are these functions.
     """
     if aggregate_store:
         if snapshot_every is not None:
@@ -66,7 +73,7 @@ def new_framework(
 
 def event_store_cqrs(
     repository: PersistedEventRepository,
-    aggregate_class: type[Aggregate[C, E, S]],
+    aggregate_class: AggregateClass[A, C, E, S],
     queries: Sequence[Query[E]] = (),
     services: S | None = None,
     *,
@@ -82,7 +89,7 @@ def event_store_cqrs(
 
 def snapshot_cqrs(
     repository: PersistedEventRepository,
-    aggregate_class: type[Aggregate[C, E, S]],
+    aggregate_class: AggregateClass[A, C, E, S],
     queries: Sequence[Query[E]],
     snapshot_every: int,
     services: S | None = None,
@@ -105,7 +112,7 @@ def snapshot_cqrs(
 
 def aggregate_cqrs(
     repository: PersistedEventRepository,
-    aggregate_class: type[Aggregate[C, E, S]],
+    aggregate_class: AggregateClass[A, C, E, S],
     queries: Sequence[Query[E]] = (),
     services: S | None = None,
     *,

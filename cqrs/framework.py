@@ -55,6 +55,11 @@ class QueryFailure(Generic[E]):
 class CqrsFramework(Generic[C, E, S]):
     """Executes commands against aggregates held in an :class:`~cqrs.store.EventStore`.
 
+    ``CqrsFramework[C, E, S]`` takes commands ``C``, returns envelopes of events ``E`` and
+    passes services ``S`` to the handler; all three are inferred from the store
+    (``CqrsFramework(PersistedEventStore(repository, BankAccount))`` takes exactly
+    BankAccount's commands), so a command of the wrong type is a type error.
+
     ``execute`` loads the aggregate, calls its ``handle`` with the services, commits the
     events with optimistic concurrency and then dispatches the committed envelopes to every
     query in registration order. A command that yields no events commits and dispatches

@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
+from cqrs.aggregate import Aggregate
 from cqrs.errors import AggregateConflict, ConfigurationError
 from cqrs.events import EventEnvelope
 from cqrs.repository import ViewContext, ViewRepository
@@ -124,6 +125,9 @@ class GenericQuery(Generic[V]):
 class QueryReplay(Generic[C, E, S]):
     """Feeds stored events to a query again, to rebuild a view or backfill a projection.
 
+    ``QueryReplay[C, E, S]`` replays the events ``E`` of a store of ``Aggregate[C, E, S]``
+    (any aggregate class) into a ``Query[E]``.
+
     Events are read in pages (bounded memory), decoded and upcast like on load, and each is
     dispatched exactly once, in stream order, one batch per ``dispatch`` call. A batch holds
     consecutive events of one aggregate and is full (``batch_size`` events) unless the run
@@ -136,7 +140,7 @@ class QueryReplay(Generic[C, E, S]):
 
     def __init__(
         self,
-        store: PersistedEventStore[C, E, S],
+        store: PersistedEventStore[Aggregate[C, E, S], C, E, S],
         query: Query[E],
         *,
         batch_size: int = 500,

@@ -8,11 +8,11 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import msgspec
 
-from cqrs.aggregate import Aggregate
+from cqrs.aggregate import Aggregate, AggregateClass
 from cqrs.codec import Codec, default_codec, schema_fingerprint
 from cqrs.errors import (
     ConfigurationError,
@@ -30,6 +30,7 @@ from cqrs.upcasting import EventUpcaster, RawEvent, check_upcaster_order
 
 __all__ = ["AggregateContext", "EventStore", "PersistedEventStore", "validate_input"]
 
+A_co = TypeVar("A_co", bound="Aggregate[Any, Any, Any]", covariant=True)  # Any: any class
 C = TypeVar("C")
 E = TypeVar("E")
 S = TypeVar("S")
@@ -57,8 +58,12 @@ _decode_stored_snapshot = msgspec.json.Decoder(_StoredSnapshot).decode
 
 
 @dataclass(slots=True)
-class AggregateContext(Generic[C, E, S]):
+class AggregateContext(Generic[A_co]):
     """A loaded aggregate and the concurrency token needed to commit to it.
+
+    ``AggregateContext[A]``: ``aggregate`` is an ``A``, the user's own aggregate class when
+    it comes from ``PersistedEventStore.load_aggregate`` (``A`` is covariant, so it is also
+    an ``AggregateContext[Aggregate[C, E, S]]``, what ``EventStore.commit`` takes).
 
     ``version`` is the sequence of the last event the state includes (0 for a new
     aggregate). A successful commit advances both the state and the version, so the context
@@ -69,14 +74,20 @@ class AggregateContext(Generic[C, E, S]):
     """
 
     aggregate_id: str
-    aggregate: Aggregate[C, E, S]
+    aggregate: A_co
     version: int
     snapshot_version: int = 0
     replace_snapshot: bool = False
 
 
 class EventStore(Protocol[C, E, S]):
-    """Loads aggregates and commits events; what :class:`~cqrs.CqrsFramework` needs."""
+    """Loads aggregates and commits events; what :class:`~cqrs.CqrsFramework` needs.
+
+    ``EventStore[C, E, S]`` holds ``Aggregate[C, E, S]`` aggregates: commands ``C``, events
+    ``E``, services ``S``. A ``PersistedEventStore[BankAccount, C, E, S]`` is one, since
+    ``BankAccount`` is an ``Aggregate[C, E, S]``; so ``CqrsFramework(store)`` infers its
+    ``C``, ``E`` and ``S`` from the store.
+    """
 
     def new_aggregate(self, aggregate_id: str) -> Aggregate[C, E, S]:
         """The empty state of aggregate ``aggregate_id`` (no I/O)."""
@@ -89,14 +100,14 @@ class EventStore(Protocol[C, E, S]):
         and upcast, by sequence."""
         ...
 
-    async def load_aggregate(self, aggregate_id: str) -> AggregateContext[C, E, S]:
+    async def load_aggregate(self, aggregate_id: str) -> AggregateContext[Aggregate[C, E, S]]:
         """The aggregate's current state with its concurrency token."""
         ...
 
     async def commit(
         self,
         events: Sequence[E],
-        context: AggregateContext[C, E, S],
+        context: AggregateContext[Aggregate[C, E, S]],
         metadata: Mapping[str, str],
     ) -> list[EventEnvelope[E]]:
         """Store the events after ``context.version`` atomically and return their envelopes;
@@ -123,8 +134,17 @@ def validate_input(aggregate_id: object, metadata: object) -> Mapping[str, str]:
     return metadata
 
 
-class PersistedEventStore(Generic[C, E, S]):
+class PersistedEventStore(Generic[A_co, C, E, S]):
     """The one event store over any :class:`~cqrs.repository.PersistedEventRepository`.
+
+    ``PersistedEventStore[A, C, E, S]``: ``A`` is the aggregate class's instance type
+    (``load_aggregate`` gives back an ``AggregateContext[A]``), and ``C``, ``E``, ``S`` are
+    its commands, events and services. All four are inferred from the class passed in (see
+    :class:`~cqrs.aggregate.AggregateClass`): ``PersistedEventStore(repository, BankAccount)``
+    is a ``PersistedEventStore[BankAccount, BankAccountCommand, BankAccountEvent,
+    BankAccountServices]``. ``A`` is covariant, so code that takes a store of any aggregate
+    class with those commands, events and services can ask for a
+    ``PersistedEventStore[Aggregate[C, E, S], C, E, S]``.
 
     Sources of truth (choose with the constructor or the ``new_*`` factories):
 
@@ -153,7 +173,7 @@ class PersistedEventStore(Generic[C, E, S]):
     def __init__(
         self,
         repository: PersistedEventRepository,
-        aggregate_class: type[Aggregate[C, E, S]],
+        aggregate_class: AggregateClass[A_co, C, E, S],
         *,
         snapshot_every: int | None = None,
         upcasters: Sequence[EventUpcaster] = (),
@@ -165,23 +185,27 @@ class PersistedEventStore(Generic[C, E, S]):
             msg = f"snapshot_every must be a positive int or None, not {snapshot_every!r}"
             raise ConfigurationError(msg)
         self.repository = repository
-        self.aggregate_class = aggregate_class
-        self.aggregate_type = _aggregate_type(aggregate_class)
+        # The protocol binds the type parameters; the object itself is the class.
+        self._aggregate_class = aggregate_class
+        self.aggregate_class = cast("type[A_co]", aggregate_class)
+        self.aggregate_type = _aggregate_type(self.aggregate_class)
         self.snapshot_every = snapshot_every
         self.codec = codec
         self._upcasters = tuple(upcasters)
         check_upcaster_order(self._upcasters)
-        self._classes = _event_classes(aggregate_class)
+        self._classes = _event_classes(self.aggregate_class)
         self._names: dict[type[object], str] = {cls: name for name, cls in self._classes.items()}
         self._versions = {name: event_version_of(cls) for name, cls in self._classes.items()}
-        self._snapshot_schema = "" if snapshot_every is None else _snapshot_schema(aggregate_class)
+        self._snapshot_schema = (
+            "" if snapshot_every is None else _snapshot_schema(self.aggregate_class)
+        )
         self._snapshot_prefix = b'{"schema":' + msgspec.json.encode(self._snapshot_schema)
         self._snapshot_prefix += b',"state":'
 
     @classmethod
     def new_event_store(
-        cls, repository: PersistedEventRepository, aggregate_class: type[Aggregate[C, E, S]]
-    ) -> PersistedEventStore[C, E, S]:
+        cls, repository: PersistedEventRepository, aggregate_class: AggregateClass[A_co, C, E, S]
+    ) -> PersistedEventStore[A_co, C, E, S]:
         """A store whose source of truth is the events alone."""
         return cls(repository, aggregate_class)
 
@@ -189,30 +213,32 @@ class PersistedEventStore(Generic[C, E, S]):
     def new_snapshot_store(
         cls,
         repository: PersistedEventRepository,
-        aggregate_class: type[Aggregate[C, E, S]],
+        aggregate_class: AggregateClass[A_co, C, E, S],
         snapshot_every: int,
-    ) -> PersistedEventStore[C, E, S]:
+    ) -> PersistedEventStore[A_co, C, E, S]:
         """A store that snapshots whenever a commit crosses a multiple of ``snapshot_every``."""
         return cls(repository, aggregate_class, snapshot_every=snapshot_every)
 
     @classmethod
     def new_aggregate_store(
-        cls, repository: PersistedEventRepository, aggregate_class: type[Aggregate[C, E, S]]
-    ) -> PersistedEventStore[C, E, S]:
+        cls, repository: PersistedEventRepository, aggregate_class: AggregateClass[A_co, C, E, S]
+    ) -> PersistedEventStore[A_co, C, E, S]:
         """A store that keeps the state after every commit (events are still stored)."""
         return cls(repository, aggregate_class, snapshot_every=1)
 
-    def with_upcasters(self, upcasters: Sequence[EventUpcaster]) -> PersistedEventStore[C, E, S]:
+    def with_upcasters(
+        self, upcasters: Sequence[EventUpcaster]
+    ) -> PersistedEventStore[A_co, C, E, S]:
         """A copy of this store that applies ``upcasters`` (in list order) on every read."""
         return type(self)(
             self.repository,
-            self.aggregate_class,
+            self._aggregate_class,
             snapshot_every=self.snapshot_every,
             upcasters=upcasters,
             codec=self.codec,
         )
 
-    def new_aggregate(self, aggregate_id: str) -> Aggregate[C, E, S]:
+    def new_aggregate(self, aggregate_id: str) -> A_co:
         """The empty state of aggregate ``aggregate_id``."""
         aggregate = self.aggregate_class()
         aggregate.aggregate_id = aggregate_id
@@ -234,11 +260,11 @@ class PersistedEventStore(Generic[C, E, S]):
             rows = await self.repository.get_events(self.aggregate_type, aggregate_id)
         return [self.decode(row) for row in rows]
 
-    async def load_aggregate(self, aggregate_id: str) -> AggregateContext[C, E, S]:
+    async def load_aggregate(self, aggregate_id: str) -> AggregateContext[A_co]:
         """Rebuild the aggregate from its snapshot (if any) and the events after it."""
         validate_input(aggregate_id, {})
         aggregate_type = self.aggregate_type
-        aggregate = None
+        aggregate: A_co | None = None
         after = 0
         snapshot_version = 0
         replace_snapshot = False
@@ -335,7 +361,7 @@ class PersistedEventStore(Generic[C, E, S]):
                     raise ValueError(msg) from error
         return raw
 
-    def _decode_snapshot(self, snapshot: SerializedSnapshot) -> Aggregate[C, E, S] | None:
+    def _decode_snapshot(self, snapshot: SerializedSnapshot) -> A_co | None:
         """The state in ``snapshot`` if it was written for this class's state schema and
         decodes; else None, with a warning saying why."""
         try:
@@ -370,7 +396,7 @@ class PersistedEventStore(Generic[C, E, S]):
     async def commit(
         self,
         events: Sequence[E],
-        context: AggregateContext[C, E, S],
+        context: AggregateContext[Aggregate[C, E, S]],
         metadata: Mapping[str, str],
     ) -> list[EventEnvelope[E]]:
         """Store ``events`` after ``context.version`` (with a snapshot when one is due) in
@@ -445,7 +471,7 @@ class PersistedEventStore(Generic[C, E, S]):
         ]
 
     def _snapshot_after(
-        self, context: AggregateContext[C, E, S], last: int
+        self, context: AggregateContext[Aggregate[C, E, S]], last: int
     ) -> SerializedSnapshot | None:
         every = self.snapshot_every
         if every is None or (

@@ -21,7 +21,10 @@ class TestFramework(Generic[A]):
         result = await TestFramework(BankAccount, services).given([opened]).when(deposit)
         result.then_expect_events([deposited])
 
-    ``aggregate_id`` is the id the aggregate sees while handling.
+    ``aggregate_id`` is the id the aggregate sees while handling. ``TestFramework[A]`` tests
+    aggregate class ``A`` (inferred from the class passed in): ``then_expect_state`` and
+    ``AggregateResultValidator.aggregate`` see an ``A``. Commands and events are taken as
+    ``object`` so that a test can also feed what the types would refuse.
     """
 
     __test__ = False  # not a pytest test class

@@ -45,7 +45,9 @@ class BankService:
     """The framework, store and view repository of the bank-account app."""
 
     repository: PersistedEventRepository
-    store: PersistedEventStore[BankAccountCommand, BankAccountEvent, BankAccountServices]
+    store: PersistedEventStore[
+        BankAccount, BankAccountCommand, BankAccountEvent, BankAccountServices
+    ]
     views: ViewRepository[BankAccountView]
     cqrs: CqrsFramework[BankAccountCommand, BankAccountEvent, BankAccountServices]
 
