@@ -6,6 +6,7 @@ Storage is any :class:`PersistedEventRepository`; :func:`connect` opens one from
 """
 
 from cqrs.aggregate import Aggregate, AggregateClass
+from cqrs.checkpoints import CheckpointStore, Lease, MemoryCheckpoints, ParkedEvent
 from cqrs.codec import Codec, MsgspecCodec, default_codec
 from cqrs.connection import connect
 from cqrs.errors import (
@@ -16,6 +17,7 @@ from cqrs.errors import (
     DatabaseConnectionError,
     DeserializationError,
     DomainError,
+    LeaseLost,
     NotOpenError,
     UnexpectedError,
     UserError,
@@ -23,6 +25,14 @@ from cqrs.errors import (
 from cqrs.events import DomainEvent, EventEnvelope, event_type_of, event_version_of
 from cqrs.factories import new_framework
 from cqrs.framework import CqrsFramework, QueryFailure, Retry
+from cqrs.projection import (
+    EventDecoder,
+    Projection,
+    ProjectionFailedError,
+    ProjectionRunner,
+    ProjectionStatus,
+    ViewProjection,
+)
 from cqrs.query import EventSource, GenericQuery, Query, QueryReplay, View
 from cqrs.repository import (
     AsyncResource,
@@ -41,6 +51,7 @@ from cqrs.repository import (
     validate_identifier,
 )
 from cqrs.store import AggregateContext, EventStore, PersistedEventStore
+from cqrs.subscription import LocalSignal, Subscription, WakeUps, WakeUpSource
 from cqrs.testing import AggregateResultValidator, AggregateTestExecutor, TestFramework
 from cqrs.upcasting import EventUpcaster, RawEvent, SemanticVersionEventUpcaster
 
@@ -53,6 +64,7 @@ __all__ = [
     "AggregateResultValidator",
     "AggregateTestExecutor",
     "AsyncResource",
+    "CheckpointStore",
     "Codec",
     "ConfigurationError",
     "CqrsError",
@@ -61,15 +73,25 @@ __all__ = [
     "DeserializationError",
     "DomainError",
     "DomainEvent",
+    "EventDecoder",
     "EventEnvelope",
     "EventSource",
     "EventStore",
     "EventUpcaster",
     "GenericQuery",
+    "Lease",
+    "LeaseLost",
+    "LocalSignal",
+    "MemoryCheckpoints",
     "MsgspecCodec",
     "NotOpenError",
+    "ParkedEvent",
     "PersistedEventRepository",
     "PersistedEventStore",
+    "Projection",
+    "ProjectionFailedError",
+    "ProjectionRunner",
+    "ProjectionStatus",
     "Query",
     "QueryFailure",
     "QueryReplay",
@@ -78,12 +100,16 @@ __all__ = [
     "SemanticVersionEventUpcaster",
     "SerializedEvent",
     "SerializedSnapshot",
+    "Subscription",
     "TestFramework",
     "UnexpectedError",
     "UserError",
     "View",
     "ViewContext",
+    "ViewProjection",
     "ViewRepository",
+    "WakeUpSource",
+    "WakeUps",
     "check_batch",
     "check_ids",
     "connect",

@@ -9,6 +9,7 @@
     │   ├── DatabaseConnectionError  the database is unreachable; retry later
     │   ├── DeserializationError   stored data does not decode; fix the data or the upcasters
     │   └── UnexpectedError        anything else (a bug or a driver failure we do not classify)
+    ├── LeaseLost                  another runner took over a projection; this one must stop
     └── ConfigurationError         bad setup: unknown URL scheme, missing extra, invalid name
         └── NotOpenError           a repository used before open() or after close()
 
@@ -29,6 +30,7 @@ __all__ = [
     "DatabaseConnectionError",
     "DeserializationError",
     "DomainError",
+    "LeaseLost",
     "NotOpenError",
     "UnexpectedError",
     "UserError",
@@ -84,6 +86,12 @@ class DeserializationError(AggregateError):
 class UnexpectedError(AggregateError):
     """An error the framework does not classify: a bug in user code outside the handler's
     declared errors, or a driver error with no better category."""
+
+
+class LeaseLost(CqrsError):
+    """A projection runner's lease was taken over by another runner (or the projection was
+    reset), so its checkpoint write was refused: the runner stops running that projection.
+    Nothing it wrote under the old lease moved the checkpoint."""
 
 
 class ConfigurationError(CqrsError, ValueError):

@@ -1,0 +1,543 @@
+"""Projections: read models that run on their own, from a checkpoint, in any process.
+
+A :class:`Projection` names the aggregate types it reads (through the stores that decode
+them) and handles batches of envelopes. A :class:`ProjectionRunner` runs many projections
+concurrently: each one holds a lease in a :class:`~cqrs.checkpoints.CheckpointStore` (so
+exactly one runner, in whatever process, moves it at a time), reads the global stream after
+its checkpoint in batches, hands each batch to the projection, then saves the checkpoint
+under its fencing token. When it has read everything it waits for a wake-up (pushed where
+the backend can, polled otherwise), so it follows new commits live.
+
+Delivery is at least once: a runner that dies after a batch took effect and before its
+checkpoint was saved hands that batch to the next runner again, so handlers use the
+envelope's ``event_id`` (or its ``position``) to be idempotent. :class:`ViewProjection`
+does that for you: each view records the position of the last event applied to it, and
+events at or below it are skipped, so every event takes effect on a view exactly once even
+across crashes, restarts and a stale runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from cqrs.checkpoints import CheckpointStore, Lease, check_lease_name
+from cqrs.errors import AggregateConflict, ConfigurationError, DatabaseConnectionError, LeaseLost
+from cqrs.events import EventEnvelope
+from cqrs.repository import (
+    PersistedEventRepository,
+    SerializedEvent,
+    ViewContext,
+    ViewRepository,
+)
+from cqrs.subscription import PollingWakeUps, WakeUps, WakeUpSource
+
+__all__ = [
+    "EventDecoder",
+    "Projection",
+    "ProjectionFailedError",
+    "ProjectionRunner",
+    "ProjectionStatus",
+    "ViewProjection",
+]
+
+V = TypeVar("V")
+
+logger = logging.getLogger("cqrs.projection")
+
+State = Literal["starting", "running", "standby", "stopped", "failed"]
+
+
+class EventDecoder(Protocol):
+    """Decodes the stored events of one aggregate type (a PersistedEventStore is one)."""
+
+    @property
+    def aggregate_type(self) -> str:
+        """The aggregate type whose events this decodes."""
+        ...
+
+    def decode(self, row: SerializedEvent) -> EventEnvelope[Any]:
+        """Upcast and decode one stored event; raise DeserializationError naming it."""
+        ...
+
+
+class Projection(Protocol):
+    """A read model fed by a :class:`ProjectionRunner`.
+
+    ``name`` identifies its checkpoint and lease (keep it stable; a new name starts from the
+    beginning, which is how a projection is rebuilt into new tables). ``sources`` decode the
+    aggregate types it reads; ``event_types`` (None: all) limits which events are handed to
+    :meth:`handle`, while the checkpoint moves past the others too.
+    """
+
+    @property
+    def name(self) -> str:
+        """The projection's stable name."""
+        ...
+
+    @property
+    def sources(self) -> Sequence[EventDecoder]:
+        """The stores of the aggregate types it reads."""
+        ...
+
+    @property
+    def event_types(self) -> Collection[str] | None:
+        """The event types it handles (None: every event of its sources)."""
+        ...
+
+    async def handle(self, events: Sequence[EventEnvelope[Any]]) -> None:
+        """Apply a batch of events, in global order. Raising retries the batch (see the
+        runner's failure policy); the checkpoint moves only after this returns."""
+        ...
+
+
+class ProjectionFailedError(Exception):
+    """A projection stopped on an event that kept failing (the runner's ``on_failure`` is
+    ``"stop"``): ``position`` and ``event_id`` name the event, ``__cause__`` is the error."""
+
+    def __init__(self, name: str, event: SerializedEvent, error: BaseException) -> None:
+        super().__init__(
+            f"projection {name!r} stopped at position {event.position} "
+            f"({event.aggregate_type} {event.aggregate_id!r} sequence {event.sequence}, "
+            f"event id {event.event_id}): {error!r}"
+        )
+        self.name = name
+        self.position = event.position
+        self.event_id = str(event.event_id)
+
+
+@dataclass(slots=True)
+class ProjectionStatus:
+    """What a runner knows of one projection.
+
+    ``state``: ``starting``, ``running`` (this runner holds the lease), ``standby`` (another
+    runner holds it), ``stopped`` or ``failed`` (``error`` says why). ``checkpoint`` is the
+    position of the last batch saved by this runner (or the stored one when it took the
+    lease); ``head`` the highest position this runner has read; ``lag_events`` their
+    difference; ``lag_seconds`` how old the oldest event not yet applied is (0 when caught
+    up). ``caught_up`` is true after a read found nothing new.
+    """
+
+    name: str
+    state: State = "starting"
+    checkpoint: int = 0
+    head: int = 0
+    caught_up: bool = False
+    error: str | None = None
+    owner: str = ""
+    token: int = 0
+    batches: int = 0
+    parked: int = 0
+    behind_since: datetime | None = None
+    _idle_reads: int = field(default=0, repr=False)
+
+    @property
+    def lag_events(self) -> int:
+        """Positions read but not yet applied (a lower bound of the events behind)."""
+        return max(0, self.head - self.checkpoint)
+
+    @property
+    def lag_seconds(self) -> float:
+        """Age of the oldest event read and not yet applied (0 when caught up)."""
+        if self.behind_since is None:
+            return 0.0
+        return max(0.0, (datetime.now(UTC) - self.behind_since).total_seconds())
+
+
+class ProjectionRunner:
+    """Runs projections concurrently over one repository, each under a lease.
+
+    ``checkpoints`` keeps their checkpoints, leases and parked events (normally in the
+    events' database, from the backend). ``owner`` names this runner (default: host, pid
+    and a random suffix). Each projection reads ``batch_size`` events per batch; its lease
+    lasts ``lease_ttl`` seconds and is renewed at a third of that, so when a runner dies
+    another takes over within about ``lease_ttl`` seconds. ``poll_interval`` bounds how
+    late a commit is noticed when nothing pushes a wake-up.
+
+    Failures: a ``DatabaseConnectionError`` is retried until the database is back (logged on
+    ``cqrs.projection``); any other error from decoding or ``handle`` retries the batch up to
+    ``attempts`` times with a growing delay; after that, ``on_failure="stop"`` (the default)
+    marks the projection failed (:class:`ProjectionFailedError` in its status) while the
+    others go on, and ``"park"`` hands the batch over event by event, parks each event that
+    still fails in the checkpoint store with its error, and goes on.
+
+    :meth:`run` runs until :meth:`stop` (which lets the current batches finish) or until it
+    is cancelled (the current batches are abandoned: their events come again).
+    """
+
+    def __init__(
+        self,
+        repository: PersistedEventRepository,
+        checkpoints: CheckpointStore,
+        projections: Sequence[Projection],
+        *,
+        owner: str | None = None,
+        batch_size: int = 100,
+        lease_ttl: float = 10.0,
+        poll_interval: float = 1.0,
+        attempts: int = 5,
+        retry_delay: float = 0.05,
+        on_failure: Literal["stop", "park"] = "stop",
+    ) -> None:
+        names = [check_lease_name(p.name) for p in projections]
+        if len(set(names)) != len(names):
+            msg = f"projection names must be unique: {sorted(names)}"
+            raise ConfigurationError(msg)
+        for projection in projections:
+            if not projection.sources:
+                msg = f"projection {projection.name!r} reads no aggregate type (no sources)"
+                raise ConfigurationError(msg)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            msg = f"batch_size must be a positive int, not {batch_size!r}"
+            raise ConfigurationError(msg)
+        if not lease_ttl > 0 or not poll_interval > 0 or not retry_delay >= 0 or attempts < 1:
+            msg = "lease_ttl and poll_interval must be > 0, retry_delay >= 0, attempts >= 1"
+            raise ConfigurationError(msg)
+        if on_failure not in ("stop", "park"):
+            msg = f"on_failure must be 'stop' or 'park', not {on_failure!r}"
+            raise ConfigurationError(msg)
+        self.repository = repository
+        self.checkpoints = checkpoints
+        self.projections = tuple(projections)
+        self.owner = check_lease_name(owner or _default_owner(), "owner")
+        self.batch_size = batch_size
+        self.lease_ttl = float(lease_ttl)
+        self.poll_interval = float(poll_interval)
+        self.attempts = attempts
+        self.retry_delay = float(retry_delay)
+        self.on_failure = on_failure
+        self._statuses = {p.name: ProjectionStatus(p.name, owner=self.owner) for p in projections}
+        self._stopping = asyncio.Event()
+        self._progress = asyncio.Condition()
+
+    # -- public API --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, ProjectionStatus]:
+        """The status of every projection, by name (live objects: read, don't change)."""
+        return dict(self._statuses)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return once the current batches are done (e.g. on SIGTERM:
+        ``loop.add_signal_handler(signal.SIGTERM, runner.stop)``)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Run every projection until :meth:`stop` or cancellation; leases are released on
+        the way out so another runner takes over at once."""
+        self._stopping.clear()
+        tasks = [asyncio.create_task(self._run_one(p), name=p.name) for p in self.projections]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def wait_for(self, position: int, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - documented bound
+        """Wait until every projection run here has applied everything up to ``position``
+        (e.g. the position of an event just committed: read-your-writes), or has read all
+        there is; raise TimeoutError after ``timeout`` seconds. Projections that another
+        runner runs count when their stored checkpoint reaches ``position``."""
+        marks = {name: status._idle_reads for name, status in self._statuses.items()}  # noqa: SLF001 - same module
+
+        def done(name: str, status: ProjectionStatus) -> bool:
+            if status.state == "failed":
+                raise RuntimeError(f"projection {name!r} failed: {status.error}")
+            return status.checkpoint >= position or status._idle_reads > marks[name]  # noqa: SLF001
+
+        async with asyncio.timeout(timeout):
+            while True:
+                pending = [n for n, s in self._statuses.items() if not done(n, s)]
+                standby = [n for n in pending if self._statuses[n].state == "standby"]
+                for name in standby:
+                    if await self.checkpoints.position(name) >= position:
+                        pending.remove(name)
+                if not pending:
+                    return
+                async with self._progress:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._progress.wait(), self.poll_interval)
+
+    # -- one projection ------------------------------------------------------------------------
+
+    async def _run_one(self, projection: Projection) -> None:
+        status = self._statuses[projection.name]
+        while not self._stopping.is_set():
+            try:
+                lease = await self.checkpoints.acquire(projection.name, self.owner, self.lease_ttl)
+            except DatabaseConnectionError as error:
+                logger.warning("projection %r cannot reach its checkpoints: %s", status.name, error)
+                await self._pause(self.lease_ttl / 3)
+                continue
+            if lease is None:
+                status.state = "standby"
+                await self._notify()
+                await self._pause(min(self.lease_ttl / 3, self.poll_interval * 5))
+                continue
+            status.state, status.token, status.error = "running", lease.token, None
+            status.checkpoint = lease.position
+            logger.info(
+                "projection %r runs here (%s, token %d) from position %d",
+                status.name,
+                self.owner,
+                lease.token,
+                lease.position,
+            )
+            try:
+                await self._follow(projection, lease, status)
+            except LeaseLost as error:
+                logger.warning("projection %r: %s", status.name, error)
+                status.state = "standby"
+                continue
+            except ProjectionFailedError as error:
+                logger.error("%s", error)  # noqa: TRY400 - the cause is logged with the retries
+                status.state, status.error = "failed", str(error)
+                await self._notify()
+                with contextlib.suppress(Exception):
+                    await self.checkpoints.release(lease)
+                return
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.checkpoints.release(lease))
+                raise
+            with contextlib.suppress(Exception):
+                await self.checkpoints.release(lease)
+        status.state = "stopped"
+        await self._notify()
+
+    async def _follow(self, projection: Projection, lease: Lease, status: ProjectionStatus) -> None:
+        repository = self.repository
+        decoders = {source.aggregate_type: source for source in projection.sources}
+        only = next(iter(decoders)) if len(decoders) == 1 else None
+        event_types = projection.event_types
+        wake_ups: WakeUps = (
+            repository.wake_ups() if isinstance(repository, WakeUpSource) else PollingWakeUps()
+        )
+        position = lease.position
+        renewed = time.monotonic()
+        failures = 0
+        try:
+            while not self._stopping.is_set():
+                if time.monotonic() - renewed > self.lease_ttl / 3:
+                    if not await self.checkpoints.renew(lease, self.lease_ttl):
+                        msg = f"the lease of {lease.owner!r} (token {lease.token}) was taken over"
+                        raise LeaseLost(msg)
+                    renewed = time.monotonic()
+                try:
+                    rows = await self._read(only, position)
+                except DatabaseConnectionError as error:
+                    failures += 1
+                    logger.warning("projection %r lost its database: %s", status.name, error)
+                    await self._pause(min(5.0, self.retry_delay * 2**failures))
+                    continue
+                failures = 0
+                if not rows:
+                    status.caught_up, status.behind_since = True, None
+                    status._idle_reads += 1  # noqa: SLF001 - same module
+                    await self._notify()
+                    await wake_ups.wait(self.poll_interval)
+                    continue
+                status.caught_up = False
+                status.head = max(status.head, rows[-1].position)
+                status.behind_since = rows[0].timestamp
+                wanted = [
+                    row
+                    for row in rows
+                    if row.aggregate_type in decoders
+                    and (event_types is None or row.event_type in event_types)
+                ]
+                if wanted:
+                    await self._apply(projection, lease, decoders, wanted, status)
+                position = rows[-1].position
+                await self.checkpoints.save(lease, position)
+                renewed = time.monotonic()
+                status.checkpoint, status.batches = position, status.batches + 1
+                await self._notify()
+        finally:
+            await wake_ups.close()
+
+    async def _read(self, only: str | None, position: int) -> list[SerializedEvent]:
+        rows: list[SerializedEvent] = []
+        stream = self.repository.stream_all_events(only, position)
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            async for row in stream:
+                rows.append(row)
+                if len(rows) >= self.batch_size:
+                    break
+        return rows
+
+    async def _apply(
+        self,
+        projection: Projection,
+        lease: Lease,
+        decoders: dict[str, EventDecoder],
+        rows: list[SerializedEvent],
+        status: ProjectionStatus,
+    ) -> None:
+        error = await self._try(projection, decoders, rows, status)
+        if error is None:
+            return
+        # One by one, so the events before the failing one take effect and only the events
+        # that fail are parked, or the projection stops right before the first of them.
+        for index, row in enumerate(rows):
+            single = (
+                error if len(rows) == 1 else await self._try(projection, decoders, [row], status)
+            )
+            if single is None:
+                continue
+            if self.on_failure == "stop":
+                if index:
+                    await self.checkpoints.save(lease, rows[index - 1].position)
+                    status.checkpoint = rows[index - 1].position
+                raise ProjectionFailedError(projection.name, row, single) from single
+            await self.checkpoints.park(lease, row, repr(single))
+            status.parked += 1
+            logger.error(
+                "projection %r parked the event at position %d: %r",
+                projection.name,
+                row.position,
+                single,
+            )
+
+    async def _try(
+        self,
+        projection: Projection,
+        decoders: dict[str, EventDecoder],
+        rows: list[SerializedEvent],
+        status: ProjectionStatus,
+    ) -> Exception | None:
+        attempt = 0
+        while True:
+            try:
+                envelopes = [decoders[row.aggregate_type].decode(row) for row in rows]
+                await projection.handle(envelopes)
+            except DatabaseConnectionError as error:
+                logger.warning("projection %r lost its database: %s", status.name, error)
+                await self._pause(min(5.0, self.retry_delay * 2 ** min(attempt, 10)))
+                attempt += 1
+                continue
+            except Exception as error:  # noqa: BLE001 - the failure policy decides
+                attempt += 1
+                logger.warning(
+                    "projection %r failed on %d event(s) from position %d (try %d of %d): %r",
+                    status.name,
+                    len(rows),
+                    rows[0].position,
+                    attempt,
+                    self.attempts,
+                    error,
+                )
+                if attempt >= self.attempts:
+                    return error
+                await self._pause(random.uniform(0, self.retry_delay * 2**attempt))  # noqa: S311 - jitter
+                continue
+            return None
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _notify(self) -> None:
+        async with self._progress:
+            self._progress.notify_all()
+
+
+def _default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class ViewProjection(Generic[V]):
+    """A projection that keeps views keyed by ids it chooses, each event applied exactly once.
+
+    ``key(envelope)`` gives the ids of the views an event changes (a string, several, or
+    None for none): one per account, per ATM, per day, or one overall. ``update(view,
+    envelope)`` changes a view; ``view_type()`` is the empty view. Each stored view's version
+    is the position of the last event applied to it, so an event at or below it is skipped:
+    a batch handed over again after a crash, or written by a stale runner, changes nothing
+    twice. Views go to any :class:`~cqrs.repository.ViewRepository`, in the events' database
+    or elsewhere.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        sources: Sequence[EventDecoder],
+        view_repository: ViewRepository[V],
+        view_type: Callable[[], V],
+        *,
+        key: Callable[[EventEnvelope[Any]], str | Iterable[str] | None],
+        update: Callable[[V, EventEnvelope[Any]], None],
+        event_types: Collection[str] | None = None,
+        attempts: int = 20,
+    ) -> None:
+        self._name = check_lease_name(name)
+        self._sources = tuple(sources)
+        self._event_types = None if event_types is None else frozenset(event_types)
+        self.view_repository = view_repository
+        self.view_type = view_type
+        self.key = key
+        self.update = update
+        self.attempts = attempts
+
+    @property
+    def name(self) -> str:
+        """The projection's name."""
+        return self._name
+
+    @property
+    def sources(self) -> Sequence[EventDecoder]:
+        """The stores it reads."""
+        return self._sources
+
+    @property
+    def event_types(self) -> Collection[str] | None:
+        """The event types it handles (None: all)."""
+        return self._event_types
+
+    async def handle(self, events: Sequence[EventEnvelope[Any]]) -> None:
+        """Apply the events to the views their keys name, one write per view per batch."""
+        by_view: dict[str, list[EventEnvelope[Any]]] = {}
+        for envelope in events:
+            keys = self.key(envelope)
+            if keys is None:
+                continue
+            for view_id in (keys,) if isinstance(keys, str) else keys:
+                by_view.setdefault(view_id, []).append(envelope)
+        for view_id, envelopes in by_view.items():
+            await self._apply(view_id, envelopes)
+
+    async def _apply(self, view_id: str, envelopes: list[EventEnvelope[Any]]) -> None:
+        for attempt in range(self.attempts):
+            loaded = await self.view_repository.load_with_context(view_id)
+            context: ViewContext | None = None
+            if loaded is None:
+                view, version = self.view_type(), 0
+            else:
+                view, context = loaded
+                version = context.version
+            fresh = [e for e in envelopes if e.position > version]
+            if not fresh:
+                return
+            for envelope in fresh:
+                self.update(view, envelope)
+            try:
+                await self.view_repository.update_view(
+                    view, context or ViewContext(view_id, 0), fresh[-1].position
+                )
+            except AggregateConflict:
+                # Another runner (a stale one, or a rebuild) wrote this view in between.
+                await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311
+                continue
+            return
+        msg = f"view {view_id!r} kept changing under projection {self._name!r}"
+        raise AggregateConflict(msg)
