@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Sequence
-from typing import ClassVar, Generic, Never, Protocol, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from cqrs.errors import DomainError
 
@@ -13,7 +13,7 @@ __all__ = ["Aggregate", "AggregateClass"]
 C = TypeVar("C")
 E = TypeVar("E")
 S = TypeVar("S")
-A_co = TypeVar("A_co", covariant=True)
+A = TypeVar("A")
 C_contra = TypeVar("C_contra", contravariant=True)
 E_contra = TypeVar("E_contra", contravariant=True)
 S_contra = TypeVar("S_contra", contravariant=True)
@@ -72,7 +72,7 @@ class Aggregate(ABC, Generic[C, E, S]):
         """Change the state by one event."""
 
 
-class AggregateClass(Protocol[A_co, C_contra, E_contra, S_contra]):
+class AggregateClass(Protocol[A, C_contra, E_contra, S_contra]):
     """The type of an aggregate class itself, as the store and the factories take it.
 
     ``PersistedEventStore(repository, BankAccount)`` matches ``BankAccount`` (the class
@@ -87,26 +87,33 @@ class AggregateClass(Protocol[A_co, C_contra, E_contra, S_contra]):
       ``Aggregate[Cmd, Deposited | Withdrawn, Svc]`` still gives ``E = Deposited | Withdrawn``.
 
     For a subclass of ``Aggregate[C, E, S]`` whose ``handle`` and ``apply`` keep the base's
-    parameter types (as usual), these are the base's ``C``, ``E`` and ``S``. A subclass that
-    widens them (``apply(self, event: object)``) widens the store's parameters with them.
+    parameter types (as usual), these are the base's ``C``, ``E`` and ``S``. One that widens
+    them (``apply(self, event: object)``) widens the store's parameters too, and
+    ``CqrsFramework(store)`` can then no longer infer its own: keep the base's types.
+
+    The class literal, or a value typed ``type[BankAccount]`` or
+    ``type[Aggregate[C, E, S]]``, matches. A value typed ``type[Any]``, ``type`` or
+    ``type[T]`` for a type variable ``T`` does not (mypy infers no instance type from
+    those): a function generic over aggregate classes takes an ``AggregateClass[A, C, E,
+    S]`` itself.
 
     Only the static types are checked here; at run time the store checks the class's
     ``aggregate_type`` and ``event_classes`` and raises ConfigurationError.
     """
 
-    def __call__(self) -> A_co:
+    def __call__(self) -> A:
         """The empty state of a new aggregate."""
         ...
 
-    # Read on the class, the methods are unbound: the instance comes first. It is typed
-    # Never because it is never called through this protocol; only C, S and E are read.
+    # Read on the class, the methods are unbound: the instance comes first, which binds ``A``
+    # when the class is a value typed ``type[...]`` (mypy reads no ``__call__`` from those).
 
     def handle(
-        self, aggregate: Never, command: C_contra, services: S_contra, /
+        self, aggregate: A, command: C_contra, services: S_contra, /
     ) -> Awaitable[Sequence[object]]:
         """``Aggregate.handle`` as seen on the class: binds ``C`` and ``S``."""
         ...
 
-    def apply(self, aggregate: Never, event: E_contra, /) -> None:
+    def apply(self, aggregate: A, event: E_contra, /) -> None:
         """``Aggregate.apply`` as seen on the class: binds ``E``."""
         ...
