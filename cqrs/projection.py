@@ -317,9 +317,6 @@ class ProjectionRunner:
 
     async def _follow(self, projection: Projection, lease: Lease, status: ProjectionStatus) -> None:
         repository = self.repository
-        decoders = {source.aggregate_type: source for source in projection.sources}
-        only = next(iter(decoders)) if len(decoders) == 1 else None
-        event_types = projection.event_types
         wake_ups: WakeUps = (
             repository.wake_ups() if isinstance(repository, WakeUpSource) else PollingWakeUps()
         )
@@ -334,37 +331,74 @@ class ProjectionRunner:
                         raise LeaseLost(msg)
                     renewed = time.monotonic()
                 try:
-                    rows = await self._read(only, position)
+                    moved = await self._batch(projection, lease, status, position)
                 except DatabaseConnectionError as error:
                     failures += 1
                     logger.warning("projection %r lost its database: %s", status.name, error)
                     await self._pause(min(5.0, self.retry_delay * 2**failures))
                     continue
                 failures = 0
-                if not rows:
-                    status.caught_up, status.behind_since = True, None
-                    status._idle_reads += 1  # noqa: SLF001 - same module
-                    await self._notify()
+                if moved is None:
                     await wake_ups.wait(self.poll_interval)
                     continue
-                status.caught_up = False
-                status.head = max(status.head, rows[-1].position)
-                status.behind_since = rows[0].timestamp
-                wanted = [
-                    row
-                    for row in rows
-                    if row.aggregate_type in decoders
-                    and (event_types is None or row.event_type in event_types)
-                ]
-                if wanted:
-                    await self._apply(projection, lease, decoders, wanted, status)
-                position = rows[-1].position
-                await self.checkpoints.save(lease, position)
+                position = moved
                 renewed = time.monotonic()
-                status.checkpoint, status.batches = position, status.batches + 1
-                await self._notify()
         finally:
             await wake_ups.close()
+
+    async def run_once(self) -> int:
+        """Apply at most one batch of each projection whose lease this runner can take now,
+        and release the leases; return how many positions the checkpoints moved in all.
+        For scripts, cron jobs and tests; :meth:`run` is the long-running way."""
+        moved = 0
+        for projection in self.projections:
+            status = self._statuses[projection.name]
+            lease = await self.checkpoints.acquire(projection.name, self.owner, self.lease_ttl)
+            if lease is None:
+                status.state = "standby"
+                continue
+            status.checkpoint, status.token = lease.position, lease.token
+            try:
+                position = await self._batch(projection, lease, status, lease.position)
+            except ProjectionFailedError as error:
+                status.state, status.error = "failed", str(error)
+                raise
+            finally:
+                await self.checkpoints.release(lease)
+            if position is not None:
+                moved += position - lease.position
+        return moved
+
+    async def _batch(
+        self, projection: Projection, lease: Lease, status: ProjectionStatus, position: int
+    ) -> int | None:
+        """Read, apply and checkpoint one batch after ``position``; return the new checkpoint,
+        or None when there was nothing to read."""
+        decoders = {source.aggregate_type: source for source in projection.sources}
+        only = next(iter(decoders)) if len(decoders) == 1 else None
+        rows = await self._read(only, position)
+        if not rows:
+            status.caught_up, status.behind_since = True, None
+            status._idle_reads += 1  # noqa: SLF001 - same module
+            await self._notify()
+            return None
+        status.caught_up = False
+        status.head = max(status.head, rows[-1].position)
+        status.behind_since = rows[0].timestamp
+        event_types = projection.event_types
+        wanted = [
+            row
+            for row in rows
+            if row.aggregate_type in decoders
+            and (event_types is None or row.event_type in event_types)
+        ]
+        if wanted:
+            await self._apply(projection, lease, decoders, wanted, status)
+        position = rows[-1].position
+        await self.checkpoints.save(lease, position)
+        status.checkpoint, status.batches = position, status.batches + 1
+        await self._notify()
+        return position
 
     async def _read(self, only: str | None, position: int) -> list[SerializedEvent]:
         rows: list[SerializedEvent] = []
