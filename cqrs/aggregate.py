@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Sequence
-from typing import ClassVar, Generic, Protocol, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar, Generic, Protocol, Self, TypeVar
 
 from cqrs.errors import DomainError
 
@@ -13,10 +13,10 @@ __all__ = ["Aggregate", "AggregateClass"]
 C = TypeVar("C")
 E = TypeVar("E")
 S = TypeVar("S")
-A = TypeVar("A")
-C_contra = TypeVar("C_contra", contravariant=True)
-E_contra = TypeVar("E_contra", contravariant=True)
-S_contra = TypeVar("S_contra", contravariant=True)
+A_co = TypeVar("A_co", covariant=True)
+C_co = TypeVar("C_co", covariant=True)
+E_co = TypeVar("E_co", covariant=True)
+S_co = TypeVar("S_co", covariant=True)
 
 
 class Aggregate(ABC, Generic[C, E, S]):
@@ -63,6 +63,12 @@ class Aggregate(ABC, Generic[C, E, S]):
 
     aggregate_id: str = ""
 
+    if TYPE_CHECKING:
+        # For the type checker only; no such method exists at run time. It states this
+        # class's own type and its base's C, E and S, which is what AggregateClass reads.
+        @classmethod
+        def _aggregate_signature(cls) -> tuple[Self, C, E, S]: ...
+
     @abstractmethod
     async def handle(self, command: C, services: S) -> Sequence[E]:
         """Decide on ``command`` and return the events to commit, or raise a user error."""
@@ -72,48 +78,34 @@ class Aggregate(ABC, Generic[C, E, S]):
         """Change the state by one event."""
 
 
-class AggregateClass(Protocol[A, C_contra, E_contra, S_contra]):
+class AggregateClass(Protocol[A_co, C_co, E_co, S_co]):
     """The type of an aggregate class itself, as the store and the factories take it.
 
     ``PersistedEventStore(repository, BankAccount)`` matches ``BankAccount`` (the class
-    object) against this protocol, which binds four type parameters at once, so a typed
-    program needs no cast:
+    object, not an instance) against this protocol, which binds four type parameters at
+    once, so a typed program needs no cast:
 
-    - ``A``: the instances, what ``BankAccount()`` returns. Loading gives back this class,
-      so ``(await store.load_aggregate(id)).aggregate.balance`` type-checks.
-    - ``C`` and ``S``: the command and services types ``handle`` accepts.
-    - ``E``: the event type ``apply`` accepts. It is read from ``apply``, not from what
-      ``handle`` returns: a handler annotated ``-> list[Deposited]`` in an
-      ``Aggregate[Cmd, Deposited | Withdrawn, Svc]`` still gives ``E = Deposited | Withdrawn``.
+    - ``A``: the class's instances. Loading gives back this class, so
+      ``(await store.load_aggregate(id)).aggregate.balance`` type-checks.
+    - ``C``, ``E``, ``S``: the command, event and services types of the ``Aggregate[C, E,
+      S]`` it derives from, exactly as written there (whatever ``handle`` and ``apply``
+      declare: a handler annotated ``-> list[Deposited]`` in an ``Aggregate[Cmd, Deposited
+      | Withdrawn, Svc]`` still gives ``E = Deposited | Withdrawn``).
 
-    For a subclass of ``Aggregate[C, E, S]`` whose ``handle`` and ``apply`` keep the base's
-    parameter types (as usual), these are the base's ``C``, ``E`` and ``S``. One that widens
-    them (``apply(self, event: object)``) widens the store's parameters too, and
-    ``CqrsFramework(store)`` can then no longer infer its own: keep the base's types.
-
-    The class literal, or a value typed ``type[BankAccount]`` or
-    ``type[Aggregate[C, E, S]]``, matches. A value typed ``type[Any]``, ``type`` or
-    ``type[T]`` for a type variable ``T`` does not (mypy infers no instance type from
-    those): a function generic over aggregate classes takes an ``AggregateClass[A, C, E,
-    S]`` itself.
+    A concrete subclass of :class:`Aggregate` that can be made with no arguments matches,
+    given as the class itself or as a value typed ``type[BankAccount]`` or ``type[Aggregate[C,
+    E, S]]``. A value typed ``type[Any]``, ``type`` or ``type[T]`` (for a type variable
+    ``T``) does not: mypy infers nothing from those. A function generic over aggregate
+    classes takes an ``AggregateClass[A, C, E, S]``.
 
     Only the static types are checked here; at run time the store checks the class's
     ``aggregate_type`` and ``event_classes`` and raises ConfigurationError.
     """
 
-    def __call__(self) -> A:
+    def __call__(self) -> A_co:
         """The empty state of a new aggregate."""
         ...
 
-    # Read on the class, the methods are unbound: the instance comes first, which binds ``A``
-    # when the class is a value typed ``type[...]`` (mypy reads no ``__call__`` from those).
-
-    def handle(
-        self, aggregate: A, command: C_contra, services: S_contra, /
-    ) -> Awaitable[Sequence[object]]:
-        """``Aggregate.handle`` as seen on the class: binds ``C`` and ``S``."""
-        ...
-
-    def apply(self, aggregate: A, event: E_contra, /) -> None:
-        """``Aggregate.apply`` as seen on the class: binds ``E``."""
+    def _aggregate_signature(self) -> tuple[A_co, C_co, E_co, S_co]:
+        """What binds the parameters: ``Aggregate._aggregate_signature`` (static only)."""
         ...
