@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from psycopg import AsyncConnection, pq, sql
+from psycopg import AsyncConnection, pq
 from psycopg.abc import Buffer
 from psycopg.adapt import Loader
 from psycopg.rows import TupleRow
@@ -25,23 +25,9 @@ from psycopg.types.string import TextBinaryLoader
 from psycopg_pool import AsyncConnectionPool
 
 from benchmarks.raw import AGGREGATE_TYPE, METADATA, RawSide, Row, Snapshot, new_event_ids
-from cqrs.ddl import ddl_files
-from cqrs_postgres import PostgresEventRepository, repository, views
-from cqrs_postgres.schema import render
+from cqrs_postgres import PostgresEventRepository, PostgresViewRepository, PostgresViewStatements
 
 __all__ = ["RawPostgresSide"]
-
-# The backend's own statements, so the raw side cannot drift from what it measures against.
-_EVENTS = repository._EVENTS  # noqa: SLF001
-_SNAPSHOT = repository._SNAPSHOT  # noqa: SLF001
-_RETURN = repository._RETURN  # noqa: SLF001
-_ONE_AGGREGATE = repository._ONE_AGGREGATE  # noqa: SLF001
-_ALL_OF_TYPE = repository._ALL_OF_TYPE  # noqa: SLF001
-_NEWEST_OF_TYPE = repository._NEWEST_OF_TYPE  # noqa: SLF001
-_GET_SNAPSHOT = repository._GET_SNAPSHOT  # noqa: SLF001
-_LOAD_VIEW = views._LOAD  # noqa: SLF001
-_INSERT_VIEW = views._INSERT  # noqa: SLF001
-_UPDATE_VIEW = views._UPDATE  # noqa: SLF001
 
 
 class _JsonbBinaryLoader(Loader):
@@ -84,27 +70,15 @@ class RawPostgresSide(RawSide):
             configure=_configure,
             open=False,
         )
-        names = {
-            "events": sql.Identifier(events_table),
-            "snapshots": sql.Identifier(snapshots_table),
-        }
-
-        def build(text: str) -> bytes:
-            return sql.SQL(text).format(**names).as_bytes(None)
-
-        self._persist = build(_EVENTS + _RETURN)
-        self._persist_with_snapshot = build(_EVENTS + _SNAPSHOT + _RETURN)
-        self._one_aggregate = build(_ONE_AGGREGATE)
-        self._all_of_type = build(_ALL_OF_TYPE)
-        self._get_snapshot = build(_GET_SNAPSHOT)
-        self._newest_of_type = build(_NEWEST_OF_TYPE)
-        self._views: dict[str, tuple[bytes, bytes, bytes]] = {}
+        # The backend's own statements (its constructor does no I/O), so the raw side cannot
+        # drift from what it measures against.
+        self.backend = PostgresEventRepository(self.pool, events_table, snapshots_table)
+        self.statements = self.backend.statements
+        self.view_statements: dict[str, PostgresViewStatements] = {}
 
     async def open(self) -> None:
         await self.pool.open(wait=True, timeout=10)
-        await PostgresEventRepository(
-            self.pool, self.events_table, self.snapshots_table
-        ).create_schema()
+        await self.backend.create_schema()
 
     async def close(self) -> None:
         await self.pool.close()
@@ -112,13 +86,14 @@ class RawPostgresSide(RawSide):
     async def read_events(self, aggregate_id: str, after: int) -> list[Row]:
         async with self.pool.connection() as conn:
             cursor = conn.cursor(binary=True)
-            await cursor.execute(self._one_aggregate, (AGGREGATE_TYPE, aggregate_id, after, None))
+            params = (AGGREGATE_TYPE, aggregate_id, after, None)
+            await cursor.execute(self.statements.one_aggregate, params)
             return await cursor.fetchall()
 
     async def read_snapshot(self, aggregate_id: str) -> tuple[bytes | str, int, int] | None:
         async with self.pool.connection() as conn:
             cursor = conn.cursor(binary=True)
-            await cursor.execute(self._get_snapshot, (AGGREGATE_TYPE, aggregate_id))
+            await cursor.execute(self.statements.get_snapshot, (AGGREGATE_TYPE, aggregate_id))
             row = await cursor.fetchone()
         return None if row is None else (row[0], row[1], row[2])
 
@@ -147,9 +122,9 @@ class RawPostgresSide(RawSide):
             AGGREGATE_TYPE,  # the statement's check that the batch follows the stored events
             aggregate_id,
         ]
-        statement = self._persist
+        statement = self.statements.persist
         if snapshot is not None:
-            statement = self._persist_with_snapshot
+            statement = self.statements.persist_with_snapshot
             params += [
                 AGGREGATE_TYPE,
                 aggregate_id,
@@ -165,10 +140,10 @@ class RawPostgresSide(RawSide):
         async with self.pool.connection() as conn:
             cursor = conn.cursor(binary=True)
             params = {"type": AGGREGATE_TYPE, "after": after, "limit": limit}
-            await cursor.execute(self._all_of_type, params, prepare=False)  # as the backend
+            await cursor.execute(self.statements.all_of_type, params, prepare=False)  # as backend
             rows = await cursor.fetchall()
             if len(rows) < limit:  # the end: the backend's hold-back check, same connection
-                await cursor.execute(self._newest_of_type, (AGGREGATE_TYPE,))
+                await cursor.execute(self.statements.newest_of_type, (AGGREGATE_TYPE,))
                 newest = await cursor.fetchone()
                 last = rows[-1][-1] if rows else after
                 if newest is not None and newest[0] is not None and newest[0] > last:
@@ -178,33 +153,29 @@ class RawPostgresSide(RawSide):
 
     async def create_view_table(self, table: str) -> str:
         full = f"{self.view_prefix}{table}"
-        name = sql.Identifier(full)
-        self._views[full] = (
-            sql.SQL(_LOAD_VIEW).format(table=name).as_bytes(None),
-            sql.SQL(_INSERT_VIEW).format(table=name).as_bytes(None),
-            sql.SQL(_UPDATE_VIEW).format(table=name).as_bytes(None),
-        )
-        async with self.pool.connection() as conn:
-            for _, text in ddl_files("postgres/views"):
-                await conn.execute(render(text, {"views": full}).encode())
+        views = PostgresViewRepository(object, full, self.pool)
+        await views.create_schema()
+        self.view_statements[full] = views.statements
         return full
 
     async def read_view(self, table: str, view_id: str) -> tuple[bytes | str, int] | None:
         async with self.pool.connection() as conn:
             cursor = conn.cursor(binary=True)
-            await cursor.execute(self._views[table][0], (view_id,))
+            await cursor.execute(self.view_statements[table].load, (view_id,))
             row = await cursor.fetchone()
-        return None if row is None else (row[1], row[0])
+        return None if row is None else (row[0], row[1])
 
     async def write_view(
         self, table: str, view_id: str, payload: bytes, loaded: int, version: int
     ) -> None:
-        _, insert, update = self._views[table]
+        statements = self.view_statements[table]
         async with self.pool.connection() as conn:
             if loaded == 0:
-                await conn.execute(insert, (view_id, version, payload.decode()))
-                return
-            cursor = await conn.execute(update, (version, payload.decode(), view_id, loaded))
+                params: tuple[object, ...] = (view_id, version, payload.decode())
+                cursor = await conn.execute(statements.insert, params)
+            else:
+                params = (version, payload.decode(), view_id, loaded)
+                cursor = await conn.execute(statements.update, params)
             if cursor.rowcount != 1:
                 msg = f"view {view_id!r} changed"
                 raise RuntimeError(msg)

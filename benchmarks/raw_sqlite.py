@@ -17,8 +17,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from benchmarks.raw import AGGREGATE_TYPE, METADATA, RawSide, Row, Snapshot, new_event_ids
-from cqrs.ddl import ddl_files
-from cqrs_sqlite import SqliteEventRepository
+from cqrs_sqlite import SqliteEventRepository, SqliteViewStatements
 
 __all__ = ["RawSqliteSide"]
 
@@ -50,18 +49,14 @@ class RawSqliteSide(RawSide):
         self._connection: sqlite3.Connection | None = None
         # The backend's own statements (its constructor does no I/O), so the raw side cannot
         # drift from what it measures against.
-        backend = SqliteEventRepository(path, events_table, snapshots_table)
-        self._sql_insert = backend._sql_insert  # noqa: SLF001
-        self._sql_last_sequence = backend._sql_last_sequence  # noqa: SLF001
-        self._sql_events = backend._sql_events  # noqa: SLF001
-        self._sql_type_page = backend._sql_type_page  # noqa: SLF001
-        self._sql_snapshot = backend._sql_snapshot  # noqa: SLF001
-        self._sql_upsert = backend._sql_upsert  # noqa: SLF001
+        self.statements = self._backend().statements
+        self.view_statements: dict[str, SqliteViewStatements] = {}
+
+    def _backend(self) -> SqliteEventRepository:
+        return SqliteEventRepository(self.path, self.events_table, self.snapshots_table)
 
     async def open(self) -> None:
-        async with SqliteEventRepository(
-            self.path, self.events_table, self.snapshots_table
-        ) as schema:
+        async with self._backend() as schema:
             await schema.create_schema()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="raw-sqlite")
         self._connection = await asyncio.get_running_loop().run_in_executor(
@@ -88,11 +83,11 @@ class RawSqliteSide(RawSide):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, connection)
 
     async def read_events(self, aggregate_id: str, after: int) -> list[Row]:
-        sql, params = self._sql_events, (AGGREGATE_TYPE, aggregate_id, after)
+        sql, params = self.statements.events, (AGGREGATE_TYPE, aggregate_id, after)
         return await self._hop(lambda connection: connection.execute(sql, params).fetchall())
 
     async def read_snapshot(self, aggregate_id: str) -> tuple[bytes | str, int, int] | None:
-        sql, params = self._sql_snapshot, (AGGREGATE_TYPE, aggregate_id)
+        sql, params = self.statements.snapshot, (AGGREGATE_TYPE, aggregate_id)
         return await self._hop(lambda connection: connection.execute(sql, params).fetchone())
 
     async def write_events(
@@ -123,7 +118,12 @@ class RawSqliteSide(RawSide):
                 zip(events, payloads, event_ids, strict=True), 1
             )
         ]
-        insert, last_sequence, upsert = self._sql_insert, self._sql_last_sequence, self._sql_upsert
+        statements = self.statements
+        insert, last_sequence, upsert = (
+            statements.insert,
+            statements.last_sequence,
+            statements.upsert,
+        )
         key = (AGGREGATE_TYPE, aggregate_id)
         snapshot_row = (
             None
@@ -162,40 +162,30 @@ class RawSqliteSide(RawSide):
         await self._hop(write)
 
     async def read_page(self, after: int, limit: int) -> list[Row]:
-        sql, params = self._sql_type_page, (after, AGGREGATE_TYPE, limit)
+        sql, params = self.statements.type_page, (after, AGGREGATE_TYPE, limit)
         return await self._hop(lambda connection: connection.execute(sql, params).fetchall())
 
     async def create_view_table(self, table: str) -> str:
         full = f"{self.view_prefix}{table}"
-        scripts = [sql.replace("{table}", full) for _, sql in ddl_files("sqlite/views")]
-
-        def create(connection: sqlite3.Connection) -> None:
-            for script in scripts:
-                connection.execute(script)
-
-        await self._hop(create)
+        async with self._backend() as backend:
+            views = backend.view_repository(object, full)
+            await views.create_schema()
+        self.view_statements[full] = views.statements
         return full
 
     async def read_view(self, table: str, view_id: str) -> tuple[bytes | str, int] | None:
-        sql = f"SELECT payload, version FROM {table} WHERE view_id = ?"  # noqa: S608
+        sql = self.view_statements[table].load
         return await self._hop(lambda connection: connection.execute(sql, (view_id,)).fetchone())
 
     async def write_view(
         self, table: str, view_id: str, payload: bytes, loaded: int, version: int
     ) -> None:
+        statements = self.view_statements[table]
         params: tuple[object, ...]
         if loaded == 0:
-            sql = (
-                f"INSERT INTO {table} (view_id, version, payload) "  # noqa: S608
-                "VALUES (?, ?, CAST(? AS TEXT)) ON CONFLICT (view_id) DO NOTHING"
-            )
-            params = (view_id, version, payload)
+            sql, params = statements.insert, (view_id, version, payload)
         else:
-            sql = (
-                f"UPDATE {table} SET version = ?, payload = CAST(? AS TEXT) "  # noqa: S608
-                "WHERE view_id = ? AND version = ?"
-            )
-            params = (version, payload, view_id, loaded)
+            sql, params = statements.update, (version, payload, view_id, loaded)
 
         def write(connection: sqlite3.Connection) -> int:
             connection.execute("BEGIN IMMEDIATE")

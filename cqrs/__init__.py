@@ -36,6 +36,7 @@ from cqrs.projection import (
 from cqrs.query import EventSource, GenericQuery, Query, QueryReplay, View
 from cqrs.repository import (
     AsyncResource,
+    BaseViewRepository,
     PersistedEventRepository,
     SerializedEvent,
     SerializedSnapshot,
@@ -43,6 +44,7 @@ from cqrs.repository import (
     ViewRepository,
     check_batch,
     check_ids,
+    check_page_size,
     decode_view,
     next_view_version,
     not_open,
@@ -64,6 +66,7 @@ __all__ = [
     "AggregateResultValidator",
     "AggregateTestExecutor",
     "AsyncResource",
+    "BaseViewRepository",
     "CheckpointStore",
     "Codec",
     "ConfigurationError",
@@ -112,6 +115,7 @@ __all__ = [
     "WakeUps",
     "check_batch",
     "check_ids",
+    "check_page_size",
     "connect",
     "decode_view",
     "default_codec",

@@ -8,22 +8,24 @@ The conformance suite in ``tests/conformance`` checks every rule written here.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Protocol, Self, TypeVar
+from typing import ClassVar, Generic, Protocol, Self, TypeVar
 from uuid import UUID
 
 import msgspec
 
-from cqrs.codec import Codec
-from cqrs.errors import ConfigurationError, DeserializationError, NotOpenError
+from cqrs.codec import Codec, default_codec
+from cqrs.errors import AggregateConflict, ConfigurationError, DeserializationError, NotOpenError
 
 __all__ = [
     "MAX_AGGREGATE_ID_BYTES",
     "MAX_AGGREGATE_TYPE_BYTES",
     "AsyncResource",
+    "BaseViewRepository",
     "PersistedEventRepository",
     "SerializedEvent",
     "SerializedSnapshot",
@@ -31,6 +33,7 @@ __all__ = [
     "ViewRepository",
     "check_batch",
     "check_ids",
+    "check_page_size",
     "decode_view",
     "next_view_version",
     "not_open",
@@ -67,20 +70,30 @@ def check_ids(aggregate_type: object, aggregate_id: object) -> None:
     """Raise ValueError naming the culprit unless ``aggregate_type`` and ``aggregate_id`` are
     non-empty strings without NUL characters, of at most :data:`MAX_AGGREGATE_TYPE_BYTES` and
     :data:`MAX_AGGREGATE_ID_BYTES` UTF-8 bytes."""
-    for what, value, limit in (
-        ("aggregate_type", aggregate_type, MAX_AGGREGATE_TYPE_BYTES),
-        ("aggregate_id", aggregate_id, MAX_AGGREGATE_ID_BYTES),
-    ):
-        if not isinstance(value, str) or not value:
-            msg = f"{what} must be a non-empty string, not {value!r}"
-            raise ValueError(msg)
-        if "\x00" in value:
-            msg = f"{what} must not contain NUL characters: {value[:80]!r}"
-            raise ValueError(msg)
-        size = len(value.encode("utf-8", "surrogatepass"))
-        if size > limit:
-            msg = f"{what} is {size} UTF-8 bytes long; the limit is {limit}: {value[:40]!r}..."
-            raise ValueError(msg)
+    _check_id("aggregate_type", aggregate_type, MAX_AGGREGATE_TYPE_BYTES)
+    _check_id("aggregate_id", aggregate_id, MAX_AGGREGATE_ID_BYTES)
+
+
+def _check_id(what: str, value: object, limit: int) -> None:
+    if not isinstance(value, str) or not value:
+        msg = f"{what} must be a non-empty string, not {value!r}"
+        raise ValueError(msg)
+    if "\x00" in value:
+        msg = f"{what} must not contain NUL characters: {value[:80]!r}"
+        raise ValueError(msg)
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        msg = f"{what} is {size} UTF-8 bytes long; the limit is {limit}: {value[:40]!r}..."
+        raise ValueError(msg)
+
+
+def check_page_size(page_size: object) -> int:
+    """Return ``page_size`` if it is a positive int (not a bool), else raise
+    ConfigurationError naming it. Backends check their ``page_size`` with this."""
+    if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 1:
+        msg = f"page_size must be a positive int, not {page_size!r}"
+        raise ConfigurationError(msg)
+    return page_size
 
 
 def not_open(what: str) -> NotOpenError:
@@ -352,3 +365,91 @@ class ViewRepository(Protocol[V]):
         than ``context.version``) if the stored version still equals ``context.version`` (0: no
         view stored yet), raising ``AggregateConflict`` otherwise."""
         ...
+
+
+class BaseViewRepository(ABC, Generic[V]):
+    """A :class:`ViewRepository` for backends to subclass: the rules every backend keeps the
+    same way live here, and a backend implements three primitives over its own storage.
+
+    Here: view ids are checked before any I/O (non-empty strings without NUL, at most
+    :data:`MAX_AGGREGATE_ID_BYTES` UTF-8 bytes; ValueError otherwise), views are encoded and
+    decoded with ``codec``, a stored view that does not decode raises DeserializationError
+    naming its id, table and version, the new version comes from :func:`next_view_version`,
+    and a write refused because the stored version changed raises AggregateConflict naming
+    the view and the table. :meth:`_check_open` runs first in every method.
+
+    The primitives (each translates its driver's errors, as its repository does):
+
+    - ``_create_schema()``: create the table (idempotent, safe when run concurrently);
+    - ``_fetch(view_id)``: the stored ``(payload, version)``, or None;
+    - ``_store(view_id, payload, version, expected)``: store ``payload`` at ``version`` if
+      the stored version is ``expected`` (0: none is stored yet, so insert); return False
+      when it is not (another writer changed the view), True once stored.
+    """
+
+    table_kind: ClassVar[str] = "table"
+    """What the backend calls a table, for messages ("collection" on MongoDB)."""
+
+    def __init__(self, view_type: type[V], table: str, *, codec: Codec = default_codec) -> None:
+        self.view_type = view_type
+        self.table = validate_identifier(table, f"{self.table_kind} name")
+        self.codec = codec
+
+    def _check_open(self) -> None:
+        """Raise NotOpenError when the views cannot be used now; the default lets the
+        primitives raise it (a backend whose connections refuse work when closed)."""
+
+    @abstractmethod
+    async def _create_schema(self) -> None: ...
+
+    @abstractmethod
+    async def _fetch(self, view_id: str) -> tuple[bytes | str, int] | None: ...
+
+    @abstractmethod
+    async def _store(self, view_id: str, payload: bytes, version: int, expected: int) -> bool: ...
+
+    async def create_schema(self) -> None:
+        """Create the view table if it is missing (idempotent, safe when several processes
+        run it at once)."""
+        self._check_open()
+        await self._create_schema()
+
+    async def load(self, view_id: str) -> V | None:
+        """The view, or None if there is none."""
+        loaded = await self.load_with_context(view_id)
+        return None if loaded is None else loaded[0]
+
+    async def load_with_context(self, view_id: str) -> tuple[V, ViewContext] | None:
+        """The view and the version it is stored at, or None if there is none."""
+        _check_id("view_id", view_id, MAX_AGGREGATE_ID_BYTES)
+        self._check_open()
+        # Checked as objects: a document store may hold anything under these fields.
+        row: tuple[object, object] | None = await self._fetch(view_id)
+        if row is None:
+            return None
+        payload, version = row
+        where = f"view {view_id!r} in {self.table} (version {version!r})"
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            msg = f"{where} does not decode: its version is not a positive int"
+            raise DeserializationError(msg)
+        if not isinstance(payload, bytes | str):
+            msg = f"{where} does not decode: its payload is {type(payload).__name__}, not JSON"
+            raise DeserializationError(msg)
+        view = decode_view(self.codec, payload, self.view_type, where)
+        return view, ViewContext(view_id, version)
+
+    async def update_view(self, view: V, context: ViewContext, version: int | None = None) -> None:
+        """Store ``view`` at ``version`` (default ``context.version + 1``; it must be greater
+        than ``context.version``) if the stored version still equals ``context.version`` (0:
+        no view stored yet); raise AggregateConflict otherwise."""
+        _check_id("view_id", context.view_id, MAX_AGGREGATE_ID_BYTES)
+        new_version = next_view_version(context, version)
+        self._check_open()
+        payload = self.codec.encode(view)
+        if not await self._store(context.view_id, payload, new_version, context.version):
+            where = f"view {context.view_id!r} in {self.table}"
+            if context.version == 0:
+                msg = f"{where} was stored by another writer first (none was loaded)"
+            else:
+                msg = f"{where} is no longer at version {context.version}"
+            raise AggregateConflict(msg)

@@ -118,10 +118,12 @@ async def test_connect_opens_and_from_url_does_not():
 
 
 async def test_a_view_repository_built_alone_has_no_lifecycle():
-    views = MemoryViewRepository(BankAccountView)
+    views = MemoryViewRepository(BankAccountView, "accounts")
     await views.create_schema()
     await views.update_view(BankAccountView("a1"), ViewContext("v", 0))
     assert await views.load("v") == BankAccountView("a1")
+    other = MemoryViewRepository(BankAccountView, "accounts")
+    assert await other.load("v") is None  # its own storage, not a shared one
 
 
 # -- paging ----------------------------------------------------------------------------------

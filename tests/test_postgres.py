@@ -34,7 +34,7 @@ from cqrs import (
     SerializedSnapshot,
     default_codec,
 )
-from cqrs.ddl import ddl_files
+from cqrs.ddl import ddl_files, render
 from cqrs_postgres import (
     PostgresEventRepository,
     PostgresViewRepository,
@@ -44,7 +44,7 @@ from cqrs_postgres import (
     postgres_cqrs,
     postgres_snapshot_cqrs,
 )
-from cqrs_postgres.schema import render, schema_version_table
+from cqrs_postgres.schema import schema_version_table
 from examples.bank_account.domain import (
     AccountOpened,
     BankAccount,
@@ -127,7 +127,10 @@ def test_the_first_ddl_file_is_the_seed_exactly():
 def test_render_renames_tables_and_derived_names_only():
     text = "CREATE INDEX events_position_key ON events (x); -- current_snapshot snapshots"
     renamed = render(text, {"events": "Orders", "snapshots": "s"})
-    assert renamed == 'CREATE INDEX "Orders_position_key" ON "Orders" (x); -- current_snapshot "s"'
+    assert (
+        renamed
+        == 'CREATE INDEX "Orders_position_key" ON "Orders" (x); -- current_snapshot snapshots'
+    )
     for _, text in ddl_files("postgres"):
         assert render(text, {"events": "events", "snapshots": "snapshots"}).replace('"', "") == (
             text.replace('"', "")
@@ -261,7 +264,7 @@ async def _persist_in(conn: psycopg.AsyncConnection, repository, rows) -> list[i
         rows[0].aggregate_type,
         rows[0].aggregate_id,
     ]
-    cursor = await conn.execute(repository._persist, params)
+    cursor = await conn.execute(repository.statements.persist, params)
     return [row[0] for row in await cursor.fetchall()]
 
 
@@ -344,7 +347,7 @@ async def test_transaction_ids_past_2_to_the_43_fail_loudly_and_reads_keep_worki
             await huge_ids(conn, top, top + 5)
             with pytest.raises(psycopg.errors.NumericValueOutOfRange):
                 await _persist_in(conn, repository, batch("wrapped", 1, 1))
-            cursor = await conn.execute(repository._all, (0, 100))
+            cursor = await conn.execute(repository.statements.all, (0, 100))
             read = [(row[1], row[2], row[-1]) for row in await cursor.fetchall()]
     finally:
         async with await raw() as conn:
@@ -737,14 +740,14 @@ async def test_stream_pages_are_read_from_an_index_in_order_without_a_sort(table
         plans: dict[str, str] = {}
         for aggregate_type, after in [("T7", 0), ("T7", 40000), ("Late", 0), ("Late", 65000)]:
             params = {"type": aggregate_type, "after": after, "limit": 1000}
-            cursor = await conn.execute(b"EXPLAIN " + repository._all_of_type, params)
+            cursor = await conn.execute(b"EXPLAIN " + repository.statements.all_of_type, params)
             plan = "\n".join(row[0] for row in await cursor.fetchall())
             plans[f"{aggregate_type} after {after}"] = plan
             assert f"Index Scan using {by_type}" in plan, plan
         for after in (0, 40000):
-            cursor = await conn.execute(b"EXPLAIN " + repository._all, (after, 1000))
+            cursor = await conn.execute(b"EXPLAIN " + repository.statements.all, (after, 1000))
             plans[f"all after {after}"] = "\n".join(row[0] for row in await cursor.fetchall())
-            text = _numbered(repository._all.decode(), 2)
+            text = _numbered(repository.statements.all.decode(), 2)
             await conn.execute(f"PREPARE page AS {text}")
             await conn.execute("SET plan_cache_mode = force_generic_plan")
             cursor = await conn.execute(f"EXPLAIN EXECUTE page({after}, 1000)")
@@ -1022,7 +1025,7 @@ def test_all_is_sorted_complete_and_documented():
     import cqrs_postgres  # noqa: PLC0415 - the module under test
 
     assert list(cqrs_postgres.__all__) == sorted(cqrs_postgres.__all__)
-    modules = {"connection", "factories", "repository", "schema", "views"}
+    modules = {"connection", "factories", "repository", "schema", "statements", "views"}
     public = {name for name in dir(cqrs_postgres) if not name.startswith("_")} - modules
     assert public == set(cqrs_postgres.__all__)
     for name in cqrs_postgres.__all__:

@@ -495,10 +495,14 @@ async def test_stream_pages_are_index_ranges_that_never_sort(repo):
     # Without an index on (aggregate_type, position), a page of one type is found through the
     # unique key and sorted ("USE TEMP B-TREE FOR ORDER BY"): quadratic over a long stream.
     queries = {
-        "type page": (repo._sql_type_page, (0, "T", 500), "(aggregate_type=? AND position>?)"),
-        "all page": (repo._sql_all_page, (0, 500), "INTEGER PRIMARY KEY (rowid>?)"),
+        "type page": (
+            repo.statements.type_page,
+            (0, "T", 500),
+            "(aggregate_type=? AND position>?)",
+        ),
+        "all page": (repo.statements.all_page, (0, 500), "INTEGER PRIMARY KEY (rowid>?)"),
         "aggregate page": (
-            repo._sql_events_page,
+            repo.statements.events_page,
             ("T", "a1", 0, 500),
             "(aggregate_type=? AND aggregate_id=? AND sequence>?)",
         ),
@@ -532,12 +536,12 @@ async def test_create_schema_adds_the_type_index_to_a_database_made_by_001(tmp_p
 
         await repository.run(downgrade)
         plan = await repository.run(
-            lambda c: query_plan(c, repository._sql_type_page, (0, "T", 500))
+            lambda c: query_plan(c, repository.statements.type_page, (0, "T", 500))
         )
         assert "TEMP B-TREE" in plan  # the bug this migration fixes
         await repository.create_schema()
         plan = await repository.run(
-            lambda c: query_plan(c, repository._sql_type_page, (0, "T", 500))
+            lambda c: query_plan(c, repository.statements.type_page, (0, "T", 500))
         )
         assert "TEMP B-TREE" not in plan
         applied = await repository.run(
@@ -649,7 +653,7 @@ def test_all_is_sorted_complete_and_documented():
     import cqrs_sqlite  # noqa: PLC0415 - the module under test
 
     assert list(cqrs_sqlite.__all__) == sorted(cqrs_sqlite.__all__)
-    modules = {"factories", "repository", "rows", "url", "views"}
+    modules = {"factories", "repository", "rows", "statements", "url", "views"}
     public = {name for name in dir(cqrs_sqlite) if not name.startswith("_")} - modules
     assert public == set(cqrs_sqlite.__all__)
     for name in cqrs_sqlite.__all__:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import AsyncIterator, Sequence
+from typing import TypeVar
 
 from cqrs.codec import Codec, default_codec
-from cqrs.errors import AggregateConflict, ConfigurationError
+from cqrs.errors import AggregateConflict
 from cqrs.repository import (
     AsyncResource,
+    BaseViewRepository,
     SerializedEvent,
     SerializedSnapshot,
-    ViewContext,
     check_batch,
-    decode_view,
-    next_view_version,
+    check_page_size,
     not_open,
     read_pages,
     stored_positions,
@@ -72,10 +71,7 @@ class MemoryEventRepository(AsyncResource):
     ) -> None:
         self.events_table = validate_identifier(events_table)
         self.snapshots_table = validate_identifier(snapshots_table)
-        if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 1:
-            msg = f"page_size must be a positive int, not {page_size!r}"
-            raise ConfigurationError(msg)
-        self.page_size = page_size
+        self.page_size = check_page_size(page_size)
         self.database = MemoryDatabase() if database is None else database
         table = self.database._event_table(events_table)  # noqa: SLF001 - same module
         self._all = table.all
@@ -203,10 +199,7 @@ class MemoryEventRepository(AsyncResource):
     ) -> MemoryViewRepository[V]:
         """A view repository kept with this repository's data, usable while this repository
         is open."""
-        rows = self.database._view_table(validate_identifier(table))  # noqa: SLF001
-        return MemoryViewRepository(
-            view_type, table, codec=codec, rows=rows, check_open=self._check_open
-        )
+        return MemoryViewRepository(view_type, table, self, codec=codec)
 
 
 def _with_position(event: SerializedEvent, position: int) -> SerializedEvent:
@@ -224,65 +217,43 @@ def _with_position(event: SerializedEvent, position: int) -> SerializedEvent:
     )
 
 
-class MemoryViewRepository(Generic[V]):
+class MemoryViewRepository(BaseViewRepository[V]):
     """Views in process memory, stored encoded (so loads return fresh copies), with
     optimistic locking by version.
 
-    One made by :meth:`MemoryEventRepository.view_repository` raises NotOpenError while that
-    repository is not open (``check_open``); one built alone has no lifecycle.
+    Given a ``repository``, the views are kept in its database and raise NotOpenError while
+    it is not open; without one they have their own storage and no lifecycle.
     """
 
     def __init__(
         self,
         view_type: type[V],
-        table: str = "views",
+        table: str,
+        repository: MemoryEventRepository | None = None,
         *,
         codec: Codec = default_codec,
-        rows: dict[str, tuple[bytes, int]] | None = None,
-        check_open: Callable[[], None] | None = None,
     ) -> None:
-        self.view_type = view_type
-        self.table = validate_identifier(table)
-        self.codec = codec
-        self._rows: dict[str, tuple[bytes, int]] = {} if rows is None else rows
-        self._check_open = _always_open if check_open is None else check_open
+        super().__init__(view_type, table, codec=codec)
+        self.repository = repository
+        database = MemoryDatabase() if repository is None else repository.database
+        self._rows = database._view_table(self.table)  # noqa: SLF001 - same module
 
-    async def create_schema(self) -> None:
-        """Nothing to create."""
-        self._check_open()
+    def _check_open(self) -> None:
+        if self.repository is not None:
+            self.repository._check_open()  # noqa: SLF001 - same module
 
-    async def load(self, view_id: str) -> V | None:
-        """The view, or None."""
-        loaded = await self.load_with_context(view_id)
-        return None if loaded is None else loaded[0]
+    async def _create_schema(self) -> None:
+        pass
 
-    async def load_with_context(self, view_id: str) -> tuple[V, ViewContext] | None:
-        """The view and its version, or None."""
-        self._check_open()
+    async def _fetch(self, view_id: str) -> tuple[bytes, int] | None:
+        return self._rows.get(view_id)
+
+    async def _store(self, view_id: str, payload: bytes, version: int, expected: int) -> bool:
         row = self._rows.get(view_id)
-        if row is None:
-            return None
-        payload, version = row
-        view = decode_view(self.codec, payload, self.view_type, f"view {view_id!r} in {self.table}")
-        return view, ViewContext(view_id, version)
-
-    async def update_view(self, view: V, context: ViewContext, version: int | None = None) -> None:
-        """Store the view at ``version`` (default: one more) if unchanged since load."""
-        new_version = next_view_version(context, version)
-        self._check_open()
-        row = self._rows.get(context.view_id)
-        current = 0 if row is None else row[1]
-        if current != context.version:
-            msg = (
-                f"view {context.view_id!r} in {self.table} is at version {current}, "
-                f"expected {context.version}"
-            )
-            raise AggregateConflict(msg)
-        self._rows[context.view_id] = (self.codec.encode(view), new_version)
-
-
-def _always_open() -> None:
-    return None
+        if (0 if row is None else row[1]) != expected:
+            return False
+        self._rows[view_id] = (payload, version)
+        return True
 
 
 def from_url(url: str) -> MemoryEventRepository:  # noqa: ARG001 - every memory:// is new

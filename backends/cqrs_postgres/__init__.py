@@ -7,11 +7,14 @@ it, and run ``create_schema()`` once; or use ``cqrs.connect("postgresql://...")`
 from cqrs_postgres.connection import default_postgres_pool
 from cqrs_postgres.factories import postgres_aggregate_cqrs, postgres_cqrs, postgres_snapshot_cqrs
 from cqrs_postgres.repository import PostgresEventRepository, from_url
+from cqrs_postgres.statements import PostgresStatements, PostgresViewStatements
 from cqrs_postgres.views import PostgresViewRepository
 
 __all__ = [
     "PostgresEventRepository",
+    "PostgresStatements",
     "PostgresViewRepository",
+    "PostgresViewStatements",
     "default_postgres_pool",
     "from_url",
     "postgres_aggregate_cqrs",

@@ -26,7 +26,7 @@ from functools import partial
 from typing import TypeVar, cast
 
 import psycopg
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection
 from psycopg.rows import TupleRow, tuple_row
 
 from cqrs.codec import Codec, default_codec
@@ -36,6 +36,7 @@ from cqrs.repository import (
     SerializedEvent,
     SerializedSnapshot,
     check_batch,
+    check_page_size,
     read_pages,
     stored_positions,
     validate_identifier,
@@ -51,6 +52,7 @@ from cqrs_postgres.connection import (
     raw_json_cursor,
 )
 from cqrs_postgres.schema import apply_event_schema, schema_version_table
+from cqrs_postgres.statements import PostgresStatements
 from cqrs_postgres.views import PostgresViewRepository
 
 __all__ = ["PostgresEventRepository", "from_url"]
@@ -62,84 +64,6 @@ DEFAULT_HOLD_BACK_WAIT = 1.0
 
 MAX_BATCH = (1 << 20) - 1
 """The most events one ``persist`` can store (the index bits of a position)."""
-
-# The rows are inserted only if the batch starts right after the stored last sequence (the
-# max is one index probe, evaluated once): a gap or a taken sequence writes nothing, and the
-# snapshot is written only with the events. Two writers at one sequence both pass the check;
-# the unique key makes the second wait for the first and fail. No rows written, or a unique
-# violation, is then told apart from a retry of this very batch by its event ids.
-_EVENTS = """WITH written AS (
-  INSERT INTO {events} (aggregate_type, aggregate_id, sequence, event_type, event_version,
-    payload, metadata, timestamp, event_id, position)
-  SELECT %b, %b, sequence, event_type, event_version, payload, metadata, timestamp, event_id,
-    (pg_current_xact_id()::text::numeric * 1048576 + ordinal)::bigint
-  FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::json[], %b::json[],
-    %b::timestamptz[], %b::uuid[])
-    WITH ORDINALITY AS batch (sequence, event_type, event_version, payload, metadata,
-      timestamp, event_id, ordinal)
-  WHERE batch.sequence - batch.ordinal = (SELECT COALESCE(max(stored.sequence), 0)
-    FROM {events} AS stored WHERE stored.aggregate_type = %b AND stored.aggregate_id = %b)
-  RETURNING position
-)"""
-
-_SNAPSHOT = """, snapshot AS (
-  INSERT INTO {snapshots} AS stored (aggregate_type, aggregate_id, last_sequence,
-    current_snapshot, payload, timestamp)
-  SELECT %b::text, %b::text, %b::bigint, %b::bigint, %b::json, CURRENT_TIMESTAMP
-  WHERE EXISTS (SELECT FROM written)
-  ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
-  SET last_sequence = excluded.last_sequence, current_snapshot = excluded.current_snapshot,
-    payload = excluded.payload, timestamp = excluded.timestamp
-  WHERE stored.last_sequence < excluded.last_sequence
-)"""
-
-_RETURN = " SELECT position FROM written ORDER BY position"
-
-_ONE_AGGREGATE = """SELECT sequence, event_type, event_version, payload, metadata,
-  COALESCE(timestamp, 'epoch'), event_id, position
-FROM {events} WHERE aggregate_type = %b AND aggregate_id = %b AND sequence > %b
-ORDER BY sequence LIMIT %b"""
-
-# Only rows of transactions below the snapshot's xmin: see the module docstring. Positions
-# are computed in numeric, not with a bigint shift, which wraps silently: an id of 2**43 or
-# more fails the commit ("bigint out of range") and the read bound is clamped to bigint.
-_HORIZON = (
-    "LEAST(pg_snapshot_xmin(pg_current_snapshot())::text::numeric * 1048576 - 1, "
-    "9223372036854775807)::bigint"
-)
-_ALL = (
-    """SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-  metadata, COALESCE(timestamp, 'epoch'), event_id, position
-FROM {events} WHERE position > %b
-  AND position <= """
-    + _HORIZON
-    + """
-ORDER BY position LIMIT %b"""
-)
-
-# Row comparisons, not ``aggregate_type = ... AND position > ...``: with an equality on the
-# type the planner may walk the position index and filter by type (it guesses the type is
-# spread evenly), reading every other type's rows in between, or all of them for a type
-# whose events are recent. Row bounds are served by the (aggregate_type, position) index,
-# which reads exactly the rows of the page. This statement is never prepared: a generic plan
-# does not know the type's share of the table nor the page size, and may choose the primary
-# key plus a sort of every event of the type; planning each page with its values (a small
-# cost next to reading a page) picks the index.
-_ALL_OF_TYPE = (
-    """SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-  metadata, COALESCE(timestamp, 'epoch'), event_id, position
-FROM {events} WHERE (aggregate_type, position) > (%(type)b, %(after)b)
-  AND (aggregate_type, position) <= (%(type)b, """
-    + _HORIZON
-    + """)
-ORDER BY aggregate_type, position LIMIT %(limit)b"""
-)
-
-_NEWEST_ALL = "SELECT max(position) FROM {events}"
-_NEWEST_OF_TYPE = "SELECT max(position) FROM {events} WHERE aggregate_type = %b"
-
-_GET_SNAPSHOT = """SELECT payload, last_sequence, current_snapshot FROM {snapshots}
-WHERE aggregate_type = %b AND aggregate_id = %b"""
 
 
 def _text(payload: bytes | str) -> str:
@@ -154,7 +78,8 @@ class PostgresEventRepository(AsyncResource):
     one statement (one round trip): every event and the snapshot upsert in one CTE, so it is
     atomic. Statements are prepared on the server as the connections' ``prepare_threshold``
     says (pools from this package: at first use; set it to None behind a transaction-mode
-    pgbouncer). Payloads come back as undecoded JSON text for the core codec.
+    pgbouncer). Payloads come back as undecoded JSON text for the core codec. ``statements``
+    holds the SQL it runs (:class:`~cqrs_postgres.statements.PostgresStatements`).
 
     A pool passed in belongs to the caller: :meth:`open` opens it if needed, :meth:`close`
     leaves it open (and the repository refuses work with NotOpenError until reopened; over
@@ -179,34 +104,15 @@ class PostgresEventRepository(AsyncResource):
         hold_back_wait: float = DEFAULT_HOLD_BACK_WAIT,
         open_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        self.events_table = validate_identifier(events_table)
-        self.snapshots_table = validate_identifier(snapshots_table)
+        self.statements = PostgresStatements.for_tables(events_table, snapshots_table)
+        self.events_table, self.snapshots_table = events_table, snapshots_table
         schema_version_table(events_table)
-        if not isinstance(page_size, int) or page_size < 1:
-            msg = f"page_size must be a positive int, not {page_size!r}"
-            raise ValueError(msg)
-        self.page_size = page_size
+        self.page_size = check_page_size(page_size)
         self.hold_back_wait = hold_back_wait
         self._connections = Connections(pool, f"PostgresEventRepository({events_table!r})")
         self._owns_pool = owns_pool
         self._pool_spent = False
         self._open_timeout = open_timeout
-        names = {
-            "events": sql.Identifier(self.events_table),
-            "snapshots": sql.Identifier(self.snapshots_table),
-        }
-
-        def build(text: str) -> bytes:
-            return sql.SQL(text).format(**names).as_bytes(None)
-
-        self._persist = build(_EVENTS + _RETURN)
-        self._persist_with_snapshot = build(_EVENTS + _SNAPSHOT + _RETURN)
-        self._one_aggregate = build(_ONE_AGGREGATE)
-        self._all = build(_ALL)
-        self._all_of_type = build(_ALL_OF_TYPE)
-        self._get_snapshot = build(_GET_SNAPSHOT)
-        self._newest_all = build(_NEWEST_ALL)
-        self._newest_of_type = build(_NEWEST_OF_TYPE)
 
     def with_tables(self, events_table: str, snapshots_table: str) -> PostgresEventRepository:
         """A repository on the same pool (which it does not own) using these tables, with the
@@ -289,7 +195,8 @@ class PostgresEventRepository(AsyncResource):
         limit: int | None,
     ) -> list[SerializedEvent]:
         cursor = raw_json_cursor(conn)
-        await cursor.execute(self._one_aggregate, (aggregate_type, aggregate_id, after, limit))
+        statement = self.statements.one_aggregate
+        await cursor.execute(statement, (aggregate_type, aggregate_id, after, limit))
         rows = await cursor.fetchall()
         return [SerializedEvent(aggregate_type, aggregate_id, *row) for row in rows]
 
@@ -300,7 +207,7 @@ class PostgresEventRepository(AsyncResource):
 
         async def read(conn: AsyncConnection[TupleRow]) -> TupleRow | None:
             cursor = raw_json_cursor(conn)
-            await cursor.execute(self._get_snapshot, (aggregate_type, aggregate_id))
+            await cursor.execute(self.statements.get_snapshot, (aggregate_type, aggregate_id))
             return await cursor.fetchone()
 
         what = f"read snapshot of {aggregate_type} {aggregate_id!r}"
@@ -339,9 +246,9 @@ class PostgresEventRepository(AsyncResource):
             first.aggregate_type,
             first.aggregate_id,
         ]
-        statement = self._persist
+        statement = self.statements.persist
         if snapshot is not None:
-            statement = self._persist_with_snapshot
+            statement = self.statements.persist_with_snapshot
             params += [
                 snapshot.aggregate_type,
                 snapshot.aggregate_id,
@@ -433,20 +340,20 @@ class PostgresEventRepository(AsyncResource):
     ) -> tuple[list[TupleRow], int | None]:
         """One page after ``after``; on a short page with ``find_newest``, also the newest
         stored position (0 if none), on the same connection."""
-        cursor = raw_json_cursor(conn)
+        cursor, statements = raw_json_cursor(conn), self.statements
         if aggregate_type is None:
-            await cursor.execute(self._all, (after, self.page_size))
+            await cursor.execute(statements.all, (after, self.page_size))
         else:
             params = {"type": aggregate_type, "after": after, "limit": self.page_size}
-            await cursor.execute(self._all_of_type, params, prepare=False)
+            await cursor.execute(statements.all_of_type, params, prepare=False)
         rows = await cursor.fetchall()
         if len(rows) == self.page_size or not find_newest:
             return rows, None
         cursor = conn.cursor(row_factory=tuple_row, binary=True)
         if aggregate_type is None:
-            await cursor.execute(self._newest_all)
+            await cursor.execute(statements.newest_all)
         else:
-            await cursor.execute(self._newest_of_type, (aggregate_type,))
+            await cursor.execute(statements.newest_of_type, (aggregate_type,))
         row = await cursor.fetchone()
         newest = None if row is None else cast("int | None", row[0])
         return rows, 0 if newest is None else newest

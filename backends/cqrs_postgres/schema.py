@@ -1,56 +1,27 @@
-"""Applying the DDL files of ``sql/postgres/`` under the configured table names.
-
-The files are the one source of truth and contain no placeholders: they are written for the
-tables ``events``, ``snapshots`` and ``views``. :func:`render` replaces those identifiers,
-and the names derived from them (``events_position_key``), by the configured names, quoted;
-every resulting name is validated as an identifier. Files are applied in name order, each once,
-recorded in ``<events table>_schema_version``, inside one transaction that holds an advisory
-lock per table, so processes that start together do not race.
+"""Applying the DDL files of ``sql/postgres/`` (see :mod:`cqrs.ddl`) under the configured
+table names: each file once, recorded in ``<events table>_schema_version``, inside one
+transaction that holds an advisory lock per table, so processes that start together do not
+race.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
-from collections.abc import Mapping
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow, tuple_row
 
-from cqrs.ddl import DdlFile, ddl_files
+from cqrs.ddl import migrations, pending
 from cqrs.errors import ConfigurationError
 from cqrs.repository import validate_identifier
 
-__all__ = ["apply_event_schema", "apply_view_schema", "render", "schema_version_table"]
+__all__ = ["apply_event_schema", "apply_view_schema", "schema_version_table"]
 
 SEED_FILE = "001_seed.sql"
 """The seed's DDL; a database made with it has both tables and no schema-version table."""
 
-_WORDS = ("events", "snapshots", "views")
-
 _VERSION_TABLE = """CREATE TABLE IF NOT EXISTS {} (file text PRIMARY KEY,
   applied_at timestamp with time zone NOT NULL DEFAULT (CURRENT_TIMESTAMP))"""
-
-
-def render(text: str, names: Mapping[str, str]) -> str:
-    """``text`` with each identifier in ``names`` (or derived from it with a ``_`` suffix)
-    renamed, e.g. ``{"events": "orders"}`` turns ``events_position_key`` into
-    ``"orders_position_key"``. Names are emitted quoted, so they are case-sensitive like
-    everywhere else in this backend. Raises ConfigurationError if a name is not a valid
-    identifier (derived names count: keep table names under about 45 characters)."""
-    if not names:
-        return text
-    unknown = set(names) - set(_WORDS)
-    if unknown:
-        msg = f"the DDL files name no tables {sorted(unknown)}"
-        raise ConfigurationError(msg)
-    pattern = re.compile(r"\b(" + "|".join(names) + r")((?:_\w*)?)\b")
-
-    def rename(match: re.Match[str]) -> str:
-        name = validate_identifier(names[match[1]] + match[2], "table or index name")
-        return f'"{name}"'
-
-    return pattern.sub(rename, text)
 
 
 def schema_version_table(events_table: str) -> str:
@@ -87,10 +58,8 @@ async def apply_event_schema(
     whose tables were both dropped is cleared and the files applied again; one table without
     the other is a ConfigurationError.
     """
-    names = {"events": events_table, "snapshots": snapshots_table}
+    files = migrations("postgres", {"events": events_table, "snapshots": snapshots_table})
     version_table = schema_version_table(events_table)
-    files: list[DdlFile] = ddl_files("postgres")
-    rendered = [(name, render(text, names)) for name, text in files]
     applied_now: list[str] = []
     async with conn.transaction():
         await _lock(conn, events_table, snapshots_table)
@@ -103,16 +72,15 @@ async def apply_event_schema(
             # The tables were dropped but not their record: start again from nothing.
             await conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(version_table)))
             done = set()
-        for name, text in rendered:
-            if name in done:
-                continue
-            if name != SEED_FILE or not existing:
-                await conn.execute(text.encode(), prepare=False)
+        for migration in pending(files, done):
+            if migration.name != SEED_FILE or not existing:
+                for statement in migration.statements:
+                    await conn.execute(statement.encode(), prepare=False)
             await conn.execute(
                 sql.SQL("INSERT INTO {} (file) VALUES (%s)").format(sql.Identifier(version_table)),
-                (name,),
+                (migration.name,),
             )
-            applied_now.append(name)
+            applied_now.append(migration.name)
     return applied_now
 
 
@@ -133,5 +101,6 @@ async def apply_view_schema(conn: AsyncConnection[TupleRow], view_table: str) ->
     """Create the view table if missing (its DDL file is idempotent), under its lock."""
     async with conn.transaction():
         await _lock(conn, view_table)
-        for _, text in ddl_files("postgres/views"):
-            await conn.execute(render(text, {"views": view_table}).encode(), prepare=False)
+        for migration in migrations("postgres/views", {"views": view_table}):
+            for statement in migration.statements:
+                await conn.execute(statement.encode(), prepare=False)

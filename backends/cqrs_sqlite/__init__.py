@@ -7,12 +7,15 @@ library's ``sqlite3`` is needed (SQLite 3.24 or newer).
 
 from cqrs_sqlite.factories import sqlite_aggregate_cqrs, sqlite_cqrs, sqlite_snapshot_cqrs
 from cqrs_sqlite.repository import SqliteEventRepository
+from cqrs_sqlite.statements import SqliteStatements, SqliteViewStatements
 from cqrs_sqlite.url import from_url
 from cqrs_sqlite.views import SqliteViewRepository
 
 __all__ = [
     "SqliteEventRepository",
+    "SqliteStatements",
     "SqliteViewRepository",
+    "SqliteViewStatements",
     "from_url",
     "sqlite_aggregate_cqrs",
     "sqlite_cqrs",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from cqrs.codec import Codec, default_codec
-from cqrs.ddl import ddl_files
+from cqrs.ddl import migrations, pending
 from cqrs.errors import (
     AggregateConflict,
     ConfigurationError,
@@ -32,12 +32,13 @@ from cqrs.repository import (
     SerializedEvent,
     SerializedSnapshot,
     check_batch,
+    check_page_size,
     not_open,
     read_pages,
     stored_positions,
-    validate_identifier,
 )
 from cqrs_sqlite.rows import all_rows, event_rows, stream_rows
+from cqrs_sqlite.statements import SqliteStatements
 
 if TYPE_CHECKING:
     from cqrs_sqlite.views import SqliteViewRepository
@@ -49,10 +50,6 @@ V = TypeVar("V")
 
 MEMORY = ":memory:"
 _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
-_EVENT_COLUMNS = (
-    "aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, "
-    "timestamp, event_id"
-)
 _CONFLICT_CODES = frozenset(
     {sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE}
 )
@@ -102,6 +99,7 @@ class SqliteEventRepository(AsyncResource):
     follows commit order and a tailing reader never skips an event. Writers in other
     processes wait up to ``busy_timeout`` seconds for the lock, then
     ``DatabaseConnectionError`` names the file. ``stream_*`` read ``page_size`` rows per hop.
+    ``statements`` holds the SQL it runs (:class:`~cqrs_sqlite.statements.SqliteStatements`).
     """
 
     def __init__(
@@ -114,8 +112,8 @@ class SqliteEventRepository(AsyncResource):
         synchronous: str = "FULL",
         page_size: int = 500,
     ) -> None:
-        self.events_table = validate_identifier(events_table)
-        self.snapshots_table = validate_identifier(snapshots_table)
+        self.statements = SqliteStatements.for_tables(events_table, snapshots_table)
+        self.events_table, self.snapshots_table = events_table, snapshots_table
         self.schema_table = f"{events_table}_schema"
         raw = os.fspath(path)
         self.path = raw if raw == MEMORY else str(Path(raw).absolute())
@@ -125,53 +123,12 @@ class SqliteEventRepository(AsyncResource):
         if not isinstance(synchronous, str) or synchronous.upper() not in _SYNCHRONOUS:
             msg = f"synchronous must be one of {sorted(_SYNCHRONOUS)}, not {synchronous!r}"
             raise ConfigurationError(msg)
-        if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 1:
-            msg = f"page_size must be a positive int, not {page_size!r}"
-            raise ConfigurationError(msg)
         self.busy_timeout = float(busy_timeout)
         self.synchronous = synchronous.upper()
-        self.page_size = page_size
+        self.page_size = check_page_size(page_size)
         self._executor: ThreadPoolExecutor | None = None
         self._connection: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
-        events, snapshots = self.events_table, self.snapshots_table
-        select = (
-            "sequence, event_type, event_version, payload, metadata, timestamp, event_id, position"
-        )
-        self._sql_insert = (
-            f"INSERT INTO {events} ({_EVENT_COLUMNS}) "  # noqa: S608 - validated identifiers
-            "VALUES (?, ?, ?, ?, ?, CAST(? AS TEXT), CAST(? AS TEXT), ?, ?)"
-        )
-        self._sql_last_sequence = (
-            f"SELECT max(sequence) FROM {events} "  # noqa: S608 - validated identifier
-            "WHERE aggregate_type = ? AND aggregate_id = ?"
-        )
-        self._sql_events = (
-            f"SELECT {select} FROM {events} "  # noqa: S608 - validated identifier
-            "WHERE aggregate_type = ? AND aggregate_id = ? AND sequence > ? ORDER BY sequence"
-        )
-        self._sql_events_page = f"{self._sql_events} LIMIT ?"
-        self._sql_all_page = (
-            f"SELECT aggregate_type, aggregate_id, {select} FROM {events} "  # noqa: S608
-            "WHERE position > ? ORDER BY position LIMIT ?"
-        )
-        self._sql_type_page = (
-            f"SELECT aggregate_type, aggregate_id, {select} FROM {events} "  # noqa: S608
-            "WHERE position > ? AND aggregate_type = ? ORDER BY position LIMIT ?"
-        )
-        self._sql_snapshot = (
-            f"SELECT payload, last_sequence, current_snapshot FROM {snapshots} "  # noqa: S608
-            "WHERE aggregate_type = ? AND aggregate_id = ?"
-        )
-        self._sql_upsert = (
-            f"INSERT INTO {snapshots} (aggregate_type, aggregate_id, last_sequence, "  # noqa: S608
-            "current_snapshot, payload) VALUES (?, ?, ?, ?, CAST(? AS TEXT)) "
-            "ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET "
-            "last_sequence = excluded.last_sequence, "
-            "current_snapshot = excluded.current_snapshot, payload = excluded.payload, "
-            "timestamp = CURRENT_TIMESTAMP "
-            f"WHERE excluded.last_sequence > {snapshots}.last_sequence"
-        )
 
     def with_tables(self, events_table: str, snapshots_table: str) -> SqliteEventRepository:
         """A new, unopened repository on the same file using these (validated) table names.
@@ -260,22 +217,17 @@ class SqliteEventRepository(AsyncResource):
         """Apply the files of ``sql/sqlite`` not yet recorded in ``<events>_schema``, in one
         write transaction (idempotent; concurrent callers, in any process, serialize on the
         write lock and the later ones find everything applied)."""
-        names = {"{events}": self.events_table, "{snapshots}": self.snapshots_table}
-        files = [(name, _substitute(sql, names)) for name, sql in ddl_files("sqlite")]
-        schema = self.schema_table
+        names = {"events": self.events_table, "snapshots": self.snapshots_table}
+        files, sql = migrations("sqlite", names), self.statements
 
         def apply(connection: sqlite3.Connection) -> None:
             def write() -> None:
-                connection.execute(
-                    f"CREATE TABLE IF NOT EXISTS {schema} ("
-                    "name TEXT PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT (CURRENT_TIMESTAMP))"
-                )
-                applied = {row[0] for row in connection.execute(f"SELECT name FROM {schema}")}  # noqa: S608
-                for name, sql in files:
-                    if name not in applied:
-                        for statement in _statements(sql):
-                            connection.execute(statement)
-                        connection.execute(f"INSERT INTO {schema} (name) VALUES (?)", (name,))  # noqa: S608
+                connection.execute(sql.create_record)
+                applied = {row[0] for row in connection.execute(sql.applied)}
+                for migration in pending(files, applied):
+                    for statement in migration.statements:
+                        connection.execute(statement)
+                    connection.execute(sql.record, (migration.name,))
 
             write_transaction(connection, write)
 
@@ -291,7 +243,7 @@ class SqliteEventRepository(AsyncResource):
         self, aggregate_type: str, aggregate_id: str, after_sequence: int
     ) -> list[SerializedEvent]:
         """The events of one aggregate after ``after_sequence``, by sequence (one hop)."""
-        sql = self._sql_events
+        sql = self.statements.events
         params = (aggregate_type, aggregate_id, after_sequence)
 
         def read(connection: sqlite3.Connection) -> list[SerializedEvent]:
@@ -303,7 +255,7 @@ class SqliteEventRepository(AsyncResource):
         self, aggregate_type: str, aggregate_id: str
     ) -> SerializedSnapshot | None:
         """The aggregate's snapshot, or None (one hop)."""
-        sql = self._sql_snapshot
+        sql = self.statements.snapshot
         params = (aggregate_type, aggregate_id)
 
         def read(connection: sqlite3.Connection) -> tuple[str, int, int] | None:
@@ -319,7 +271,7 @@ class SqliteEventRepository(AsyncResource):
         self, aggregate_type: str, aggregate_id: str
     ) -> AsyncIterator[SerializedEvent]:
         """The aggregate's events by sequence, ``page_size`` per hop."""
-        sql, size = self._sql_events_page, self.page_size
+        sql, size = self.statements.events_page, self.page_size
         context = f"streaming {aggregate_type} {aggregate_id!r}"
 
         async def fetch(after: int) -> list[SerializedEvent]:
@@ -337,15 +289,15 @@ class SqliteEventRepository(AsyncResource):
         self, aggregate_type: str | None, after_position: int | None = None
     ) -> AsyncIterator[SerializedEvent]:
         """Events in position order after ``after_position``, ``page_size`` per hop."""
-        size = self.page_size
+        size, statements = self.page_size, self.statements
         context = f"streaming the events of {aggregate_type or 'every type'}"
 
         async def fetch(after: int) -> list[SerializedEvent]:
             params: tuple[object, ...]
             if aggregate_type is None:
-                sql, params = self._sql_all_page, (after, size)
+                sql, params = statements.all_page, (after, size)
             else:
-                sql, params = self._sql_type_page, (after, aggregate_type, size)
+                sql, params = statements.type_page, (after, aggregate_type, size)
 
             def read(connection: sqlite3.Connection) -> list[SerializedEvent]:
                 return all_rows(connection.execute(sql, params))
@@ -376,8 +328,13 @@ class SqliteEventRepository(AsyncResource):
         )
         rows = event_rows(events)
         count = len(rows)
-        insert, last_sequence, upsert = self._sql_insert, self._sql_last_sequence, self._sql_upsert
-        select = self._sql_events_page
+        sql = self.statements
+        insert, last_sequence, upsert, select = (
+            sql.insert,
+            sql.last_sequence,
+            sql.upsert,
+            sql.events_page,
+        )
         key = (aggregate_type, aggregate_id)
         snapshot_row = (
             None
@@ -447,20 +404,3 @@ def write_transaction(connection: sqlite3.Connection, body: Callable[[], T]) -> 
             connection.execute("ROLLBACK")
         raise
     return result
-
-
-def _substitute(sql: str, names: dict[str, str]) -> str:
-    for placeholder, name in names.items():
-        sql = sql.replace(placeholder, name)
-    return sql
-
-
-def _statements(script: str) -> list[str]:
-    """Split a DDL script into statements (sqlite3's executescript would COMMIT first)."""
-    statements, pending = [], ""
-    for chunk in script.split(";"):
-        pending += chunk + ";"
-        if sqlite3.complete_statement(pending):
-            statements.append(pending.strip())
-            pending = ""
-    return [s for s in statements if s.strip(" \n;")]

@@ -1,10 +1,10 @@
 -- Events and snapshots: the seed's columns in SQLite types, plus the global position and the
--- event id. {events} and {snapshots} stand for the configured table names (validated
--- identifiers). Applied once per database by create_schema(), which records it.
+-- event id. events and snapshots stand for the configured table names (see cqrs.ddl.render).
+-- Applied once per database by create_schema(), which records it.
 
 -- position: the global order. AUTOINCREMENT never reuses a number, and writers hold the write
 -- lock (BEGIN IMMEDIATE) from the first insert to COMMIT, so positions follow commit order.
-CREATE TABLE {events} (
+CREATE TABLE events (
     position       INTEGER PRIMARY KEY AUTOINCREMENT,
     aggregate_type TEXT    NOT NULL,
     aggregate_id   TEXT    NOT NULL,
@@ -20,7 +20,7 @@ CREATE TABLE {events} (
 
 -- One row per aggregate (the seed keys snapshots by last_sequence too); an upsert replaces
 -- it only with a snapshot of a greater last_sequence.
-CREATE TABLE {snapshots} (
+CREATE TABLE snapshots (
     aggregate_type   TEXT    NOT NULL,
     aggregate_id     TEXT    NOT NULL,
     last_sequence    INTEGER NOT NULL CHECK (last_sequence >= 0),

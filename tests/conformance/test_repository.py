@@ -12,6 +12,7 @@ from support import TYPE, batch, collect, event, payloads
 from cqrs import (
     AggregateConflict,
     ConfigurationError,
+    NotOpenError,
     PersistedEventRepository,
     SerializedSnapshot,
     default_codec,
@@ -311,8 +312,19 @@ async def test_data_survives_reopening(backend):
 async def test_open_and_close_are_idempotent(backend):
     repository = backend.new_repository()
     await repository.open()
-    await repository.open()
+    await repository.open()  # keeps the first open's connections working
     await repository.create_schema()
     await repository.persist(batch("a1", 1, 1), None)
+    assert [e.sequence for e in await repository.get_events(TYPE, "a1")] == [1]
     await repository.close()
     await repository.close()
+    with pytest.raises(NotOpenError):
+        await repository.get_events(TYPE, "a1")
+    async with repository:
+        await repository.open()
+        assert [e.sequence for e in await repository.get_events(TYPE, "a1")] == [1]
+        await repository.persist(batch("a1", 2, 1), None)
+        assert [e.sequence for e in await repository.get_events(TYPE, "a1")] == [1, 2]
+    await repository.close()
+    with pytest.raises(NotOpenError):
+        await repository.persist(batch("a1", 3, 1), None)

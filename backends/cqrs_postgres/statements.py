@@ -1,0 +1,166 @@
+"""The SQL of the PostgreSQL repositories, composed once per repository from validated
+table names (as quoted identifiers); every value is a bound parameter. The schema itself is
+the files of ``sql/postgres``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from cqrs.repository import validate_identifier
+
+__all__ = ["PostgresStatements", "PostgresViewStatements"]
+
+# The rows are inserted only if the batch starts right after the stored last sequence (the
+# max is one index probe, evaluated once): a gap or a taken sequence writes nothing, and the
+# snapshot is written only with the events. Two writers at one sequence both pass the check;
+# the unique key makes the second wait for the first and fail. No rows written, or a unique
+# violation, is then told apart from a retry of this very batch by its event ids.
+_EVENTS = """WITH written AS (
+  INSERT INTO {events} (aggregate_type, aggregate_id, sequence, event_type, event_version,
+    payload, metadata, timestamp, event_id, position)
+  SELECT %b, %b, sequence, event_type, event_version, payload, metadata, timestamp, event_id,
+    (pg_current_xact_id()::text::numeric * 1048576 + ordinal)::bigint
+  FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::json[], %b::json[],
+    %b::timestamptz[], %b::uuid[])
+    WITH ORDINALITY AS batch (sequence, event_type, event_version, payload, metadata,
+      timestamp, event_id, ordinal)
+  WHERE batch.sequence - batch.ordinal = (SELECT COALESCE(max(stored.sequence), 0)
+    FROM {events} AS stored WHERE stored.aggregate_type = %b AND stored.aggregate_id = %b)
+  RETURNING position
+)"""
+
+_SNAPSHOT = """, snapshot AS (
+  INSERT INTO {snapshots} AS stored (aggregate_type, aggregate_id, last_sequence,
+    current_snapshot, payload, timestamp)
+  SELECT %b::text, %b::text, %b::bigint, %b::bigint, %b::json, CURRENT_TIMESTAMP
+  WHERE EXISTS (SELECT FROM written)
+  ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+  SET last_sequence = excluded.last_sequence, current_snapshot = excluded.current_snapshot,
+    payload = excluded.payload, timestamp = excluded.timestamp
+  WHERE stored.last_sequence < excluded.last_sequence
+)"""
+
+_RETURN = " SELECT position FROM written ORDER BY position"
+
+_ONE_AGGREGATE = """SELECT sequence, event_type, event_version, payload, metadata,
+  COALESCE(timestamp, 'epoch'), event_id, position
+FROM {events} WHERE aggregate_type = %b AND aggregate_id = %b AND sequence > %b
+ORDER BY sequence LIMIT %b"""
+
+# Only rows of transactions below the snapshot's xmin: see cqrs_postgres.repository. Positions
+# are computed in numeric, not with a bigint shift, which wraps silently: an id of 2**43 or
+# more fails the commit ("bigint out of range") and the read bound is clamped to bigint.
+_HORIZON = (
+    "LEAST(pg_snapshot_xmin(pg_current_snapshot())::text::numeric * 1048576 - 1, "
+    "9223372036854775807)::bigint"
+)
+_ALL = (
+    """SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+  metadata, COALESCE(timestamp, 'epoch'), event_id, position
+FROM {events} WHERE position > %b
+  AND position <= """
+    + _HORIZON
+    + """
+ORDER BY position LIMIT %b"""
+)
+
+# Row comparisons, not ``aggregate_type = ... AND position > ...``: with an equality on the
+# type the planner may walk the position index and filter by type (it guesses the type is
+# spread evenly), reading every other type's rows in between, or all of them for a type
+# whose events are recent. Row bounds are served by the (aggregate_type, position) index,
+# which reads exactly the rows of the page. This statement is never prepared: a generic plan
+# does not know the type's share of the table nor the page size, and may choose the primary
+# key plus a sort of every event of the type; planning each page with its values (a small
+# cost next to reading a page) picks the index.
+_ALL_OF_TYPE = (
+    """SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+  metadata, COALESCE(timestamp, 'epoch'), event_id, position
+FROM {events} WHERE (aggregate_type, position) > (%(type)b, %(after)b)
+  AND (aggregate_type, position) <= (%(type)b, """
+    + _HORIZON
+    + """)
+ORDER BY aggregate_type, position LIMIT %(limit)b"""
+)
+
+_NEWEST_ALL = "SELECT max(position) FROM {events}"
+_NEWEST_OF_TYPE = "SELECT max(position) FROM {events} WHERE aggregate_type = %b"
+
+_GET_SNAPSHOT = """SELECT payload, last_sequence, current_snapshot FROM {snapshots}
+WHERE aggregate_type = %b AND aggregate_id = %b"""
+
+_LOAD_VIEW = "SELECT payload, version FROM {table} WHERE view_id = %b"
+_INSERT_VIEW = """INSERT INTO {table} (view_id, version, payload) VALUES (%b, %b, %b::json)
+ON CONFLICT (view_id) DO NOTHING"""
+_UPDATE_VIEW = """UPDATE {table} SET version = %b, payload = %b::json
+WHERE view_id = %b AND version = %b"""
+
+
+def _compose(text: str, **names: str) -> bytes:
+    identifiers = {key: sql.Identifier(validate_identifier(name)) for key, name in names.items()}
+    return sql.SQL(text).format(**identifiers).as_bytes(None)
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresStatements:
+    """The statements of one :class:`~cqrs_postgres.PostgresEventRepository` (its
+    ``statements`` attribute), for tools that must run exactly what it runs. Parameters are
+    binary (``%b``)."""
+
+    persist: bytes
+    """Store a batch if it follows the stored last sequence; returns the positions (type,
+    id, then the arrays of sequence, event_type, event_version, payload, metadata, timestamp,
+    event_id, then type and id again)."""
+    persist_with_snapshot: bytes
+    """The same, then the snapshot upsert (type, id, last_sequence, version, payload)."""
+    one_aggregate: bytes
+    """One aggregate's events after a sequence (type, id, after, limit or None)."""
+    all: bytes
+    """Every type's events after a position (after, limit), finished transactions only."""
+    all_of_type: bytes
+    """One type's events after a position (named: type, after, limit); run unprepared."""
+    newest_all: bytes
+    """The greatest stored position."""
+    newest_of_type: bytes
+    """The greatest stored position of one type (type)."""
+    get_snapshot: bytes
+    """One aggregate's snapshot: payload, last_sequence, current_snapshot (type, id)."""
+
+    @classmethod
+    def for_tables(cls, events_table: str, snapshots_table: str) -> PostgresStatements:
+        """The statements for these tables (validated as identifiers)."""
+        names = {"events": events_table, "snapshots": snapshots_table}
+        return cls(
+            persist=_compose(_EVENTS + _RETURN, **names),
+            persist_with_snapshot=_compose(_EVENTS + _SNAPSHOT + _RETURN, **names),
+            one_aggregate=_compose(_ONE_AGGREGATE, **names),
+            all=_compose(_ALL, **names),
+            all_of_type=_compose(_ALL_OF_TYPE, **names),
+            newest_all=_compose(_NEWEST_ALL, **names),
+            newest_of_type=_compose(_NEWEST_OF_TYPE, **names),
+            get_snapshot=_compose(_GET_SNAPSHOT, **names),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresViewStatements:
+    """The statements of one :class:`~cqrs_postgres.PostgresViewRepository` (its
+    ``statements`` attribute)."""
+
+    load: bytes
+    """A view's payload and version (view_id)."""
+    insert: bytes
+    """Store a view that is not stored yet (view_id, version, payload); changes no row if
+    one is."""
+    update: bytes
+    """Store a view if it is still at a version (version, payload, view_id, old version)."""
+
+    @classmethod
+    def for_table(cls, table: str) -> PostgresViewStatements:
+        """The statements for this table (validated as an identifier)."""
+        return cls(
+            load=_compose(_LOAD_VIEW, table=table),
+            insert=_compose(_INSERT_VIEW, table=table),
+            update=_compose(_UPDATE_VIEW, table=table),
+        )
