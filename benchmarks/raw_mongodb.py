@@ -21,10 +21,11 @@ from typing import Any
 
 from bson.binary import UuidRepresentation
 from bson.codec_options import CodecOptions
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 
 from benchmarks.raw import AGGREGATE_TYPE, METADATA, RawSide, Row, Snapshot, new_event_ids
+from cqrs import SerializedSnapshot
 from cqrs_mongodb import MongoEventRepository
 
 __all__ = ["RawMongoSide", "framework_repository"]
@@ -124,7 +125,19 @@ class RawMongoSide(RawSide):
                 zip(events, payloads, event_ids, strict=True), 1
             )
         ]
-        upsert = None if snapshot is None else self._snapshot_update(aggregate_id, snapshot)
+        upsert = (
+            None
+            if snapshot is None
+            else MongoEventRepository.snapshot_update(  # the backend's own upsert
+                SerializedSnapshot(
+                    AGGREGATE_TYPE,
+                    aggregate_id,
+                    snapshot.payload,
+                    snapshot.last_sequence,
+                    snapshot.version,
+                )
+            )
+        )
         total = len(documents)
 
         async def attempt(session: AsyncClientSession) -> None:
@@ -147,22 +160,6 @@ class RawMongoSide(RawSide):
         assert self.client is not None  # noqa: S101 - opened by the harness
         async with self.client.start_session() as session:
             await session.with_transaction(attempt)
-
-    @staticmethod
-    def _snapshot_update(aggregate_id: str, snapshot: Snapshot) -> UpdateOne:
-        newer = {"$lt": [{"$ifNull": ["$last_sequence", -1]}, snapshot.last_sequence]}
-        fields = {
-            "last_sequence": snapshot.last_sequence,
-            "current_snapshot": snapshot.version,
-            "payload": snapshot.payload.decode(),
-            "timestamp": datetime.now(UTC),
-        }
-        changes = {
-            name: {"$cond": [newer, {"$literal": value}, f"${name}"]}
-            for name, value in fields.items()
-        }
-        key = {"aggregate_type": AGGREGATE_TYPE, "aggregate_id": aggregate_id}
-        return UpdateOne(key, [{"$set": changes}], upsert=True)
 
     async def read_page(self, after: int, limit: int) -> list[Row]:
         documents = await self.events.find(

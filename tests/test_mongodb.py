@@ -801,7 +801,7 @@ def test_a_motor_client_is_refused_with_what_to_pass_instead():
     with pytest.raises(ConfigurationError, match=r"Motor.*Pass a pymongo\.AsyncMongoClient"):
         MongoEventRepository(motor)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match=r"pymongo\.AsyncMongoClient"):
-        MongoViewRepository(motor, Record)  # type: ignore[arg-type]
+        MongoViewRepository(Record, "views", motor)  # type: ignore[arg-type]
 
 
 def test_a_synchronous_client_is_refused():
@@ -860,7 +860,7 @@ async def test_connect_opens_the_database_named_in_the_url(url, client, prefix):
 
 
 async def test_view_repository_on_a_client(client, prefix):
-    views = MongoViewRepository(client, Record, f"{prefix}_views", database=DATABASE)
+    views = MongoViewRepository(Record, f"{prefix}_views", client, database=DATABASE)
     await views.create_schema()
     await views.create_schema()
     record = ODD_VALUES[1]

@@ -23,19 +23,19 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
 from bson.errors import BSONError
-from pymongo import ASCENDING, AsyncMongoClient
+from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 
 from cqrs.codec import Codec, default_codec
-from cqrs.errors import ConfigurationError
 from cqrs.repository import (
     AsyncResource,
     SerializedEvent,
     SerializedSnapshot,
     check_batch,
+    check_page_size,
     not_open,
     read_pages,
     validate_identifier,
@@ -97,10 +97,7 @@ class MongoEventRepository(AsyncResource):
         counters_collection: str = "counters",
         page_size: int = PAGE_SIZE,
     ) -> None:
-        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
-            msg = f"page_size must be a positive int, not {page_size!r}"
-            raise ConfigurationError(msg)
-        self.page_size = page_size
+        self.page_size = check_page_size(page_size)
         self.events_collection = validate_identifier(events_collection, "collection name")
         self.snapshots_collection = validate_identifier(snapshots_collection, "collection name")
         self.counters_collection = validate_identifier(counters_collection, "collection name")
@@ -361,12 +358,19 @@ class MongoEventRepository(AsyncResource):
         )
         return await committer.commit(commit)
 
+    @staticmethod
+    def snapshot_update(snapshot: SerializedSnapshot) -> UpdateOne:
+        """The upsert :meth:`persist` sends with a snapshot (in the snapshots collection,
+        replacing the stored one only if ``last_sequence`` grows), for tools that must send
+        exactly what it sends."""
+        return snapshot_update(snapshot)
+
     def view_repository(
         self, view_type: type[V], table: str, *, codec: Codec = default_codec
     ) -> MongoViewRepository[V]:
         """A view repository on this repository's client and database (usable once this
         repository is open)."""
-        return MongoViewRepository(self, view_type, table, codec=codec)
+        return MongoViewRepository(view_type, table, self, codec=codec)
 
 
 def from_url(url: str, *, page_size: int = PAGE_SIZE) -> MongoEventRepository:

@@ -3,16 +3,15 @@ with the payload stored as the codec's JSON text."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from bson.errors import BSONError
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from cqrs.codec import Codec, default_codec
-from cqrs.errors import AggregateConflict, DeserializationError
-from cqrs.repository import ViewContext, next_view_version, validate_identifier
+from cqrs.repository import BaseViewRepository
 from cqrs_mongodb._driver import Document, resolve_database, translate
 
 if TYPE_CHECKING:
@@ -32,28 +31,28 @@ class _HasDatabase(Protocol):
     def database(self) -> AsyncDatabase[Document]: ...
 
 
-class MongoViewRepository(Generic[V]):
-    """Views of type ``view_type`` in one collection, with optimistic locking by version.
+class MongoViewRepository(BaseViewRepository[V]):
+    """Views of type ``view_type`` in one collection, one document per view:
+    ``{_id: view id, version, payload}`` with the payload stored as the codec's JSON text.
 
     ``source`` is a ``MongoEventRepository`` (the views share its client and work while it
     is open: every method raises :class:`cqrs.NotOpenError` before any I/O otherwise), a
     ``pymongo.AsyncMongoClient`` (database ``database``, else the client's default, else
-    ``"cqrs"``) or an ``AsyncDatabase``. Views are (de)serialized with
-    ``codec``; a stored view that does not decode raises DeserializationError naming it.
+    ``"cqrs"``) or an ``AsyncDatabase``.
     """
+
+    table_kind = "collection"
 
     def __init__(
         self,
-        source: MongoEventRepository | AsyncMongoClient[Any] | AsyncDatabase[Any],
         view_type: type[V],
-        collection: str = "views",
+        table: str,
+        source: MongoEventRepository | AsyncMongoClient[Any] | AsyncDatabase[Any],
         *,
         database: str | None = None,
         codec: Codec = default_codec,
     ) -> None:
-        self.view_type = view_type
-        self.collection = validate_identifier(collection, "collection name")
-        self.codec = codec
+        super().__init__(view_type, table, codec=codec)
         self._holder: _HasDatabase | None = None
         self._database: AsyncDatabase[Document] | None = None
         if isinstance(getattr(type(source), "database", None), property):
@@ -64,62 +63,41 @@ class MongoViewRepository(Generic[V]):
     def _collection(self) -> AsyncCollection[Document]:
         database = self._database if self._holder is None else self._holder.database
         assert database is not None  # noqa: S101 - one of the two is always set
-        return database.get_collection(self.collection)
+        return database.get_collection(self.table)
 
-    async def create_schema(self) -> None:
-        """Create the collection (idempotent, safe when run concurrently)."""
+    def _check_open(self) -> None:
+        self._collection()
+
+    async def _create_schema(self) -> None:
         collection = self._collection()
         try:
-            await collection.database.create_collection(self.collection, check_exists=False)
+            await collection.database.create_collection(self.table, check_exists=False)
         except OperationFailure as error:
             if error.code != _NAMESPACE_EXISTS:
-                raise translate(error, f"creating {self.collection}") from error
+                raise translate(error, f"creating {self.table}") from error
         except (PyMongoError, BSONError) as error:
-            raise translate(error, f"creating {self.collection}") from error
+            raise translate(error, f"creating {self.table}") from error
 
-    async def load(self, view_id: str) -> V | None:
-        """The view, or None."""
-        loaded = await self.load_with_context(view_id)
-        return None if loaded is None else loaded[0]
-
-    async def load_with_context(self, view_id: str) -> tuple[V, ViewContext] | None:
-        """The view and its version, or None."""
-        collection = self._collection()
+    async def _fetch(self, view_id: str) -> tuple[Any, Any] | None:
         try:
-            document = await collection.find_one({"_id": view_id})
+            document = await self._collection().find_one({"_id": view_id})
         except (PyMongoError, BSONError) as error:
-            raise translate(error, f"loading view {view_id!r} from {self.collection}") from error
-        if document is None:
-            return None
-        try:
-            view = self.codec.decode(document["payload"], self.view_type)
-            version: int = document["version"]
-        except (ValueError, TypeError, KeyError) as error:
-            msg = f"view {view_id!r} in {self.collection} does not decode: {error}"
-            raise DeserializationError(msg) from error
-        return view, ViewContext(view_id, version)
+            raise translate(error, f"loading view {view_id!r} from {self.table}") from error
+        return None if document is None else (document.get("payload"), document.get("version"))
 
-    async def update_view(self, view: V, context: ViewContext, version: int | None = None) -> None:
-        """Store the view at ``version`` (default ``context.version + 1``) if its stored
-        version still equals ``context.version`` (0: none stored yet); raise
-        AggregateConflict otherwise."""
-        new_version = next_view_version(context, version)
-        collection = self._collection()
-        payload = self.codec.encode(view).decode()
-        view_id, old_version = context.view_id, context.version
-        doing = f"storing view {view_id!r} version {new_version} in {self.collection}"
+    async def _store(self, view_id: str, payload: bytes, version: int, expected: int) -> bool:
+        collection, text = self._collection(), payload.decode()
         try:
-            if old_version == 0:
-                await collection.insert_one(
-                    {"_id": view_id, "version": new_version, "payload": payload}
-                )
-                return
+            if expected == 0:
+                await collection.insert_one({"_id": view_id, "version": version, "payload": text})
+                return True
             result = await collection.update_one(
-                {"_id": view_id, "version": old_version},
-                {"$set": {"version": new_version, "payload": payload}},
+                {"_id": view_id, "version": expected},
+                {"$set": {"version": version, "payload": text}},
             )
+        except DuplicateKeyError:
+            return False
         except (PyMongoError, BSONError) as error:
+            doing = f"storing view {view_id!r} version {version} in {self.table}"
             raise translate(error, doing) from error
-        if result.matched_count == 0:
-            msg = f"view {view_id!r} in {self.collection} is no longer at version {old_version}"
-            raise AggregateConflict(msg)
+        return result.matched_count == 1

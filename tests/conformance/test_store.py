@@ -392,6 +392,45 @@ async def test_view_repository_optimistic_locking(backend):
     assert (await views.load("acc")).balance == D(2)  # type: ignore[union-attr]
 
 
+async def test_a_view_that_does_not_decode_names_itself_and_its_table(backend):
+    repository = await backend.open_repository()
+    table = backend.name("views")
+    views = repository.view_repository(dict[str, int], table)
+    await views.create_schema()
+    await views.update_view({"n": 1}, ViewContext("v1", 0))
+    other_type = repository.view_repository(list[int], table)  # the same table, another type
+    with pytest.raises(DeserializationError, match=rf"view 'v1' in {table} \(version 1\)"):
+        await other_type.load("v1")
+    assert await views.load("v1") == {"n": 1}  # nothing else is lost
+
+
+async def test_a_view_conflict_names_the_view_and_its_table(backend):
+    repository = await backend.open_repository()
+    table = backend.name("views")
+    views = repository.view_repository(dict[str, int], table)
+    await views.create_schema()
+    await views.update_view({"n": 1}, ViewContext("v1", 0))
+    with pytest.raises(AggregateConflict, match=rf"view 'v1' in {table} was stored by another"):
+        await views.update_view({"n": 2}, ViewContext("v1", 0))
+    await views.update_view({"n": 2}, ViewContext("v1", 1), 5)  # any greater version
+    with pytest.raises(AggregateConflict, match=rf"view 'v1' in {table} is no longer at version 1"):
+        await views.update_view({"n": 3}, ViewContext("v1", 1))
+    assert await views.load_with_context("v1") == ({"n": 2}, ViewContext("v1", 5))
+    with pytest.raises(ValueError, match="greater than 5"):
+        await views.update_view({"n": 3}, ViewContext("v1", 5), 5)
+
+
+@pytest.mark.parametrize("view_id", ["", "x\x00", "€" * 400, 7])
+async def test_bad_view_ids_are_refused_on_every_backend(backend, view_id):
+    repository = await backend.open_repository()
+    views = repository.view_repository(dict[str, int], backend.name("views"))
+    await views.create_schema()
+    with pytest.raises(ValueError, match="view_id"):
+        await views.load(view_id)
+    with pytest.raises(ValueError, match="view_id"):
+        await views.update_view({"n": 1}, ViewContext(view_id, 0))
+
+
 async def test_generic_query_maintains_the_view_after_each_commit(backend):
     repository = await backend.open_repository()
     views = repository.view_repository(BankAccountView, backend.name("views"))
