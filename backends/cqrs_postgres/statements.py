@@ -106,26 +106,29 @@ def _compose(text: str, **names: str) -> bytes:
 class PostgresStatements:
     """The statements of one :class:`~cqrs_postgres.PostgresEventRepository` (its
     ``statements`` attribute), for tools that must run exactly what it runs. Parameters are
-    binary (``%b``)."""
+    binary (``%b``).
+
+    - ``persist``: store a batch that follows the stored last sequence, return its
+      positions (type, id, the arrays of sequence, event_type, event_version, payload,
+      metadata, timestamp and event_id, then type and id again);
+    - ``persist_with_snapshot``: the same and the snapshot upsert (then type, id,
+      last_sequence, version, payload);
+    - ``one_aggregate``: an aggregate's events after a sequence (type, id, after, limit);
+    - ``all``: every type's events after a position, of finished transactions (after,
+      limit);
+    - ``all_of_type``: one type's (named: type, after, limit; run unprepared);
+    - ``newest_all``, ``newest_of_type``: the greatest stored position (of a type);
+    - ``get_snapshot``: payload, last_sequence, current_snapshot (type, id).
+    """
 
     persist: bytes
-    """Store a batch if it follows the stored last sequence; returns the positions (type,
-    id, then the arrays of sequence, event_type, event_version, payload, metadata, timestamp,
-    event_id, then type and id again)."""
     persist_with_snapshot: bytes
-    """The same, then the snapshot upsert (type, id, last_sequence, version, payload)."""
     one_aggregate: bytes
-    """One aggregate's events after a sequence (type, id, after, limit or None)."""
     all: bytes
-    """Every type's events after a position (after, limit), finished transactions only."""
     all_of_type: bytes
-    """One type's events after a position (named: type, after, limit); run unprepared."""
     newest_all: bytes
-    """The greatest stored position."""
     newest_of_type: bytes
-    """The greatest stored position of one type (type)."""
     get_snapshot: bytes
-    """One aggregate's snapshot: payload, last_sequence, current_snapshot (type, id)."""
 
     @classmethod
     def for_tables(cls, events_table: str, snapshots_table: str) -> PostgresStatements:
@@ -146,15 +149,17 @@ class PostgresStatements:
 @dataclass(frozen=True, slots=True)
 class PostgresViewStatements:
     """The statements of one :class:`~cqrs_postgres.PostgresViewRepository` (its
-    ``statements`` attribute)."""
+    ``statements`` attribute).
+
+    - ``load``: a view's payload and version (view_id);
+    - ``insert``: store a view not stored yet, else change nothing (view_id, version,
+      payload);
+    - ``update``: store a view still at a version (version, payload, view_id, old version).
+    """
 
     load: bytes
-    """A view's payload and version (view_id)."""
     insert: bytes
-    """Store a view that is not stored yet (view_id, version, payload); changes no row if
-    one is."""
     update: bytes
-    """Store a view if it is still at a version (version, payload, view_id, old version)."""
 
     @classmethod
     def for_table(cls, table: str) -> PostgresViewStatements:

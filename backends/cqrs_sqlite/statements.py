@@ -23,30 +23,31 @@ _READ_COLUMNS = (
 @dataclass(frozen=True, slots=True)
 class SqliteStatements:
     """The statements of one :class:`~cqrs_sqlite.SqliteEventRepository` (its
-    ``statements`` attribute), for tools that must run exactly what it runs."""
+    ``statements`` attribute), for tools that must run exactly what it runs.
+
+    - ``insert``: one event row (the nine values of ``rows.event_rows``), for executemany;
+    - ``last_sequence``: ``max(sequence)`` of an aggregate (type, id);
+    - ``events``: an aggregate's events after a sequence (type, id, after);
+    - ``events_page``: the same, one page (type, id, after, limit);
+    - ``all_page``: every type's events after a position (after, limit);
+    - ``type_page``: one type's events after a position (after, type, limit);
+    - ``snapshot``: payload, last_sequence, current_snapshot (type, id);
+    - ``upsert``: store a snapshot unless the stored one's last_sequence is not smaller;
+    - ``create_record``, ``applied``, ``record``: create ``<events>_schema``, read the
+      names of the applied DDL files, record one (name).
+    """
 
     insert: str
-    """One event row (the nine columns of ``event_rows``), for ``executemany``."""
     last_sequence: str
-    """``max(sequence)`` of one aggregate (type, id)."""
     events: str
-    """One aggregate's events after a sequence (type, id, after), by sequence."""
     events_page: str
-    """The same, one page (type, id, after, limit)."""
     all_page: str
-    """Every type's events after a position (after, limit), by position."""
     type_page: str
-    """One type's events after a position (after, type, limit), by position."""
     snapshot: str
-    """One aggregate's snapshot: payload, last_sequence, current_snapshot (type, id)."""
     upsert: str
-    """Store a snapshot unless the stored one has a greater or equal last_sequence."""
     create_record: str
-    """Create ``<events>_schema``, the table recording the applied DDL files."""
     applied: str
-    """The names of the applied DDL files."""
     record: str
-    """Record one applied DDL file (name)."""
 
     @classmethod
     def for_tables(cls, events_table: str, snapshots_table: str) -> SqliteStatements:
@@ -101,15 +102,17 @@ class SqliteStatements:
 @dataclass(frozen=True, slots=True)
 class SqliteViewStatements:
     """The statements of one :class:`~cqrs_sqlite.SqliteViewRepository` (its
-    ``statements`` attribute)."""
+    ``statements`` attribute).
+
+    - ``load``: a view's payload and version (view_id);
+    - ``insert``: store a view not stored yet, else change nothing (view_id, version,
+      payload);
+    - ``update``: store a view still at a version (version, payload, view_id, old version).
+    """
 
     load: str
-    """A view's payload and version (view_id)."""
     insert: str
-    """Store a view that is not stored yet (view_id, version, payload); changes no row if
-    one is."""
     update: str
-    """Store a view if it is still at a version (version, payload, view_id, old version)."""
 
     @classmethod
     def for_table(cls, table: str) -> SqliteViewStatements:
