@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 import zipfile
 from importlib.metadata import EntryPoint
 from pathlib import Path
@@ -86,9 +87,16 @@ def test_wheel_ships_the_packages_the_ddl_and_py_typed(tmp_path):
     )
     (wheel,) = tmp_path.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "cqrs/py.typed" in names
-    for package in ("cqrs", "cqrs_memory", "cqrs_sqlite", "cqrs_postgres", "cqrs_mongodb"):
-        assert f"{package}/__init__.py" in names
+    declared = tomllib.loads((root / "pyproject.toml").read_text("utf-8"))
+    expected = {
+        Path(path).name
+        for path in declared["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    }
+    assert {"cqrs", "cqrs_memory", "cqrs_sqlite", "cqrs_postgres", "cqrs_mongodb"} <= expected
+    shipped = {name.split("/")[0] for name in names if name.endswith("/__init__.py")}
+    assert shipped == expected
+    for package in shipped:  # every installed package is typed (PEP 561)
+        assert f"{package}/py.typed" in names, package
     for dialect in ("postgres", "sqlite"):
         for path in sorted((root / "sql" / dialect).rglob("*.sql")):
             packaged = f"cqrs/sql/{path.relative_to(root / 'sql').as_posix()}"
