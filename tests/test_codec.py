@@ -153,7 +153,9 @@ def _dataclass(name: str, doc: str = "", /, **fields: type[object]) -> type[obje
 
 
 def _pydantic(name: str, doc: str = "", /, **fields: type[object]) -> type[object]:
-    model = pydantic.create_model(name, **{k: (v | None, None) for k, v in fields.items()})  # type: ignore[call-overload]
+    model: type[object] = pydantic.create_model(
+        name, **{k: (v | None, None) for k, v in fields.items()}
+    )  # type: ignore[call-overload]
     model.__doc__ = doc
     return model
 

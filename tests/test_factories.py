@@ -40,7 +40,7 @@ async def test_each_source_of_truth_stores_events_and_snapshots_as_chosen(option
     snapshot = await repository.get_snapshot("BankAccount", "a1")
     expected = {None: None, 3: 3, 1: 4}[snapshot_every]
     assert (snapshot and snapshot.last_sequence) == expected
-    assert (await app.store.load_aggregate("a1")).aggregate.balance == Decimal(15)  # type: ignore[attr-defined]
+    assert (await app.store.load_aggregate("a1")).aggregate.balance == Decimal(15)
 
 
 async def test_queries_retry_upcasters_and_error_handler_are_passed_on():
@@ -67,6 +67,7 @@ async def test_queries_retry_upcasters_and_error_handler_are_passed_on():
     assert seen == [1]
     assert app.retry is retry
     assert app.on_query_error == failures.append
+    assert isinstance(app.store, cqrs.PersistedEventStore)
     assert app.store._upcasters == (upcaster,)
 
 

@@ -166,7 +166,7 @@ def _bug(kind: str) -> None:
     if kind == "type":
         len(42)  # type: ignore[arg-type]
     elif kind == "key":
-        _ = {}["missing"]
+        _ = dict[str, int]()["missing"]
     elif kind == "attribute":
         _ = None.balance  # type: ignore[attr-defined]
 
@@ -329,7 +329,7 @@ async def test_committing_an_undeclared_event_class_is_refused():
     store = PersistedEventStore(await memory(), Notebook)
     context = await store.load_aggregate("nb")
     with pytest.raises(ConfigurationError, match="Stray is not listed"):
-        await store.commit([Stray()], context, {})
+        await store.commit([Stray()], context, {})  # type: ignore[list-item]
 
 
 async def test_typed_bank_account_round_trip():

@@ -94,7 +94,7 @@ async def counting() -> CountingStore:
 
 
 def framework(store: CountingStore, calls: Calls) -> CqrsFramework[str, Ticked, Calls]:
-    return CqrsFramework(store, (), calls, retry=Retry(attempts=ATTEMPTS, base_delay=0))  # type: ignore[arg-type]
+    return CqrsFramework(store, (), calls, retry=Retry(attempts=ATTEMPTS, base_delay=0))
 
 
 async def stored(store: CountingStore) -> list[int]:

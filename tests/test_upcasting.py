@@ -175,7 +175,7 @@ def stored(sequence: int, version: str, payload: dict[str, object]) -> Serialize
 
 async def test_the_chain_upgrades_old_events_and_leaves_current_ones_alone():
     repository = await memory()
-    current = {"full_name": "cur", "source": "stored", "steps": []}
+    current: dict[str, object] = {"full_name": "cur", "source": "stored", "steps": []}
     await repository.persist(
         [
             stored(1, "1", {"name": "one"}),

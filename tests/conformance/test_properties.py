@@ -13,6 +13,7 @@ from cqrs import CqrsFramework, PersistedEventStore
 from examples.bank_account.domain import (
     AccountOpened,
     BankAccount,
+    BankAccountEvent,
     BankAccountServices,
     CustomerDepositedMoney,
     CustomerWithdrewCash,
@@ -74,7 +75,7 @@ async def test_snapshot_plus_tail_equals_full_replay(repository, snapshot_every,
     balance = Decimal(0)
     for size in batches:
         context = await snapshotting.load_aggregate(account)
-        events = []
+        events: list[BankAccountEvent] = []
         for index in range(size):
             if index % 3 == 2 and balance >= 1:
                 balance -= 1

@@ -154,7 +154,7 @@ NEW_CLASSES = pytest.mark.parametrize(
 )
 
 
-async def commit(store: PersistedEventStore[Any, Any, Any], *events: object) -> None:
+async def commit(store: PersistedEventStore[Any, Any, Any, Any], *events: object) -> None:
     context = await store.load_aggregate("l")
     await store.commit(events, context, {})
 
@@ -234,7 +234,9 @@ async def test_a_snapshot_of_the_same_schema_is_used(repository):
 
     # As after a restart or a deploy that changed only code: another class object, with the
     # same name and fields (the docstring does not count).
-    same_fields = dataclass(type("LedgerV1", (LedgerV1,), {"__doc__": "Rewritten docs."}))
+    same_fields: type[LedgerV1] = dataclass(
+        type("LedgerV1", (LedgerV1,), {"__doc__": "Rewritten docs."})
+    )
     assert schema_fingerprint(same_fields) == schema_fingerprint(LedgerV1)
     full_reads = count_full_reads(repository)
     loaded = await PersistedEventStore(repository, same_fields, snapshot_every=3).load_aggregate(

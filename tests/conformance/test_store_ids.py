@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from support import collect
@@ -22,6 +21,8 @@ from cqrs.repository import MAX_AGGREGATE_ID_BYTES, MAX_AGGREGATE_TYPE_BYTES
 from examples.bank_account.domain import (
     AccountOpened,
     BankAccount,
+    BankAccountCommand,
+    BankAccountEvent,
     BankAccountServices,
     CustomerDepositedMoney,
     CustomerWithdrewCash,
@@ -46,8 +47,8 @@ ID_LIMIT = f"aggregate_id is {MAX_AGGREGATE_ID_BYTES + 1} .*the limit is {MAX_AG
 
 
 def bank(
-    repository: PersistedEventRepository, aggregate_class: type[Any] = BankAccount
-) -> CqrsFramework[Any, Any, BankAccountServices]:
+    repository: PersistedEventRepository, aggregate_class: type[BankAccount] = BankAccount
+) -> CqrsFramework[BankAccountCommand, BankAccountEvent, BankAccountServices]:
     store = PersistedEventStore(repository, aggregate_class, snapshot_every=2)
     return CqrsFramework(store, (), BankAccountServices())
 
@@ -74,7 +75,9 @@ async def test_an_id_of_exactly_the_limit_commits_and_loads(repository, aggregat
     events = await cqrs.store.load_events(aggregate_id)
     assert [(e.aggregate_id, e.sequence) for e in events] == [(aggregate_id, s) for s in (1, 2, 3)]
     assert events[0].payload == AccountOpened(aggregate_id)
-    assert [e.sequence for e in await collect(cqrs.store.stream_events(aggregate_id))] == [1, 2, 3]
+    store = cqrs.store
+    assert isinstance(store, PersistedEventStore)
+    assert [e.sequence for e in await collect(store.stream_events(aggregate_id))] == [1, 2, 3]
 
 
 OPERATIONS = [
@@ -121,23 +124,24 @@ async def test_an_aggregate_type_of_exactly_the_limit_works_and_one_byte_more_is
 ):
     at_limit = "T" * (MAX_AGGREGATE_TYPE_BYTES - 2) + "é"
     assert len(at_limit.encode()) == MAX_AGGREGATE_TYPE_BYTES
-    long_typed = type("LongTyped", (BankAccount,), {"aggregate_type": at_limit})
+    long_typed: type[BankAccount] = type("LongTyped", (BankAccount,), {"aggregate_type": at_limit})
     cqrs = bank(repository, long_typed)
     await cqrs.execute("acc", OpenAccount("acc"))
     await cqrs.execute("acc", DepositMoney(D(4)))
     loaded = await cqrs.store.load_aggregate("acc")
-    assert (loaded.version, loaded.aggregate.balance) == (2, D(4))
+    assert (loaded.version, loaded.aggregate) == (2, long_typed(opened=True, balance=D(4)))
     assert [e.aggregate_type for e in await cqrs.store.load_events("acc")] == [at_limit] * 2
     assert await repository.get_snapshot(at_limit, "acc") is not None
     for over in (at_limit + "x", "T" * (MAX_AGGREGATE_TYPE_BYTES - 1) + "é"):
-        too_long = type("TooLong", (BankAccount,), {"aggregate_type": over})
+        too_long: type[BankAccount] = type("TooLong", (BankAccount,), {"aggregate_type": over})
         with pytest.raises(
             ConfigurationError,
             match=f"TooLong.aggregate_type is 256 .*the limit is {MAX_AGGREGATE_TYPE_BYTES}",
         ):
             PersistedEventStore(repository, too_long)
+    nul: type[BankAccount] = type("Nul", (BankAccount,), {"aggregate_type": "a\x00"})
     with pytest.raises(ConfigurationError, match="NUL"):
-        PersistedEventStore(repository, type("Nul", (BankAccount,), {"aggregate_type": "a\x00"}))
+        PersistedEventStore(repository, nul)
 
 
 async def test_stored_event_ids_are_the_committed_ones(repository):

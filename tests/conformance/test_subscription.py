@@ -7,13 +7,16 @@ import random
 
 from support import TYPE, batch
 
+from cqrs.repository import SerializedEvent
 from cqrs.subscription import Subscription
 
 FAST = 0.02  # poll interval: live delivery within a few of these on every backend
 
 
-async def take(subscription: Subscription, count: int, seconds: float = 20.0) -> list:
-    events = []
+async def take(
+    subscription: Subscription, count: int, seconds: float = 20.0
+) -> list[SerializedEvent]:
+    events: list[SerializedEvent] = []
 
     async def run() -> None:
         async for event in subscription:
@@ -94,7 +97,7 @@ async def test_never_skips_or_repeats_while_writers_commit(backend):
             sequence += len(rows)
 
     subscription = Subscription(reader, poll_interval=FAST)
-    seen: list = []
+    seen: list[SerializedEvent] = []
     done = asyncio.Event()
 
     async def consume() -> None:
