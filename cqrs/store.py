@@ -26,6 +26,7 @@ from cqrs.repository import (
     SerializedSnapshot,
     check_ids,
 )
+from cqrs.subscription import Subscription
 from cqrs.upcasting import EventUpcaster, RawEvent, check_upcaster_order
 
 __all__ = ["AggregateContext", "EventStore", "PersistedEventStore", "validate_input"]
@@ -303,6 +304,26 @@ class PersistedEventStore(Generic[A_co, C, E, S]):
         """Every event of this aggregate type in global order, after ``after_position``."""
         async for row in self.repository.stream_all_events(self.aggregate_type, after_position):
             yield self.decode(row)
+
+    async def subscribe(
+        self, after_position: int | None = None, *, poll_interval: float = 1.0
+    ) -> AsyncIterator[EventEnvelope[E]]:
+        """Every event of this aggregate type after ``after_position``, decoded and upcast
+        like a load: first the stored ones in pages, then new commits as they happen, in
+        global order, never skipping or repeating one; it never ends by itself (see
+        :class:`~cqrs.subscription.Subscription`, which it runs over this store's
+        repository; ``poll_interval`` bounds how late a commit is seen without a push)."""
+        subscription = Subscription(
+            self.repository,
+            after_position=after_position,
+            types=(self.aggregate_type,),
+            poll_interval=poll_interval,
+        )
+        try:
+            async for row in subscription:
+                yield self.decode(row)
+        finally:
+            await subscription.close()
 
     def decode(self, row: SerializedEvent) -> EventEnvelope[E]:
         """Upcast and decode one stored event; raise DeserializationError naming it."""

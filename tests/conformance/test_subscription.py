@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import random
+from decimal import Decimal
 
-from support import TYPE, batch
+from support import TYPE, batch, event
 
+from cqrs import CqrsFramework, PersistedEventStore, SemanticVersionEventUpcaster
 from cqrs.repository import SerializedEvent
 from cqrs.subscription import Subscription
+from examples.bank_account.domain import (
+    AccountOpened,
+    BankAccount,
+    BankAccountServices,
+    DepositMoney,
+)
 
 FAST = 0.02  # poll interval: live delivery within a few of these on every backend
 
@@ -19,8 +27,8 @@ async def take(
     events: list[SerializedEvent] = []
 
     async def run() -> None:
-        async for event in subscription:
-            events.append(event)
+        async for row in subscription:
+            events.append(row)
             if len(events) == count:
                 return
 
@@ -101,8 +109,8 @@ async def test_never_skips_or_repeats_while_writers_commit(backend):
     done = asyncio.Event()
 
     async def consume() -> None:
-        async for event in subscription:
-            seen.append(event)
+        async for row in subscription:
+            seen.append(row)
             if done.is_set() and len(seen) >= len(committed):
                 return
 
@@ -124,3 +132,34 @@ async def test_never_skips_or_repeats_while_writers_commit(backend):
     assert set(ids(seen)) == set(committed)
     positions = [e.position for e in seen]
     assert positions == sorted(positions)
+
+
+async def test_a_store_subscription_decodes_and_upcasts_like_a_load(repository):
+    store = PersistedEventStore(repository, BankAccount).with_upcasters(
+        [SemanticVersionEventUpcaster("AccountOpened", "1.0", lambda p: {"account_id": p["id"]})]
+    )
+    bank = CqrsFramework(store, (), BankAccountServices())
+    old = event(
+        "acc",
+        1,
+        aggregate_type="BankAccount",
+        event_type="AccountOpened",
+        event_version="0.9",
+        payload={"id": "acc"},
+    )
+    await repository.persist([old], None)
+    await repository.persist(batch("other", 1, 2), None)  # another type: not delivered
+    stream = store.subscribe(poll_interval=FAST)
+    try:
+        first = await asyncio.wait_for(anext(stream), 10)
+        assert first.payload == AccountOpened("acc")
+        assert first.event_id == old.event_id
+        committed = await bank.execute("acc", DepositMoney(Decimal(5)))
+        second = await asyncio.wait_for(anext(stream), 10)
+        assert (second.event_id, second.position) == (
+            committed[0].event_id,
+            committed[0].position,
+        )
+        assert second.payload == committed[0].payload
+    finally:
+        await stream.aclose()
