@@ -15,12 +15,18 @@ import cqrs.framework
 from cqrs import (
     Aggregate,
     AggregateConflict,
+    ConfigurationError,
     CqrsFramework,
     DomainEvent,
+    MsgspecCodec,
     PersistedEventStore,
     QueryFailure,
     Retry,
+    SemanticVersionEventUpcaster,
+    default_codec,
+    new_framework,
 )
+from cqrs.factories import aggregate_cqrs, event_store_cqrs, snapshot_cqrs
 from cqrs_memory import MemoryEventRepository
 
 
@@ -159,3 +165,49 @@ async def test_an_error_handler_that_raises_is_logged_with_its_error(caplog):
         "on_query_error raised while reporting a query failure",
     ]
     assert isinstance(caplog.records[1].exc_info[1], LookupError)
+
+
+# -- factories -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("factory", "args", "snapshot_every"),
+    [
+        (event_store_cqrs, (), None),
+        (snapshot_cqrs, (4,), 4),
+        (aggregate_cqrs, (), 1),
+    ],
+)
+async def test_each_factory_passes_on_services_retry_and_upcasters(factory, args, snapshot_every):
+    repository = MemoryEventRepository()
+    await repository.open()
+    services = object()
+    retry = Retry(attempts=3)
+    upcaster = SemanticVersionEventUpcaster("Signed", "2.0", dict)
+    recorder = Broken()
+    if args:
+        app = factory(
+            repository, Ledger, [recorder], *args, services, upcasters=[upcaster], retry=retry
+        )
+    else:
+        app = factory(repository, Ledger, [recorder], services, upcasters=[upcaster], retry=retry)
+    assert app.services is services
+    assert app.retry is retry
+    assert app.queries == (recorder,)
+    assert app.store._upcasters == (upcaster,)
+    assert app.store.snapshot_every == snapshot_every
+
+
+async def test_new_framework_passes_on_the_codec_and_services():
+    codec = MsgspecCodec()
+    services = object()
+    app = new_framework(MemoryEventRepository(), Ledger, (), services, codec=codec)
+    assert app.store.codec is codec
+    assert app.services is services
+    assert new_framework(MemoryEventRepository(), Ledger).store.codec is default_codec
+
+
+def test_new_framework_refuses_two_snapshot_settings():
+    with pytest.raises(ConfigurationError) as raised:
+        new_framework(MemoryEventRepository(), Ledger, snapshot_every=2, aggregate_store=True)
+    assert str(raised.value) == "give snapshot_every or aggregate_store=True, not both"

@@ -179,6 +179,25 @@ def test_snapshots_of_a_state_without_a_schema_are_refused_unless_it_names_its_f
     assert message.endswith("Opaque.snapshot_schema naming the format")
 
 
+# -- the three sources of truth --------------------------------------------------------------
+
+
+async def test_the_named_constructors_choose_the_source_of_truth(repository):
+    events_only = PersistedEventStore.new_event_store(repository, BankAccount)
+    snapshots = PersistedEventStore.new_snapshot_store(repository, BankAccount, 3)
+    state = PersistedEventStore.new_aggregate_store(repository, BankAccount)
+    for store, every in ((events_only, None), (snapshots, 3), (state, 1)):
+        assert store.repository is repository
+        assert store.aggregate_class is BankAccount
+        assert store.snapshot_every == every
+    await commit(events_only, "e", OPENED, deposit(1), deposit(2))
+    await commit(snapshots, "s", OPENED, deposit(1), deposit(2))
+    assert await repository.get_snapshot(TYPE, "e") is None
+    snapshot = await repository.get_snapshot(TYPE, "s")
+    assert (snapshot.last_sequence, snapshot.snapshot_version) == (3, 1)
+    assert (await snapshots.load_aggregate("s")).aggregate == BankAccount(True, D(2))
+
+
 # -- copies ----------------------------------------------------------------------------------
 
 
