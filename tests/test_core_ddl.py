@@ -20,7 +20,7 @@ def test_a_source_checkout_reads_the_repository_sql_directory():
     assert files[0][1] == (ROOT / "sql" / "sqlite" / names[0]).read_text("utf-8")
 
 
-def test_an_installed_wheel_reads_the_packaged_copy(tmp_path, monkeypatch):
+def test_an_installed_package_reads_its_packaged_copy(tmp_path, monkeypatch):
     packaged = tmp_path / "cqrs"
     (packaged / "sql" / "sqlite").mkdir(parents=True)
     (packaged / "sql" / "sqlite" / "002_b.sql").write_text("-- second ✓\n", "utf-8")

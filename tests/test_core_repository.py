@@ -148,6 +148,9 @@ def test_a_batch_spanning_two_aggregates_is_refused():
         check_batch([row(1, aggregate_id=long_id), row(2, aggregate_id="other")])
     message = str(raised.value)
     assert f"T 'other' sequence 2 does not follow T {'b' * 40!r} sequence 1" in message
+    with pytest.raises(ValueError, match="consecutive events of one aggregate") as raised:
+        check_batch([row(1), row(2, aggregate_id=long_id)])
+    assert f"T {'b' * 40!r} sequence 2 does not follow T 'a1' sequence 1" in str(raised.value)
     with pytest.raises(ValueError, match="consecutive"):
         check_batch([row(1), row(2, aggregate_type="U")])
 
