@@ -8,7 +8,8 @@ was paused past its lease and resumes can therefore never write over the runner 
 over: its write raises :class:`~cqrs.errors.LeaseLost`.
 
 Backends keep checkpoints and leases in the events' database (a table or collection next
-to the events); :class:`MemoryCheckpoints` keeps them in process memory.
+to the events, from the repository's ``checkpoint_store()``); :class:`MemoryCheckpoints`
+keeps them in process memory and is the reference every backend behaves like.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from typing import Protocol
 from cqrs.errors import LeaseLost
 from cqrs.repository import SerializedEvent, validate_identifier
 
-__all__ = ["CheckpointStore", "Lease", "MemoryCheckpoints", "ParkedEvent", "check_lease_name"]
+__all__ = [
+    "CheckpointStore",
+    "Lease",
+    "MemoryCheckpoints",
+    "ParkedEvent",
+    "check_lease_name",
+    "lease_lost",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,17 +68,38 @@ class CheckpointStore(Protocol):
 
     Rules every implementation keeps (the conformance suite checks them):
 
-    - :meth:`acquire` gives the lease to ``owner`` if nobody holds it, if it expired, or if
-      ``owner`` already holds it; each successful acquire returns a token greater than any
-      given before for that name. Otherwise it returns None.
-    - :meth:`save` stores the position only if the lease's token is still the current one,
-      else raises LeaseLost; positions never go back.
-    - :meth:`renew` extends the lease by ``ttl`` seconds if its token is current (False
-      otherwise); :meth:`release` lets another runner take over at once.
+    - **Leases.** :meth:`acquire` gives the lease of a projection to ``owner`` if nobody
+      holds it (never taken, released, or ended by :meth:`reset`), if it expired (``ttl``
+      seconds passed since it was taken or last renewed), or if ``owner`` holds it already;
+      otherwise it returns None and changes nothing. Of several clients acquiring at once,
+      in any processes, exactly one wins a lease nobody holds.
+    - **Fencing tokens.** Each successful acquire returns a token greater than every token
+      given before for that name, and the token changes only then and at :meth:`reset`.
+      A lease is *current* while its token is the stored one: release and expiry do not
+      change the token, so a runner whose lease expired keeps writing until someone else
+      takes the projection.
+    - **Checkpoints.** :meth:`save` under a current lease stores the greater of the stored
+      and the given position (positions never go back; only :meth:`reset` moves one back);
+      under a lease that is not current it raises LeaseLost and changes nothing. So does
+      :meth:`park`.
+    - :meth:`renew` extends a current lease that was not released by ``ttl`` seconds from
+      now (True), else returns False and changes nothing; :meth:`release` ends a current
+      lease (nothing happens otherwise) so another runner can take over at once.
+    - :meth:`reset` sets the checkpoint, ends any lease and makes its token stale: the
+      holder's next save, park or renew fails, and the next runner starts from there.
+    - :meth:`park` records an event by its position: parking the same position again
+      replaces the record (a runner that takes over and fails again lists it once).
+    - Every operation is atomic (one statement or one transaction), and projection and
+      owner names are checked with :func:`check_lease_name` (ValueError) before any I/O.
+    - **Clocks.** ``ttl`` is in seconds of the store's clock: process time in memory, the
+      database server's clock where leases are compared on the server, else the wall clock
+      of the machines running the runners (which must then agree to well within a ttl).
+    - :meth:`create_schema` is idempotent and safe when several processes run it at once;
+      a store from a repository raises NotOpenError while that repository is not open.
     """
 
     async def create_schema(self) -> None:
-        """Create the table/collection (idempotent)."""
+        """Create the tables/collections (idempotent, safe when run concurrently)."""
         ...
 
     async def acquire(self, name: str, owner: str, ttl: float) -> Lease | None:
@@ -79,7 +108,8 @@ class CheckpointStore(Protocol):
         ...
 
     async def renew(self, lease: Lease, ttl: float) -> bool:
-        """Extend ``lease`` by ``ttl`` seconds from now; False if it was taken over."""
+        """Extend ``lease`` by ``ttl`` seconds from now; False if it was taken over, reset
+        or released."""
         ...
 
     async def release(self, lease: Lease) -> None:
@@ -96,13 +126,13 @@ class CheckpointStore(Protocol):
         ...
 
     async def reset(self, name: str, position: int = 0) -> None:
-        """Set the checkpoint of ``name`` (to rebuild it) and end its lease, so the next
-        runner starts from ``position``."""
+        """Set the checkpoint of ``name`` (to rebuild it, or to skip ahead) and end its
+        lease, fencing the runner holding it, so the next runner starts from ``position``."""
         ...
 
     async def park(self, lease: Lease, event: SerializedEvent, error: str) -> None:
-        """Set ``event`` aside for ``lease``'s projection with ``error``; raise LeaseLost if
-        another runner took the lease."""
+        """Set ``event`` aside for ``lease``'s projection with ``error`` (replacing a record
+        of the same position); raise LeaseLost if another runner took the lease."""
         ...
 
     async def parked(self, name: str) -> list[ParkedEvent]:
@@ -119,24 +149,37 @@ class _Row:
 
 
 class MemoryCheckpoints:
-    """A :class:`CheckpointStore` in process memory (the in-memory backend's); every method
-    is atomic on the event loop. ``clock`` gives seconds (monotonic by default)."""
+    """A :class:`CheckpointStore` in process memory, the reference implementation of its
+    rules; every method is atomic on the event loop. ``clock`` gives seconds (monotonic by
+    default). ``shared``: another MemoryCheckpoints whose data this one uses (how the
+    in-memory backend gives repositories on one database the same checkpoints)."""
 
     def __init__(
-        self, table: str = "projections", *, clock: Callable[[], float] = time.monotonic
+        self,
+        table: str = "projections",
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        shared: MemoryCheckpoints | None = None,
     ) -> None:
         self.table = validate_identifier(table)
         self._clock = clock
-        self._rows: dict[str, _Row] = {}
-        self._parked: dict[str, list[ParkedEvent]] = {}
+        self._rows: dict[str, _Row] = {} if shared is None else shared._rows  # noqa: SLF001
+        self._parked: dict[str, dict[int, ParkedEvent]] = (
+            {} if shared is None else shared._parked  # noqa: SLF001 - same class
+        )
+
+    def _check_open(self) -> None:
+        """Raise NotOpenError when the store cannot be used now (never, by default)."""
 
     async def create_schema(self) -> None:
         """Nothing to create."""
+        self._check_open()
 
     async def acquire(self, name: str, owner: str, ttl: float) -> Lease | None:
         """Take the lease if free, expired or already ``owner``'s (a new token each time)."""
         check_lease_name(name)
         check_lease_name(owner, "owner")
+        self._check_open()
         row = self._rows.setdefault(name, _Row())
         now = self._clock()
         if row.owner and row.owner != owner and row.until > now:
@@ -145,52 +188,68 @@ class MemoryCheckpoints:
         return Lease(name, owner, row.token, row.position)
 
     async def renew(self, lease: Lease, ttl: float) -> bool:
-        """Extend the lease if its token is current."""
+        """Extend the lease if its token is current and it was not released."""
+        self._check_open()
         row = self._rows.get(lease.name)
-        if row is None or row.token != lease.token:
+        if row is None or row.token != lease.token or not row.owner:
             return False
         row.until = self._clock() + ttl
         return True
 
     async def release(self, lease: Lease) -> None:
         """End the lease if its token is current."""
+        self._check_open()
         row = self._rows.get(lease.name)
         if row is not None and row.token == lease.token:
             row.owner, row.until = "", 0.0
 
     async def save(self, lease: Lease, position: int) -> None:
         """Store the checkpoint under a current token; raise LeaseLost otherwise."""
+        self._check_open()
         row = self._current(lease)
         row.position = max(row.position, position)
 
     async def position(self, name: str) -> int:
         """The checkpoint (0 if never saved)."""
+        check_lease_name(name)
+        self._check_open()
         row = self._rows.get(name)
         return 0 if row is None else row.position
 
     async def reset(self, name: str, position: int = 0) -> None:
-        """Set the checkpoint and end the lease (the token still grows at the next acquire)."""
-        row = self._rows.setdefault(check_lease_name(name), _Row())
+        """Set the checkpoint and end the lease; the token moves on, fencing its holder."""
+        check_lease_name(name)
+        self._check_open()
+        row = self._rows.setdefault(name, _Row())
         row.position, row.owner, row.until = position, "", 0.0
         row.token += 1
 
     async def park(self, lease: Lease, event: SerializedEvent, error: str) -> None:
-        """Set the event aside under a current token."""
+        """Set the event aside under a current token (replacing one of its position)."""
+        self._check_open()
         self._current(lease)
         parked = ParkedEvent(lease.name, event.position, str(event.event_id), error)
-        self._parked.setdefault(lease.name, []).append(parked)
+        self._parked.setdefault(lease.name, {})[event.position] = parked
 
     async def parked(self, name: str) -> list[ParkedEvent]:
         """The parked events of ``name``, by position."""
-        return sorted(self._parked.get(name, ()), key=lambda parked: parked.position)
+        check_lease_name(name)
+        self._check_open()
+        return sorted(self._parked.get(name, {}).values(), key=lambda parked: parked.position)
 
     def _current(self, lease: Lease) -> _Row:
         row = self._rows.get(lease.name)
         if row is None or row.token != lease.token:
-            current = 0 if row is None else row.token
-            msg = (
-                f"projection {lease.name!r}: the lease of {lease.owner!r} (token {lease.token}) "
-                f"was taken over (token {current}); this runner must stop"
-            )
-            raise LeaseLost(msg)
+            raise lease_lost(lease, None if row is None else row.token)
         return row
+
+
+def lease_lost(lease: Lease, current: int | None) -> LeaseLost:
+    """The error a store raises when a write under ``lease`` is refused because the token is
+    ``current`` now (None: the projection has no lease record)."""
+    now = "no lease" if current is None else f"token {current}"
+    msg = (
+        f"projection {lease.name!r}: the lease of {lease.owner!r} (token {lease.token}) "
+        f"was taken over ({now}); this runner must stop"
+    )
+    return LeaseLost(msg)

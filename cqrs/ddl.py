@@ -5,10 +5,11 @@ The files are the one source of truth for the SQL schemas. In a wheel they are p
 repository's ``sql/`` directory.
 
 **Table names.** The files are plain SQL written for the default tables ``events``,
-``snapshots`` and ``views`` (so ``001_seed.sql`` is the seed DDL, byte for byte, and runs as
-it is). :func:`render` renames those words, and the names derived from them with an ``_``
-suffix (``events_position_key``), to the configured names, quoted; comments and string
-literals are left alone. This is the one placeholder syntax of every dialect.
+``snapshots``, ``views`` and ``projections`` (so ``001_seed.sql`` is the seed DDL, byte for
+byte, and runs as it is). :func:`render` renames those words, and the names derived from
+them with an ``_`` suffix (``events_position_key``), to the configured names, quoted;
+comments and string literals are left alone. This is the one placeholder syntax of every
+dialect.
 
 **Migrations.** The numbered files of a dialect are applied in name order, each once, and
 recorded by name in a table of the backend's; a file once released is never changed, since
@@ -43,7 +44,7 @@ __all__ = [
 DdlFile = tuple[str, str]
 """(file name, SQL text)."""
 
-TABLE_WORDS = ("events", "snapshots", "views")
+TABLE_WORDS = ("events", "snapshots", "views", "projections")
 """The table names the DDL files are written for; :func:`render` renames them."""
 
 # What render and split_statements step over: comments, string literals, quoted identifiers

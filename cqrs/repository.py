@@ -13,13 +13,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import ClassVar, Generic, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, Protocol, Self, TypeVar
 from uuid import UUID
 
 import msgspec
 
 from cqrs.codec import Codec, default_codec
 from cqrs.errors import AggregateConflict, ConfigurationError, DeserializationError, NotOpenError
+
+if TYPE_CHECKING:
+    from cqrs.checkpoints import CheckpointStore
 
 __all__ = [
     "MAX_AGGREGATE_ID_BYTES",
@@ -270,6 +273,15 @@ class PersistedEventRepository(Protocol):
     def view_repository(self, view_type: type[V], table: str) -> ViewRepository[V]:
         """A view repository for ``view_type`` stored in ``table``, sharing these
         connections. Call its ``create_schema()`` once before use."""
+        ...
+
+    def checkpoint_store(self, table: str = "projections") -> CheckpointStore:
+        """The checkpoints, leases and parked events of projections, kept in ``table`` (a
+        validated name; the backend may add tables named after it) in the events' database
+        and sharing these connections, with the rules of
+        :class:`~cqrs.checkpoints.CheckpointStore`. No I/O here: call its
+        ``create_schema()`` once before use; it raises NotOpenError while this repository
+        is not open."""
         ...
 
 

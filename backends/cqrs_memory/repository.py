@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import TypeVar
 
+from cqrs.checkpoints import MemoryCheckpoints
 from cqrs.codec import Codec, default_codec
 from cqrs.errors import AggregateConflict
 from cqrs.repository import (
@@ -19,6 +20,7 @@ from cqrs.repository import (
     stored_positions,
     validate_identifier,
 )
+from cqrs_memory.checkpoints import MemoryCheckpointStore
 
 __all__ = ["MemoryDatabase", "MemoryEventRepository", "MemoryViewRepository", "from_url"]
 
@@ -40,6 +42,7 @@ class MemoryDatabase:
         self._events: dict[str, _EventTable] = {}
         self._snapshots: dict[str, dict[_Key, SerializedSnapshot]] = {}
         self._views: dict[str, dict[str, tuple[bytes, int]]] = {}
+        self._checkpoints: dict[str, MemoryCheckpoints] = {}
 
     def _event_table(self, name: str) -> _EventTable:
         return self._events.setdefault(name, _EventTable())
@@ -49,6 +52,9 @@ class MemoryDatabase:
 
     def _view_table(self, name: str) -> dict[str, tuple[bytes, int]]:
         return self._views.setdefault(name, {})
+
+    def _checkpoint_table(self, name: str) -> MemoryCheckpoints:
+        return self._checkpoints.setdefault(name, MemoryCheckpoints(name))
 
 
 class MemoryEventRepository(AsyncResource):
@@ -200,6 +206,12 @@ class MemoryEventRepository(AsyncResource):
         """A view repository kept with this repository's data, usable while this repository
         is open."""
         return MemoryViewRepository(view_type, table, self, codec=codec)
+
+    def checkpoint_store(self, table: str = "projections") -> MemoryCheckpointStore:
+        """The checkpoints, leases and parked events of projections in ``table`` of this
+        repository's database (shared by the repositories on it), usable while this
+        repository is open."""
+        return MemoryCheckpointStore(table, self)
 
 
 def _with_position(event: SerializedEvent, position: int) -> SerializedEvent:

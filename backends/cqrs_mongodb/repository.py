@@ -56,6 +56,7 @@ from cqrs_mongodb._driver import (
     validate_database_name,
 )
 from cqrs_mongodb._group_commit import Commit, GroupCommitter
+from cqrs_mongodb.checkpoints import MongoCheckpointStore
 from cqrs_mongodb.views import MongoViewRepository
 
 __all__ = ["PAGE_SIZE", "MongoEventRepository", "from_url"]
@@ -371,6 +372,12 @@ class MongoEventRepository(AsyncResource):
         """A view repository on this repository's client and database (usable once this
         repository is open)."""
         return MongoViewRepository(view_type, table, self, codec=codec)
+
+    def checkpoint_store(self, table: str = "projections") -> MongoCheckpointStore:
+        """The checkpoints, leases and parked events of projections in the collections
+        ``table`` and ``<table>_parked`` of this repository's database, on its client
+        (usable once this repository is open; call the store's ``create_schema()``)."""
+        return MongoCheckpointStore(table, self)
 
 
 def from_url(url: str, *, page_size: int = PAGE_SIZE) -> MongoEventRepository:

@@ -41,6 +41,7 @@ from cqrs.repository import (
     stored_positions,
     validate_identifier,
 )
+from cqrs_postgres.checkpoints import PostgresCheckpointStore
 from cqrs_postgres.connection import (
     DEFAULT_MAX_SIZE,
     DEFAULT_MIN_SIZE,
@@ -364,6 +365,12 @@ class PostgresEventRepository(AsyncResource):
         """A view repository on this repository's connections: usable while this repository
         is open, and again after it is reopened."""
         return PostgresViewRepository(view_type, table, self._connections, codec=codec)
+
+    def checkpoint_store(self, table: str = "projections") -> PostgresCheckpointStore:
+        """The checkpoints, leases and parked events of projections in ``table`` and
+        ``<table>_parked``, on this repository's connections: usable while this repository
+        is open (call the store's ``create_schema()`` once)."""
+        return PostgresCheckpointStore(table, self._connections)
 
 
 def from_url(

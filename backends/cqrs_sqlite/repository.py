@@ -41,6 +41,7 @@ from cqrs_sqlite.rows import all_rows, event_rows, stream_rows
 from cqrs_sqlite.statements import SqliteStatements
 
 if TYPE_CHECKING:
+    from cqrs_sqlite.checkpoints import SqliteCheckpointStore
     from cqrs_sqlite.views import SqliteViewRepository
 
 __all__ = ["SqliteEventRepository", "write_transaction"]
@@ -390,6 +391,14 @@ class SqliteEventRepository(AsyncResource):
         from cqrs_sqlite.views import SqliteViewRepository  # noqa: PLC0415 - import cycle
 
         return SqliteViewRepository(view_type, table, self, codec=codec)
+
+    def checkpoint_store(self, table: str = "projections") -> SqliteCheckpointStore:
+        """The checkpoints, leases and parked events of projections in ``table`` and
+        ``<table>_parked`` of this file, on this repository's connection (open this
+        repository first; call the store's ``create_schema()``)."""
+        from cqrs_sqlite.checkpoints import SqliteCheckpointStore  # noqa: PLC0415 - import cycle
+
+        return SqliteCheckpointStore(table, self)
 
 
 def write_transaction(connection: sqlite3.Connection, body: Callable[[], T]) -> T:
