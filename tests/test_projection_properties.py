@@ -1,23 +1,28 @@
 """A Hypothesis state machine: commits, projection batches, crashes (after the views were
 written, or half-way through a batch, before the checkpoint) and restarts in any order end
-with views equal to a full replay."""
+with views equal to a full replay: in memory with MemoryCheckpoints, and on every backend
+with its own checkpoint store and views in the events' database."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from cqrs import (
     Aggregate,
+    CheckpointStore,
     CqrsFramework,
     DomainEvent,
     MemoryCheckpoints,
+    PersistedEventRepository,
     PersistedEventStore,
     ProjectionRunner,
     ViewProjection,
@@ -62,15 +67,29 @@ def keys(envelope) -> list[str]:
 
 
 class ProjectionMachine(RuleBasedStateMachine):
+    backend: ClassVar[Any] = None  # a conftest Backend; None: a private in-memory repository
+    examples = itertools.count()
+
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.repository = MemoryEventRepository()
-        self.run(self.repository.open())
+        self.checkpoints: CheckpointStore
+        if self.backend is None:
+            self.repository: PersistedEventRepository = MemoryEventRepository()
+            self.run(self.repository.open())
+            self.views = self.repository.view_repository(Tally, "tallies")
+            self.checkpoints = MemoryCheckpoints()
+        else:  # fresh tables for every example, in the backend's test database
+            n = next(self.examples)
+            self.repository = self.backend.new_repository(f"events{n}", f"snapshots{n}")
+            self.run(self.repository.open())
+            self.run(self.repository.create_schema())
+            self.views = self.repository.view_repository(Tally, self.backend.name(f"tallies{n}"))
+            self.checkpoints = self.repository.checkpoint_store(self.backend.name(f"cp{n}"))
+            self.run(self.views.create_schema())
+            self.run(self.checkpoints.create_schema())
         self.store = PersistedEventStore(self.repository, Counter)
         self.app = CqrsFramework(self.store)
-        self.views = self.repository.view_repository(Tally, "tallies")
-        self.checkpoints = MemoryCheckpoints()
         self.projection = ViewProjection(
             "tallies", [self.store], self.views, Tally, key=keys, update=update
         )
@@ -81,6 +100,7 @@ class ProjectionMachine(RuleBasedStateMachine):
         return self.loop.run_until_complete(coroutine)
 
     def teardown(self) -> None:
+        self.run(self.repository.close())
         self.loop.close()
 
     def new_runner(self, batch_size: int) -> ProjectionRunner:
@@ -148,20 +168,40 @@ class ProjectionMachine(RuleBasedStateMachine):
             assert self.run(self.views.load(key)) == view, key
 
 
-def test_views_equal_a_full_replay_whatever_happens():
-    class Checked(ProjectionMachine):
-        def teardown(self) -> None:
-            try:
-                self.teardown_check()
-            finally:
-                super().teardown()
+class Checked(ProjectionMachine):
+    def teardown(self) -> None:
+        try:
+            self.teardown_check()
+        finally:
+            super().teardown()
 
+
+def run_machine(backend: Any, max_examples: int, steps: int) -> None:
+    class OnBackend(Checked):
+        pass
+
+    OnBackend.backend = backend
     run_state_machine_as_test(
-        Checked,
+        OnBackend,
         settings=settings(
-            max_examples=40,
-            stateful_step_count=25,
+            max_examples=max_examples,
+            stateful_step_count=steps,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+def test_views_equal_a_full_replay_whatever_happens():
+    run_machine(None, max_examples=40, steps=25)
+
+
+def test_views_equal_a_full_replay_with_each_backends_checkpoints(sync_backend):
+    scale = getattr(sync_backend.factory, "stress_scale", 1.0)
+    run_machine(sync_backend, max_examples=max(3, int(10 * scale)), steps=15)
+
+
+@pytest.mark.stress
+def test_views_equal_a_full_replay_with_each_backends_checkpoints_over_long_runs(sync_backend):
+    scale = getattr(sync_backend.factory, "stress_scale", 1.0)
+    run_machine(sync_backend, max_examples=max(10, int(60 * scale)), steps=30)
