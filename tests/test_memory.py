@@ -4,7 +4,9 @@ tests/conformance."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -242,3 +244,41 @@ async def test_bad_batches_get_the_cores_error_and_store_nothing(repo, batch):
         await repo.persist(batch, None)
     assert str(caught.value) == expected
     assert await collect(repo.stream_all_events(None)) == []
+
+
+# -- wake-ups ----------------------------------------------------------------------------------
+
+
+async def waited(listener, seconds: float) -> float:
+    started = time.monotonic()
+    await asyncio.wait_for(listener.wait(seconds), seconds + 5)
+    return time.monotonic() - started
+
+
+async def test_a_commit_wakes_the_listeners_of_its_table_in_every_repository():
+    database = MemoryDatabase()
+    reader, writer, elsewhere = (
+        MemoryEventRepository(events, "snapshots", database=database)
+        for events in ("events", "events", "others")
+    )
+    for repository in (reader, writer, elsewhere):
+        await repository.open()
+    listener = reader.wake_ups()
+    waiting = asyncio.create_task(waited(listener, 30))
+    await asyncio.sleep(0.05)
+    await writer.persist(rows("a", 1, 2), None)
+    assert await waiting < 1.0
+    await elsewhere.persist(rows("a", 1, 1), None)  # another table: no wake-up
+    assert await waited(listener, 0.2) >= 0.15
+    await listener.close()
+
+
+async def test_a_refused_commit_wakes_nobody(repo):
+    await repo.persist(rows("a", 1, 2), None)
+    listener = repo.wake_ups()
+    with pytest.raises(AggregateConflict):
+        await repo.persist(rows("a", 2, 1), None)
+    assert await waited(listener, 0.2) >= 0.15
+    await repo.persist(rows("a", 3, 1), None)
+    assert await waited(listener, 30) < 1.0
+    await listener.close()

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import os
 import re
 import shutil
@@ -653,7 +654,16 @@ def test_all_is_sorted_complete_and_documented():
     import cqrs_sqlite  # noqa: PLC0415 - the module under test
 
     assert list(cqrs_sqlite.__all__) == sorted(cqrs_sqlite.__all__)
-    modules = {"factories", "repository", "rows", "statements", "url", "views"}
+    modules = {
+        "checkpoints",
+        "factories",
+        "repository",
+        "rows",
+        "statements",
+        "url",
+        "views",
+        "wake_ups",
+    }
     public = {name for name in dir(cqrs_sqlite) if not name.startswith("_")} - modules
     assert public == set(cqrs_sqlite.__all__)
     for name in cqrs_sqlite.__all__:
@@ -747,3 +757,88 @@ async def test_bad_batches_get_the_cores_error_and_store_nothing(repo, batch):
         await repo.persist(batch, None)
     assert str(caught.value) == expected
     assert await repo.run(lambda c: c.execute("SELECT count(*) FROM events").fetchone()) == (0,)
+
+
+# -- wake-ups ----------------------------------------------------------------------------------
+
+
+async def waited(listener, seconds: float) -> float:
+    started = time.monotonic()
+    await asyncio.wait_for(listener.wait(seconds), seconds + 5)
+    return time.monotonic() - started
+
+
+def wake_threads() -> int:
+    return sum(t.name.startswith("cqrs-sqlite-wake") for t in threading.enumerate())
+
+
+async def test_a_commit_in_a_private_memory_database_wakes_its_listener_at_once():
+    async with SqliteEventRepository(":memory:") as repository:
+        await repository.create_schema()
+        listener = repository.wake_ups()
+        waiting = asyncio.create_task(waited(listener, 30))
+        await asyncio.sleep(0.05)
+        await repository.persist(rows("a", 1, 1), None)
+        assert await waiting < 1.0
+        with pytest.raises(AggregateConflict):
+            await repository.persist(rows("a", 1, 1), None)
+        assert await waited(listener, 0.2) >= 0.15  # a refused commit wakes nobody
+        await listener.close()
+
+
+COMMIT_ELSEWHERE = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("CREATE TABLE IF NOT EXISTS elsewhere (x)")
+connection.execute("INSERT INTO elsewhere VALUES (1)")
+"""
+
+
+async def test_a_commit_by_another_process_wakes_a_listener_within_its_check_interval(repo):
+    listener = repo.wake_ups()
+    assert wake_threads() == 0  # no thread, no connection before the first wait
+    try:
+        assert await waited(listener, 30) < 1.0  # connects and returns at once
+        assert await waited(listener, 0.2) >= 0.15  # nothing committed since
+        waiting = asyncio.create_task(waited(listener, 30))
+        await asyncio.sleep(0.1)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", COMMIT_ELSEWHERE, repo.path
+        )
+        assert await process.wait() == 0
+        started = time.monotonic()
+        await waiting
+        assert time.monotonic() - started < 0.5
+        assert wake_threads() == 1
+    finally:
+        await listener.close()
+        await listener.close()
+    for _ in range(100):
+        if wake_threads() == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert wake_threads() == 0
+
+
+async def test_a_listener_on_a_missing_file_waits_its_timeout_then_finds_it(tmp_path, caplog):
+    path = tmp_path / "later.db"
+    repository = SqliteEventRepository(path)
+    listener = repository.wake_ups()
+    with caplog.at_level(logging.INFO, logger="cqrs.backends.sqlite"):
+        try:
+            for _ in range(2):
+                assert 0.15 <= await waited(listener, 0.2) < 2
+            assert not path.exists()  # a listener never creates the file
+            async with repository:
+                await repository.create_schema()
+                assert await waited(listener, 30) < 1.0  # connects, returns at once
+                waiting = asyncio.create_task(waited(listener, 30))
+                await asyncio.sleep(0.05)
+                await repository.persist(rows("a", 1, 1), None)
+                assert await waiting < 1.0
+        finally:
+            await listener.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "cqrs.backends.sqlite"]
+    assert len(messages) == 2
+    assert "cannot open a read connection" in messages[0]
+    assert "reconnected" in messages[1]

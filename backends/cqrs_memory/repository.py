@@ -20,6 +20,7 @@ from cqrs.repository import (
     stored_positions,
     validate_identifier,
 )
+from cqrs.subscription import LocalSignal, WakeUps
 from cqrs_memory.checkpoints import MemoryCheckpointStore
 
 __all__ = ["MemoryDatabase", "MemoryEventRepository", "MemoryViewRepository", "from_url"]
@@ -32,6 +33,7 @@ class _EventTable:
     def __init__(self) -> None:
         self.all: list[SerializedEvent] = []
         self.streams: dict[_Key, list[SerializedEvent]] = {}
+        self.commits = LocalSignal()
 
 
 class MemoryDatabase:
@@ -82,6 +84,7 @@ class MemoryEventRepository(AsyncResource):
         table = self.database._event_table(events_table)  # noqa: SLF001 - same module
         self._all = table.all
         self._streams = table.streams
+        self._commits = table.commits
         self._snapshots = self.database._snapshot_table(snapshots_table)  # noqa: SLF001
         self._open = False
 
@@ -163,6 +166,7 @@ class MemoryEventRepository(AsyncResource):
             current = self._snapshots.get(key)
             if current is None or current.last_sequence < snapshot.last_sequence:
                 self._snapshots[key] = snapshot
+        self._commits.notify()
         return list(range(start, start + len(stamped)))
 
     async def stream_events(
@@ -199,6 +203,11 @@ class MemoryEventRepository(AsyncResource):
 
         async for event in read_pages(fetch, max(after_position or 0, 0), size):
             yield event
+
+    def wake_ups(self) -> WakeUps:
+        """A listener woken by every commit to this events table of the database, by any
+        repository sharing it (see :class:`cqrs.subscription.WakeUpSource`)."""
+        return self._commits.listen()
 
     def view_repository(
         self, view_type: type[V], table: str, *, codec: Codec = default_codec

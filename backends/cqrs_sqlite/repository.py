@@ -37,8 +37,10 @@ from cqrs.repository import (
     read_pages,
     stored_positions,
 )
+from cqrs.subscription import LocalSignal, WakeUps
 from cqrs_sqlite.rows import all_rows, event_rows, stream_rows
 from cqrs_sqlite.statements import SqliteStatements
+from cqrs_sqlite.wake_ups import SqliteWakeUps
 
 if TYPE_CHECKING:
     from cqrs_sqlite.checkpoints import SqliteCheckpointStore
@@ -130,6 +132,7 @@ class SqliteEventRepository(AsyncResource):
         self._executor: ThreadPoolExecutor | None = None
         self._connection: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
+        self._commits = LocalSignal()
 
     def with_tables(self, events_table: str, snapshots_table: str) -> SqliteEventRepository:
         """A new, unopened repository on the same file using these (validated) table names.
@@ -308,6 +311,14 @@ class SqliteEventRepository(AsyncResource):
         async for event in read_pages(fetch, after_position or 0, size):
             yield event
 
+    def wake_ups(self) -> WakeUps:
+        """A listener for new commits (see :class:`cqrs.subscription.WakeUpSource`): this
+        repository's commits wake it at once; for a file, commits by other connections and
+        processes are seen within about 25 ms (see :mod:`cqrs_sqlite.wake_ups`)."""
+        if self.path == MEMORY:
+            return self._commits.listen()
+        return SqliteWakeUps(self.path, self._commits.listen(), busy_timeout=self.busy_timeout)
+
     # -- writing ------------------------------------------------------------------------
 
     async def persist(
@@ -379,7 +390,10 @@ class SqliteEventRepository(AsyncResource):
 
             return write_transaction(connection, body)
 
-        return await self.run(write, f"committing {aggregate_type} {aggregate_id!r} at {start}")
+        context = f"committing {aggregate_type} {aggregate_id!r} at {start}"
+        positions = await self.run(write, context)
+        self._commits.notify()
+        return positions
 
     # -- views --------------------------------------------------------------------------
 

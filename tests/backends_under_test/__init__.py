@@ -27,6 +27,11 @@ BACKEND_IDS = ("memory", "sqlite", "postgres", "mongodb")
 CAPABILITIES = {
     "persistent": "data survives closing and reopening the repository",
     "multiprocess": "several OS processes can share the store",
+    "push": "a commit wakes the same repository's subscriptions at once (pushed, not polled)",
+    "push_across_clients": (
+        "a commit by another client (repository, connection, process) wakes subscriptions "
+        "within a second, whatever their poll interval"
+    ),
 }
 
 

@@ -7,7 +7,7 @@ from cqrs_memory import MemoryDatabase, MemoryEventRepository
 
 class MemoryFactory:
     id = "memory"
-    capabilities = frozenset({"persistent"})
+    capabilities = frozenset({"persistent", "push", "push_across_clients"})
 
     def __init__(self) -> None:
         self._databases: dict[Path, MemoryDatabase] = {}

@@ -7,7 +7,7 @@ from cqrs_sqlite import SqliteEventRepository
 
 class SqliteFactory:
     id = "sqlite"
-    capabilities = frozenset({"persistent", "multiprocess"})
+    capabilities = frozenset({"persistent", "multiprocess", "push", "push_across_clients"})
 
     async def unavailable(self) -> str | None:
         return None
