@@ -9,7 +9,9 @@ BEGIN/COMMIT round trips; a page of one type is planned with its values (never p
 and a stream ends with the backend's ``max(position)`` query (its hold-back check). The
 json-as-text loaders are registered once per connection (the cheapest way to the same
 result). The tables are created by the backend's ``create_schema`` (the DDL is not what is
-measured).
+measured). The backend's default ``notify="after_commit"`` leaves the commit statement
+unchanged and sends its ``pg_notify`` afterwards, off the commit path; the raw side does not
+send it, so its cost shows in the ratio.
 """
 
 from __future__ import annotations

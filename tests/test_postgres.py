@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import random
 import shutil
@@ -35,6 +36,7 @@ from cqrs import (
     default_codec,
 )
 from cqrs.ddl import ddl_files, render
+from cqrs.subscription import Subscription
 from cqrs_postgres import (
     PostgresEventRepository,
     PostgresViewRepository,
@@ -1025,7 +1027,16 @@ def test_all_is_sorted_complete_and_documented():
     import cqrs_postgres  # noqa: PLC0415 - the module under test
 
     assert list(cqrs_postgres.__all__) == sorted(cqrs_postgres.__all__)
-    modules = {"connection", "factories", "repository", "schema", "statements", "views"}
+    modules = {
+        "checkpoints",
+        "connection",
+        "factories",
+        "repository",
+        "schema",
+        "statements",
+        "views",
+        "wake_ups",
+    }
     public = {name for name in dir(cqrs_postgres) if not name.startswith("_")} - modules
     assert public == set(cqrs_postgres.__all__)
     for name in cqrs_postgres.__all__:
@@ -1074,3 +1085,223 @@ async def test_a_timeout_is_a_clear_error_then_the_app_recovers(tables, setting,
         assert [e.sequence for e in await repository.get_events(TYPE, "a1")] == [1, 2, 3]
     finally:
         await pool.close()
+
+
+# -- wake-ups ----------------------------------------------------------------------------------
+
+NOTIFY_MODES = pytest.mark.parametrize("notify", ["after_commit", "in_transaction"])
+
+
+async def _listening(channel: str) -> psycopg.AsyncConnection:
+    conn = await raw()
+    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+    return conn
+
+
+async def _notified(conn: psycopg.AsyncConnection, seconds: float) -> int:
+    return len([n async for n in conn.notifies(timeout=seconds)])
+
+
+async def _listener_pid(channel: str) -> int:
+    """The server process of the one listener of ``channel`` (its last query is LISTEN)."""
+    async with await raw() as conn:
+        for _ in range(100):
+            cursor = await conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE query = %s",
+                (f'LISTEN "{channel}"',),
+            )
+            rows = await cursor.fetchall()
+            if rows:
+                assert len(rows) == 1
+                return int(rows[0][0])
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"nobody listens on {channel}")
+
+
+@NOTIFY_MODES
+async def test_a_commit_wakes_a_waiting_listener_at_once(tables, notify):
+    repository = from_url(
+        URL, events_table=tables["events"], snapshots_table=tables["snapshots"], notify=notify
+    )
+    async with repository:
+        await repository.create_schema()
+        listener = repository.wake_ups()
+        try:
+            await listener.wait(5)  # connects, LISTENs, returns at once
+            assert listener.backend_pid is not None
+            waiting = asyncio.create_task(listener.wait(30))
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            await repository.persist(batch("a", 1, 2), None)
+            await asyncio.wait_for(waiting, 5)
+            assert time.monotonic() - started < 0.5
+            # commits while nobody waits: the next wait returns at once, for all of them
+            for sequence in (3, 4, 5):
+                await repository.persist(batch("a", sequence, 1), None)
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            await listener.wait(30)
+            assert time.monotonic() - started < 0.5
+            started = time.monotonic()
+            await listener.wait(0.3)
+            assert time.monotonic() - started >= 0.25
+        finally:
+            await listener.close()
+
+
+@NOTIFY_MODES
+async def test_only_a_commit_that_stored_its_events_notifies(tables, notify):
+    repository = from_url(
+        URL, events_table=tables["events"], snapshots_table=tables["snapshots"], notify=notify
+    )
+    async with repository:
+        await repository.create_schema()
+        assert repository.statements.channel == f"{tables['events']}_commits"
+        conn = await _listening(repository.statements.channel)
+        try:
+            await repository.persist(batch("a", 1, 2), None)
+            assert await _notified(conn, 1.0) >= 1
+            with pytest.raises(AggregateConflict):
+                await repository.persist(batch("a", 2, 1), None)  # a taken sequence
+            with pytest.raises(AggregateConflict):
+                await repository.persist(batch("a", 4, 1), None)  # a gap
+            assert await _notified(conn, 0.5) == 0
+        finally:
+            await conn.close()
+
+
+async def test_an_in_transaction_notification_is_delivered_only_when_its_commit_is(tables):
+    repository = from_url(
+        URL,
+        events_table=tables["events"],
+        snapshots_table=tables["snapshots"],
+        notify="in_transaction",
+    )
+    async with repository:
+        await repository.create_schema()
+        conn = await _listening(repository.statements.channel)
+        writer = await raw()
+        try:
+            for outcome, expected in (("ROLLBACK", 0), ("COMMIT", 1)):
+                await writer.execute("BEGIN")
+                assert await _persist_in(writer, repository, batch("a", 1, 1))
+                assert await _notified(conn, 0.3) == 0  # not before the transaction ends
+                await writer.execute(outcome)
+                assert await _notified(conn, 0.5 if expected == 0 else 2.0) == expected
+        finally:
+            await writer.close()
+            await conn.close()
+
+
+def test_the_notify_modes_and_their_statements():
+    default = from_url(URL, events_table="Mixed_Case")
+    assert default.notify == "after_commit"
+    assert b"pg_notify" not in default.statements.persist
+    assert default.statements.listen == b'LISTEN "Mixed_Case_commits"'
+    assert default.statements.notify == b"SELECT pg_notify('Mixed_Case_commits', '')"
+    inside = from_url(URL, notify="in_transaction")
+    for statement in (inside.statements.persist, inside.statements.persist_with_snapshot):
+        assert b"pg_notify('events_commits', '') WHERE EXISTS (SELECT FROM written)" in statement
+        assert statement.endswith(b"SELECT position FROM written, notified ORDER BY position")
+    assert inside.with_tables("e2", "s2").notify == "in_transaction"
+    assert (
+        from_url(URL, notify=None).statements.persist
+        == default.with_tables("events", "snapshots").statements.persist
+    )
+    with pytest.raises(ConfigurationError, match="notify"):
+        from_url(URL, notify="always")  # type: ignore[arg-type]
+
+
+async def test_an_after_commit_notification_is_sent_before_close_returns(tables):
+    repository = from_url(URL, events_table=tables["events"], snapshots_table=tables["snapshots"])
+    async with repository:
+        await repository.create_schema()
+        conn = await _listening(repository.statements.channel)
+        try:
+            await repository.persist(batch("a", 1, 1), None)
+            await repository.close()
+            assert await _notified(conn, 1.0) == 1
+        finally:
+            await conn.close()
+
+
+async def test_a_killed_listening_connection_is_replaced_and_logged(repository, caplog):
+    channel = repository.statements.channel
+    listener = repository.wake_ups()
+    with caplog.at_level(logging.INFO, logger="cqrs.backends.postgres"):
+        try:
+            await listener.wait(5)
+            killed = listener.backend_pid
+            async with await raw() as conn:
+                await conn.execute("SELECT pg_terminate_backend(%s)", (killed,))
+            started = time.monotonic()
+            await listener.wait(0.3)  # finds the connection gone: the timeout stands in
+            assert 0.2 <= time.monotonic() - started < 2
+            assert listener.backend_pid != killed  # None: not connected
+            await listener.wait(5)  # reconnects, returns at once
+            assert listener.backend_pid not in (None, killed)
+            waiting = asyncio.create_task(listener.wait(30))
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            await repository.persist(batch("a", 1, 1), None)
+            await asyncio.wait_for(waiting, 5)
+            assert time.monotonic() - started < 0.5  # pushed again, not polled
+        finally:
+            await listener.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "cqrs.backends.postgres"]
+    assert sum(f"listener on {channel} lost its connection" in m for m in messages) == 1
+    assert sum(f"listener on {channel} reconnected" in m for m in messages) == 1
+
+
+async def test_a_subscription_whose_listener_is_killed_still_delivers(repository, caplog):
+    channel = repository.statements.channel
+    subscription = Subscription(repository, poll_interval=0.5)
+    delivered: list[SerializedEvent] = []
+
+    async def follow() -> None:
+        async for row in subscription:
+            delivered.append(row)  # noqa: PERF401 - it never ends
+
+    with caplog.at_level(logging.INFO, logger="cqrs.backends.postgres"):
+        following = asyncio.create_task(follow())
+        try:
+            async with await raw() as conn:
+                await conn.execute(
+                    "SELECT pg_terminate_backend(%s)", (await _listener_pid(channel),)
+                )
+            await repository.persist(batch("a", 1, 1), None)
+            started = time.monotonic()
+            while not delivered:
+                assert time.monotonic() - started < 3, "not delivered within the poll bound"
+                await asyncio.sleep(0.01)
+            await _listener_pid(channel)  # listening again
+            await repository.persist(batch("a", 2, 1), None)
+            started = time.monotonic()
+            while len(delivered) < 2:
+                assert time.monotonic() - started < 3
+                await asyncio.sleep(0.01)
+        finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+            await subscription.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "cqrs.backends.postgres"]
+    assert any(f"listener on {channel} lost its connection" in m for m in messages)
+    assert any(f"listener on {channel} reconnected" in m for m in messages)
+
+
+async def test_a_listener_whose_server_is_unreachable_waits_its_timeout(caplog):
+    pool = AsyncConnectionPool("postgresql://nobody@127.0.0.1:1/db", open=False)
+    repository = PostgresEventRepository(pool)
+    listener = repository.wake_ups()
+    with caplog.at_level(logging.DEBUG, logger="cqrs.backends.postgres"):
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                await listener.wait(0.2)
+                assert 0.15 <= time.monotonic() - started < 2
+        finally:
+            await listener.close()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # once per outage
+    assert "cannot connect to postgresql://nobody@127.0.0.1:1/db" in warnings[0].getMessage()

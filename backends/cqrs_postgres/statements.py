@@ -10,7 +10,7 @@ from psycopg import sql
 
 from cqrs.repository import validate_identifier
 
-__all__ = ["PostgresStatements", "PostgresViewStatements"]
+__all__ = ["PostgresStatements", "PostgresViewStatements", "notify_channel"]
 
 # The rows are inserted only if the batch starts right after the stored last sequence (the
 # max is one index probe, evaluated once): a gap or a taken sequence writes nothing, and the
@@ -42,7 +42,17 @@ _SNAPSHOT = """, snapshot AS (
   WHERE stored.last_sequence < excluded.last_sequence
 )"""
 
+# The wake-up for listeners when sent by the commit itself (notify="in_transaction", see
+# cqrs_postgres.wake_ups): sent only if rows were written, and delivered by the server only
+# if the transaction commits. A SELECT in a WITH that nothing references is never run, hence
+# the join in the final SELECT (one row, or none when nothing was written).
+_NOTIFY = """, notified AS (
+  SELECT pg_notify({channel}, '') WHERE EXISTS (SELECT FROM written)
+)"""
+
 _RETURN = " SELECT position FROM written ORDER BY position"
+_RETURN_NOTIFIED = " SELECT position FROM written, notified ORDER BY position"
+_NOTIFY_ALONE = "SELECT pg_notify({channel}, '')"
 
 _ONE_AGGREGATE = """SELECT sequence, event_type, event_version, payload, metadata,
   COALESCE(timestamp, 'epoch'), event_id, position
@@ -98,8 +108,17 @@ WHERE view_id = %b AND version = %b"""
 
 
 def _compose(text: str, **names: str) -> bytes:
-    identifiers = {key: sql.Identifier(validate_identifier(name)) for key, name in names.items()}
-    return sql.SQL(text).format(**identifiers).as_bytes(None)
+    parts: dict[str, sql.Composable] = {
+        key: sql.Identifier(validate_identifier(name)) for key, name in names.items()
+    }
+    if "channel" in names:  # pg_notify's argument: a string, not a name
+        parts["channel"] = sql.Literal(names["channel"])
+    return sql.SQL(text).format(**parts).as_bytes(None)
+
+
+def notify_channel(events_table: str) -> str:
+    """The channel a commit to ``events_table`` notifies: ``<events table>_commits``."""
+    return validate_identifier(f"{events_table}_commits", "notification channel")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +129,8 @@ class PostgresStatements:
 
     - ``persist``: store a batch that follows the stored last sequence, return its
       positions (type, id, the arrays of sequence, event_type, event_version, payload,
-      metadata, timestamp and event_id, then type and id again);
+      metadata, timestamp and event_id, then type and id again); built with
+      ``notify_in_transaction``, it also notifies ``channel`` when it stores the rows;
     - ``persist_with_snapshot``: the same and the snapshot upsert (then type, id,
       last_sequence, version, payload);
     - ``one_aggregate``: an aggregate's events after a sequence (type, id, after, limit);
@@ -118,9 +138,15 @@ class PostgresStatements:
       limit);
     - ``all_of_type``: one type's (named: type, after, limit; run unprepared);
     - ``newest_all``, ``newest_of_type``: the greatest stored position (of a type);
-    - ``get_snapshot``: payload, last_sequence, current_snapshot (type, id).
+    - ``get_snapshot``: payload, last_sequence, current_snapshot (type, id);
+    - ``channel``, ``listen``, ``notify``: the notification channel of commits (see
+      :func:`notify_channel`), ``LISTEN`` on it, and ``pg_notify`` on it with an empty
+      payload.
     """
 
+    channel: str
+    listen: bytes
+    notify: bytes
     persist: bytes
     persist_with_snapshot: bytes
     one_aggregate: bytes
@@ -131,12 +157,19 @@ class PostgresStatements:
     get_snapshot: bytes
 
     @classmethod
-    def for_tables(cls, events_table: str, snapshots_table: str) -> PostgresStatements:
+    def for_tables(
+        cls, events_table: str, snapshots_table: str, *, notify_in_transaction: bool = False
+    ) -> PostgresStatements:
         """The statements for these tables (validated as identifiers)."""
-        names = {"events": events_table, "snapshots": snapshots_table}
+        channel = notify_channel(events_table)
+        names = {"events": events_table, "snapshots": snapshots_table, "channel": channel}
+        end = _NOTIFY + _RETURN_NOTIFIED if notify_in_transaction else _RETURN
         return cls(
-            persist=_compose(_EVENTS + _RETURN, **names),
-            persist_with_snapshot=_compose(_EVENTS + _SNAPSHOT + _RETURN, **names),
+            channel=channel,
+            listen=_compose("LISTEN {channel_name}", channel_name=channel),
+            notify=_compose(_NOTIFY_ALONE, channel=channel),
+            persist=_compose(_EVENTS + end, **names),
+            persist_with_snapshot=_compose(_EVENTS + _SNAPSHOT + end, **names),
             one_aggregate=_compose(_ONE_AGGREGATE, **names),
             all=_compose(_ALL, **names),
             all_of_type=_compose(_ALL_OF_TYPE, **names),

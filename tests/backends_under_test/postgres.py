@@ -14,7 +14,7 @@ URL = os.environ.get("CQRS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:
 
 class PostgresFactory:
     id = "postgres"
-    capabilities = frozenset({"persistent", "multiprocess"})
+    capabilities = frozenset({"persistent", "multiprocess", "push", "push_across_clients"})
     url = URL
 
     async def unavailable(self) -> str | None:
