@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -307,7 +307,7 @@ class PersistedEventStore(Generic[A_co, C, E, S]):
 
     async def subscribe(
         self, after_position: int | None = None, *, poll_interval: float = 1.0
-    ) -> AsyncIterator[EventEnvelope[E]]:
+    ) -> AsyncGenerator[EventEnvelope[E], None]:
         """Every event of this aggregate type after ``after_position``, decoded and upcast
         like a load: first the stored ones in pages, then new commits as they happen, in
         global order, never skipping or repeating one; it never ends by itself (see

@@ -78,7 +78,9 @@ async def test_amounts_must_be_positive(account, amount):
 
 async def test_withdraw(account):
     result = await account.given([OPENED, FUNDED]).when(WithdrawMoney(D(50), "ATM-1"))
-    result.then_expect_events_matching([lambda e: e == CustomerWithdrewCash(D(50), D(150))])
+    result.then_expect_events_matching(
+        [lambda e: e == CustomerWithdrewCash(D(50), D(150), "ATM-1")]
+    )
 
 
 async def test_no_overdraft_on_withdrawal(account):

@@ -27,7 +27,12 @@ async def memory() -> MemoryEventRepository:
 @pytest.fixture
 async def client(backend) -> AsyncIterator[httpx.AsyncClient]:
     repository = await backend.open_repository()
-    service = await BankService.over(repository, snapshot_every=3, view_table=backend.name("views"))
+    service = await BankService.over(
+        repository,
+        snapshot_every=3,
+        view_table=backend.name("views"),
+        projection_prefix=backend.name("bank"),
+    )
     transport = httpx.ASGITransport(app=create_app(service))
     async with httpx.AsyncClient(transport=transport, base_url="http://bank") as client:
         yield client
@@ -43,7 +48,7 @@ async def test_the_demo_scenario_over_http(client):
     assert opened.json()[0]["event_type"] == "AccountOpened"
     assert (await post(client, "A1", {"DepositMoney": {"amount": 1000}})).status_code == 200
     withdrawn = await post(client, "A1", {"WithdrawMoney": {"amount": 400, "atm_id": "ATM-N"}})
-    assert withdrawn.json()[0]["payload"] == {"amount": 400, "balance": 600}
+    assert withdrawn.json()[0]["payload"] == {"amount": 400, "balance": 600, "atm_id": "ATM-N"}
     check = await client.post(
         "/accounts/A1",
         content=b'{"WriteCheck": {"check_number": "1170", "amount": 256.28}}',
@@ -155,3 +160,41 @@ async def test_a_bug_in_the_handler_is_a_500_not_a_refusal(caplog):
         refused = await post(c, "A1", {"WithdrawMoney": {"amount": 99, "atm_id": "ATM-1"}})
         assert (refused.status_code, refused.json()) == (400, {"error": "funds not available"})
         assert len((await c.get("/accounts/A1/events")).json()) == 2
+
+
+async def test_cross_account_views_from_the_projections_run_by_the_server(backend):
+    repository = await backend.open_repository()
+    service = await BankService.over(
+        repository, view_table=backend.name("views"), projection_prefix=backend.name("bank")
+    )
+    app = create_app(service, run_projections=True)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://bank") as client,
+    ):
+        for account in ("A", "B"):
+            await post(client, account, {"OpenAccount": {"account_id": account}})
+            await post(client, account, {"DepositMoney": {"amount": 100}})
+        for account, atm, amount in (("A", "ATM-1", 10), ("B", "ATM-1", 5), ("A", "ATM-2", 1)):
+            body = {"WithdrawMoney": {"amount": amount, "atm_id": atm}}
+            last = (await post(client, account, body)).json()[-1]
+        await app.state.runner.wait_for(last["position"], timeout=10)
+        atm = (await client.get("/atms/ATM-1")).json()
+        assert (atm["withdrawals"], Decimal(str(atm["total"])), atm["accounts"]) == (
+            2,
+            Decimal(15),
+            ["A", "B"],
+        )
+        day = last["timestamp"][:10]
+        totals = (await client.get(f"/days/{day}")).json()
+        assert (Decimal(str(totals["deposits"])), Decimal(str(totals["withdrawals"]))) == (
+            Decimal(200),
+            Decimal(16),
+        )
+        assert totals["events"] == 7
+        status = (await client.get("/projections")).json()
+        assert status["bank_atms"]["checkpoint"] == last["position"]
+        assert status["bank_atms"]["state"] == "running"
+        missing = await client.get("/atms/ATM-9")
+        assert (missing.status_code, "error" in missing.json()) == (404, True)

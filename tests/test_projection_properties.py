@@ -26,6 +26,7 @@ from cqrs import (
     PersistedEventStore,
     ProjectionRunner,
     ViewProjection,
+    ViewRepository,
 )
 from cqrs_memory import MemoryEventRepository
 
@@ -77,7 +78,7 @@ class ProjectionMachine(RuleBasedStateMachine):
         if self.backend is None:
             self.repository: PersistedEventRepository = MemoryEventRepository()
             self.run(self.repository.open())
-            self.views = self.repository.view_repository(Tally, "tallies")
+            self.views: ViewRepository[Tally] = self.repository.view_repository(Tally, "tallies")
             self.checkpoints = MemoryCheckpoints()
         else:  # fresh tables for every example, in the backend's test database
             n = next(self.examples)

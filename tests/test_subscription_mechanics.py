@@ -82,15 +82,26 @@ async def test_a_pushed_wake_up_delivers_long_before_the_poll_interval():
         await subscription.close()
 
 
+class Silent:
+    """A repository that cannot push: only the stream, read from a memory repository."""
+
+    def __init__(self, inner: MemoryEventRepository) -> None:
+        self.inner = inner
+
+    def stream_all_events(self, aggregate_type, after_position=None):
+        return self.inner.stream_all_events(aggregate_type, after_position)
+
+
 async def test_without_pushes_polling_bounds_the_delay():
-    repository = MemoryEventRepository()
-    await repository.open()
+    inner = MemoryEventRepository()
+    await inner.open()
+    repository = Silent(inner)
     assert not isinstance(repository, WakeUpSource)
-    subscription = Subscription(repository, poll_interval=0.05)
+    subscription = Subscription(repository, poll_interval=0.05)  # type: ignore[arg-type]
     try:
         reading = asyncio.create_task(next_event(subscription, 5))
         await asyncio.sleep(0.1)
-        await repository.persist([event("a", 1)], None)
+        await inner.persist([event("a", 1)], None)
         assert (await reading).sequence == 1
     finally:
         await subscription.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -126,6 +128,40 @@ async def events(account_id: str, bank: Service) -> Response:
     return _json([envelope_json(e) for e in await bank.store.load_events(account_id)])
 
 
+@router.get("/atms/{atm_id}")
+async def atm(atm_id: str, bank: Service) -> Response:
+    """Cash paid out by one ATM (kept by the bank_atms projection), or 404."""
+    found = await bank.projections.atms.load(atm_id)
+    if found is None:
+        return _error(404, f"no withdrawals at ATM {atm_id!r} (yet)")
+    return _json(found)
+
+
+@router.get("/days/{day}")
+async def day(day: str, bank: Service) -> Response:
+    """Money moved on one UTC day, YYYY-MM-DD (kept by bank_daily_totals), or 404."""
+    found = await bank.projections.days.load(day)
+    if found is None:
+        return _error(404, f"nothing recorded on {day!r} (yet)")
+    return _json(found)
+
+
+@router.get("/projections")
+async def projections(request: Request, bank: Service) -> Response:
+    """Each projection's stored checkpoint, and the live status when this server runs them."""
+    runner = getattr(request.app.state, "runner", None)
+    result: dict[str, object] = {}
+    for projection in bank.projections.projections:
+        entry: dict[str, object] = {
+            "checkpoint": await bank.projections.checkpoints.position(projection.name)
+        }
+        if runner is not None:
+            status = runner.status()[projection.name]
+            entry |= {"state": status.state, "lag_events": status.lag_events}
+        result[projection.name] = entry
+    return _json(result)
+
+
 async def _unavailable(request: Request, error: Exception) -> Response:  # noqa: ARG001
     return _error(503, f"database unavailable: {error}")
 
@@ -136,21 +172,38 @@ async def _internal(request: Request, error: Exception) -> Response:
     return _error(500, "internal error")
 
 
-def create_app(service: BankService | None = None, database_url: str | None = None) -> FastAPI:
+def create_app(
+    service: BankService | None = None,
+    database_url: str | None = None,
+    *,
+    run_projections: bool = False,
+) -> FastAPI:
     """The ASGI app. With ``service``, it is used as is (tests); otherwise the app opens
-    ``database_url`` (default: $CQRS_DATABASE_URL, else sqlite:///bank.db) on startup."""
+    ``database_url`` (default: $CQRS_DATABASE_URL, else sqlite:///bank.db) on startup.
+    With ``run_projections`` the server also runs the bank's projections (otherwise run
+    ``python -m examples.bank_account project`` beside it)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if service is not None:
-            yield
-            return
-        url = database_url or os.environ.get("CQRS_DATABASE_URL") or DEFAULT_DATABASE_URL
-        app.state.service = opened = await BankService.connect(url)
+            opened = service
+        else:
+            url = database_url or os.environ.get("CQRS_DATABASE_URL") or DEFAULT_DATABASE_URL
+            opened = await BankService.connect(url)
+        app.state.service = opened
+        task = None
+        if run_projections:
+            app.state.runner = runner = opened.projections.runner()
+            task = asyncio.create_task(runner.run())
         try:
             yield
         finally:
-            await opened.close()
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if service is None:
+                await opened.close()
 
     app = FastAPI(title="Bank account (cqrs-es example)", lifespan=lifespan)
     app.state.service = service

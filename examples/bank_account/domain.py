@@ -55,8 +55,11 @@ class CustomerDepositedMoney(DomainEvent):
 
 @dataclass(frozen=True)
 class CustomerWithdrewCash(DomainEvent):
+    # 1.1 added the ATM (for the per-ATM projection); 1.0 events decode with atm_id "".
+    event_version: ClassVar[str] = "1.1"
     amount: Decimal
     balance: Decimal
+    atm_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ class BankAccount(Aggregate[BankAccountCommand, BankAccountEvent, BankAccountSer
             amount = self._available(command.amount)
             if not await services.atm.withdrawal(command.atm_id, self.aggregate_id, amount):
                 raise BankAccountError(f"ATM {command.atm_id!r} rejected the transaction")
-            return [CustomerWithdrewCash(amount, self.balance - amount)]
+            return [CustomerWithdrewCash(amount, self.balance - amount, command.atm_id)]
         if isinstance(command, WriteCheck):
             amount = self._available(command.amount)
             if not await services.checking.validate_check(self.aggregate_id, command.check_number):

@@ -23,6 +23,7 @@ from examples.bank_account.domain import (
     BankAccountServices,
     BankAccountView,
 )
+from examples.bank_account.projections import TABLE_PREFIX, BankProjections
 
 DEFAULT_DATABASE_URL = "sqlite:///bank.db"
 VIEW_TABLE = "bank_account_views"
@@ -42,7 +43,7 @@ class EventLogger:
 
 @dataclass
 class BankService:
-    """The framework, store and view repository of the bank-account app."""
+    """The framework, store, view repository and projections of the bank-account app."""
 
     repository: PersistedEventRepository
     store: PersistedEventStore[
@@ -50,6 +51,7 @@ class BankService:
     ]
     views: ViewRepository[BankAccountView]
     cqrs: CqrsFramework[BankAccountCommand, BankAccountEvent, BankAccountServices]
+    projections: BankProjections
 
     @classmethod
     async def over(
@@ -58,8 +60,10 @@ class BankService:
         *,
         snapshot_every: int | None = 20,
         view_table: str = VIEW_TABLE,
+        projection_prefix: str = TABLE_PREFIX,
     ) -> BankService:
-        """Build the app over an open repository (creating the view table if needed)."""
+        """Build the app over an open repository (creating the view tables if needed; the
+        projections' tables are named with ``projection_prefix``)."""
         views = repository.view_repository(BankAccountView, view_table)
         await views.create_schema()
         store = PersistedEventStore(repository, BankAccount, snapshot_every=snapshot_every)
@@ -69,7 +73,8 @@ class BankService:
             BankAccountServices(),
             retry=Retry(attempts=50, base_delay=0.002, max_delay=0.05),
         )
-        return cls(repository, store, views, framework)
+        projections = await BankProjections.over(repository, store, projection_prefix)
+        return cls(repository, store, views, framework, projections)
 
     @classmethod
     async def connect(cls, database_url: str, *, snapshot_every: int | None = 20) -> BankService:
