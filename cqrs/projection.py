@@ -341,8 +341,7 @@ class ProjectionRunner:
                 if moved is None:
                     await wake_ups.wait(self.poll_interval)
                     continue
-                position = moved
-                renewed = time.monotonic()
+                position = moved  # a checkpoint write does not extend the lease: renew above
         finally:
             await wake_ups.close()
 
