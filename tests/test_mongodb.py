@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import shutil
 import socket
@@ -1068,3 +1069,152 @@ async def test_a_server_killed_mid_commit_leaves_nothing_partial(tmp_path, url):
                     assert len(stored) == 300, f"round {round_}: a returned commit was lost"
             positions = [e.position async for e in repository.stream_all_events(None)]
     assert positions == list(range(1, len(positions) + 1))  # gapless after the crashes
+
+
+# -- wake-ups ----------------------------------------------------------------------------------
+
+
+async def waited(listener, seconds: float) -> float:
+    started = time.monotonic()
+    await asyncio.wait_for(listener.wait(seconds), seconds + 10)
+    return time.monotonic() - started
+
+
+async def test_only_committed_transactions_of_its_collection_wake_a_listener(
+    repository, client, prefix
+):
+    other = MongoEventRepository(
+        client, events_collection=f"{prefix}_other", snapshots_collection=f"{prefix}_snaps"
+    )
+    listener = repository.wake_ups()
+    async with other:
+        await other.create_schema()
+        try:
+            assert await waited(listener, 30) < 1.0  # opens the stream, returns at once
+            waiting = asyncio.create_task(waited(listener, 30))
+            await asyncio.sleep(0.2)
+            await repository.persist(batch("a", 1, 2), None)
+            assert await waiting < 1.0
+            with pytest.raises(AggregateConflict):
+                await repository.persist(batch("a", 2, 1), None)
+            await other.persist(batch("a", 1, 1), None)  # another events collection
+            assert await waited(listener, 0.5) >= 0.45
+        finally:
+            await listener.close()
+            await listener.close()
+
+
+async def test_a_server_that_refuses_change_streams_is_polled_and_said_once(
+    repository, monkeypatch, caplog
+):
+    from pymongo.asynchronous.collection import AsyncCollection  # noqa: PLC0415
+    from pymongo.errors import OperationFailure  # noqa: PLC0415
+
+    from cqrs.subscription import Subscription  # noqa: PLC0415
+
+    async def refuse(self, *args, **kwargs):
+        raise OperationFailure("The $changeStream stage is only supported on replica sets", 40573)
+
+    monkeypatch.setattr(AsyncCollection, "watch", refuse)
+    listeners = [repository.wake_ups(), repository.wake_ups()]
+    with caplog.at_level(logging.DEBUG, logger="cqrs.backends.mongodb"):
+        for listener in listeners * 2:
+            assert 0.15 <= await waited(listener, 0.2) < 2
+        subscription = Subscription(repository, poll_interval=0.05)
+        try:
+            await repository.persist(batch("a", 1, 1), None)
+            assert (await asyncio.wait_for(anext(aiter(subscription)), 5)).sequence == 1
+        finally:
+            await subscription.close()
+    for listener in listeners:
+        await listener.close()
+    records = [r for r in caplog.records if r.name == "cqrs.backends.mongodb"]
+    assert [r.levelno for r in records] == [logging.INFO]
+    assert "pushed wake-ups are off" in records[0].getMessage()
+
+
+async def test_a_subscription_is_pushed_to_again_after_a_server_restart(tmp_path, url):
+    from cqrs.subscription import Subscription  # noqa: PLC0415
+
+    storage = str(tmp_path / "data")
+    async with _server(tmp_path, "--storage-path", storage) as server:
+        address = f"mongodb://127.0.0.1:{server.port}/cqrs_test?replicaSet=secantus"
+        async with from_url(f"{address}&serverSelectionTimeoutMS=2000") as repository:
+            await repository.create_schema()
+            subscription = Subscription(repository, poll_interval=0.5)
+            delivered: list[SerializedEvent] = []
+
+            async def follow() -> None:
+                async for row in subscription:
+                    delivered.append(row)  # noqa: PERF401 - it never ends
+
+            async def until(count: int, seconds: float) -> float:
+                started = time.monotonic()
+                while len(delivered) < count:
+                    assert time.monotonic() - started < seconds, f"{len(delivered)} delivered"
+                    await asyncio.sleep(0.01)
+                return time.monotonic() - started
+
+            following = asyncio.create_task(follow())
+            try:
+                await asyncio.sleep(0.5)
+                await repository.persist(batch("a", 1, 1), None)
+                assert await until(1, 5) < 0.4  # pushed
+                server.stop()
+                await server.start()
+                await repository.persist(batch("b", 1, 1), None)
+                await until(2, 15)
+                await asyncio.sleep(0.5)
+                await repository.persist(batch("c", 1, 1), None)
+                assert await until(3, 5) < 0.4  # pushed again
+            finally:
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await following
+                await subscription.close()
+    assert [e.aggregate_id for e in delivered] == ["a", "b", "c"]
+
+
+async def test_a_lost_change_stream_is_reopened_and_logged(repository, monkeypatch, caplog):
+    from pymongo.asynchronous.change_stream import AsyncChangeStream  # noqa: PLC0415
+    from pymongo.asynchronous.collection import AsyncCollection  # noqa: PLC0415
+    from pymongo.errors import AutoReconnect, OperationFailure  # noqa: PLC0415
+
+    try_next, watch = AsyncChangeStream.try_next, AsyncCollection.watch
+    faults = {"try_next": 0, "watch": 0}
+
+    async def failing_try_next(self):
+        if faults["try_next"]:
+            faults["try_next"] -= 1
+            raise OperationFailure("Error on remote shard: the change stream is gone", 280)
+        return await try_next(self)
+
+    async def failing_watch(self, *args, **kwargs):
+        if faults["watch"]:
+            faults["watch"] -= 1
+            raise AutoReconnect("connection closed")
+        return await watch(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncChangeStream, "try_next", failing_try_next)
+    monkeypatch.setattr(AsyncCollection, "watch", failing_watch)
+    listener = repository.wake_ups()
+    with caplog.at_level(logging.DEBUG, logger="cqrs.backends.mongodb"):
+        try:
+            assert await waited(listener, 30) < 1.0  # opened
+            faults.update(try_next=1, watch=2)
+            assert 0.25 <= await waited(listener, 0.3) < 2  # lost: the timeout stands in
+            for _ in range(20):  # reopening fails twice, then works and returns at once
+                if await waited(listener, 0.3) < 0.2:
+                    break
+            assert faults == {"try_next": 0, "watch": 0}
+            waiting = asyncio.create_task(waited(listener, 30))
+            await asyncio.sleep(0.2)
+            await repository.persist(batch("a", 1, 1), None)
+            assert await waiting < 1.0  # pushed again
+        finally:
+            await listener.close()
+    records = [r for r in caplog.records if r.name == "cqrs.backends.mongodb"]
+    levels = [r.levelno for r in records]
+    assert levels == [logging.WARNING, logging.DEBUG, logging.DEBUG, logging.INFO], records
+    assert "lost its change stream" in records[0].getMessage()
+    assert "reopened its change stream" in records[-1].getMessage()

@@ -58,6 +58,7 @@ from cqrs_mongodb._driver import (
 from cqrs_mongodb._group_commit import Commit, GroupCommitter
 from cqrs_mongodb.checkpoints import MongoCheckpointStore
 from cqrs_mongodb.views import MongoViewRepository
+from cqrs_mongodb.wake_ups import ChangeStreamSupport, MongoWakeUps
 
 __all__ = ["PAGE_SIZE", "MongoEventRepository", "from_url"]
 
@@ -117,6 +118,7 @@ class MongoEventRepository(AsyncResource):
         self._database: AsyncDatabase[Document] | None = None
         self._committer: GroupCommitter | None = None
         self._opening = asyncio.Lock()
+        self._change_streams = ChangeStreamSupport()
 
     def with_collections(
         self,
@@ -358,6 +360,18 @@ class MongoEventRepository(AsyncResource):
             f"{first.sequence} to {last.sequence}",
         )
         return await committer.commit(commit)
+
+    def wake_ups(self) -> MongoWakeUps:
+        """A listener for commits to these events by any client (see
+        :class:`cqrs.subscription.WakeUpSource`): a change stream on the events collection's
+        counter document, from its first wait until it is closed; where the server refuses
+        change streams, it only waits its timeouts (see :mod:`cqrs_mongodb.wake_ups`)."""
+        return MongoWakeUps(
+            lambda: self.database,
+            self.counters_collection,
+            self.events_collection,
+            self._change_streams,
+        )
 
     @staticmethod
     def snapshot_update(snapshot: SerializedSnapshot) -> UpdateOne:

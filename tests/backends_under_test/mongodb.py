@@ -23,7 +23,7 @@ def database_url() -> str | None:
 
 class MongoFactory:
     id = "mongodb"
-    capabilities = frozenset({"persistent", "multiprocess"})
+    capabilities = frozenset({"persistent", "multiprocess", "push", "push_across_clients"})
     # The CI server, SecantusDB, answers ~1k operations/s on this machine's 2 cores (a hot
     # run at full size spends ~90 s in reads); stress runs check the same rules on a
     # quarter of the load.
