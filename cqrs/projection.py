@@ -296,7 +296,7 @@ class ProjectionRunner:
             try:
                 await self._follow(projection, lease, status)
             except LeaseLost as error:
-                logger.warning("projection %r: %s", status.name, error)
+                logger.warning("%s", error)
                 status.state = "standby"
                 continue
             except ProjectionFailedError as error:
