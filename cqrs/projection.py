@@ -327,7 +327,10 @@ class ProjectionRunner:
             while not self._stopping.is_set():
                 if time.monotonic() - renewed > self.lease_ttl / 3:
                     if not await self.checkpoints.renew(lease, self.lease_ttl):
-                        msg = f"the lease of {lease.owner!r} (token {lease.token}) was taken over"
+                        msg = (
+                            f"projection {lease.name!r}: the lease of {lease.owner!r} "
+                            f"(token {lease.token}) was taken over"
+                        )
                         raise LeaseLost(msg)
                     renewed = time.monotonic()
                 try:
