@@ -27,7 +27,7 @@ import secrets
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +42,7 @@ from benchmarks.targets import (
     version,
 )
 from benchmarks.workloads import (
+    SIDES,
     SNAPSHOT_EVERY,
     UNITS,
     WORKLOADS,
@@ -62,6 +63,8 @@ QUICK = Sizes(
     load_snapshot=100,
     concurrent_8=80,
     repetitions=35,
+    catchup_events=2_000,
+    view_events=100,
 )
 """``--quick``: 1-2 minutes on 2 cores for memory, SQLite and PostgreSQL."""
 
@@ -129,7 +132,9 @@ class _WorkloadRun:
     ) -> None:
         self.target, self.workload, self.sizes = target, workload, sizes
         self.profiler, self.errors = profiler, errors
-        self.sides: list[Side] = target.sides(workload, SNAPSHOT_EVERY.get(workload))
+        sides = target.sides(workload, SNAPSHOT_EVERY.get(workload))
+        names = SIDES.get(workload)
+        self.sides: list[Side] = [s for s in sides if names is None or s.name in names]
         self.opened: list[Side] = []
         self.rates: dict[str, list[float]] = {}
         self.preparers: dict[str, PerRound] = {}
@@ -485,10 +490,24 @@ def bars(rows: Sequence[dict[str, Any]]) -> list[dict[str, object]]:
         ceiling = _ratio(many["raw"], one["raw"])
         scaling = _ratio(many["framework"], one["framework"])
         check("concurrent_8 / commit_1 > 1 (writers scale)", many, scaling, 1.0, ceiling)
+    _projection_bars(by_key, check)
     memory = by_key.get(("memory", "commit_10"))
     if memory is not None:
         check("events/s >= 100k", memory, memory["framework"], 100_000.0, None)
     return results
+
+
+def _projection_bars(
+    by_key: dict[tuple[Any, Any], dict[str, Any]],
+    check: Callable[[str, dict[str, Any], float | None, float, float | None], None],
+) -> None:
+    for backend in ("sqlite", "postgres"):
+        row = by_key.get((backend, "catchup_10k"))
+        if row is not None:
+            check("ratio_raw >= 0.8 (catch-up)", row, row["ratio_raw"], 0.8, 1.0)
+    upserts = by_key.get(("postgres", "view_upsert"))
+    if upserts is not None:
+        check("events/s >= 10k", upserts, upserts["framework"], 10_000.0, None)
 
 
 def _bars_text(results: Sequence[dict[str, Any]]) -> str:

@@ -118,3 +118,9 @@ class PeerSide:
 
     async def prepare_replay(self, table: str) -> Operation | None:  # noqa: ARG002
         return None
+
+    async def prepare_catchup(self, table: str, events: int) -> list[Operation] | None:  # noqa: ARG002
+        return None
+
+    async def prepare_view_upsert(self, table: str, events: int) -> list[Operation] | None:  # noqa: ARG002
+        return None

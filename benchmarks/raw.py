@@ -239,6 +239,25 @@ class RawSide:
 
     page_size = 500
 
+    async def prepare_catchup(self, table: str, events: int) -> list[Operation] | None:  # noqa: ARG002 - no checkpoints
+        """One step: page through the events with the backend's page statement and page
+        size, rows left undecoded, until a short page (as ``stream_all_events`` ends)."""
+        page_size = self.page_size
+
+        async def stream() -> int:
+            count, after = 0, 0
+            while True:
+                rows = await self.read_page(after, page_size)
+                count += len(rows)
+                if len(rows) < page_size:
+                    return count
+                after = rows[-1][-1]
+
+        return [stream]
+
+    async def prepare_view_upsert(self, table: str, events: int) -> list[Operation] | None:  # noqa: ARG002
+        return None
+
     async def _update_view(self, table: str, view_id: str, events: list[ViewEvent]) -> None:
         stored = await self.read_view(table, view_id)
         if stored is None:

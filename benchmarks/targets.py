@@ -25,6 +25,8 @@ SHORT = {
     "load_snapshot": "lsnap",
     "concurrent_8": "conc8",
     "replay_10k": "r10k",
+    "catchup_10k": "cu10k",
+    "view_upsert": "vu",
 }
 
 

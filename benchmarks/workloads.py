@@ -22,6 +22,21 @@ concurrent_8    commands/s    ``commit_1`` from 8 concurrent tasks, each on its 
                               aggregates (the peer, being synchronous, uses 8 threads)
 replay_10k      events/s      ``QueryReplay`` of 10,000 events (100 aggregates of 100) into
                               a new view table of ``BankAccountView`` s
+catchup_10k     events/s      catch-up over 10,000 stored events (100 aggregates of 100)
+                              from a new checkpoint table, one step per side: framework, a
+                              ``ProjectionRunner`` with a no-op projection (``run()`` until
+                              its first read that finds nothing, by ``wait_for``; batches of
+                              the repository's ``page_size``, each read, decoded, handed over
+                              and checkpointed; one lease); raw, the same events read through
+                              the raw driver with the backend's own page statement and page
+                              size until a short page, undecoded (the backend's
+                              ``stream_all_events`` paging without the framework: the "raw
+                              stream speed" of DESIGN.md 7)
+view_upsert     events/s      a ``ViewProjection`` keyed by event (a view per event, so one
+                              view write per event: a load and an insert) into a new view
+                              table in the events' database, over 500 stored events (5
+                              aggregates of 100), by ``run()`` as for ``catchup_10k``;
+                              framework only
 ==============  ============  ===============================================================
 """
 
@@ -33,6 +48,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
+    "SIDES",
     "SNAPSHOT_EVERY",
     "UNITS",
     "WORKLOADS",
@@ -52,6 +68,8 @@ WORKLOADS = (
     "load_snapshot",
     "concurrent_8",
     "replay_10k",
+    "catchup_10k",
+    "view_upsert",
 )
 """Every workload id, in the order they run and print."""
 
@@ -63,8 +81,13 @@ UNITS = {
     "load_snapshot": "loads/s",
     "concurrent_8": "commands/s",
     "replay_10k": "events/s",
+    "catchup_10k": "events/s",
+    "view_upsert": "events/s",
 }
 """The unit each workload's rates are given in."""
+
+SIDES = {"catchup_10k": ("framework", "raw"), "view_upsert": ("framework",)}
+"""The sides that run the workloads not every side has (the others are not opened)."""
 
 SNAPSHOT_EVERY = {"load_snapshot": 100}
 """Workloads whose sides snapshot, and how often (in events)."""
@@ -87,7 +110,8 @@ class Sizes:
 
     ``commit_1``/``concurrent_8``: commands per repetition; ``commit_10``: new aggregates
     (10 events each) per repetition; ``load_*``: loads per repetition. ``replay_10k`` always
-    replays 10,000 events unless ``replay_events`` says otherwise (tests shrink it).
+    replays 10,000 events unless ``replay_events`` says otherwise (tests shrink it); likewise
+    ``catchup_events`` for ``catchup_10k`` and ``view_events`` for ``view_upsert``.
     """
 
     commit_1: int
@@ -99,6 +123,8 @@ class Sizes:
     repetitions: int
     warmups: int = 1
     replay_events: int = REPLAY_AGGREGATES * REPLAY_EVENTS_EACH
+    catchup_events: int = REPLAY_AGGREGATES * REPLAY_EVENTS_EACH
+    view_events: int = 500
 
 
 class Side(Protocol):
@@ -130,6 +156,16 @@ class Side(Protocol):
     async def prepare_replay(self, table: str) -> Operation | None:
         """Make an empty view table; return the replay of every event into it (returning
         how many events it dispatched), or None if this side has no such feature."""
+
+    async def prepare_catchup(self, table: str, events: int) -> list[Operation] | None:
+        """Start a catch-up over the ``events`` stored events from position 0 (``table``: a
+        new checkpoint table, if the side keeps one); return its steps, one batch or page each,
+        each returning how many events it read; or None if this side has no such feature."""
+
+    async def prepare_view_upsert(self, table: str, events: int) -> list[Operation] | None:
+        """Make an empty view table; return the steps of a projection writing one view per
+        stored event (``events`` of them) into it, each returning how many events it
+        applied; or None."""
 
 
 async def commit_groups_with_tasks(side: Side, groups: list[list[str]]) -> None:
@@ -301,6 +337,53 @@ async def _replay_10k(side: Side, sizes: Sizes) -> PerRound:
     return for_round
 
 
+async def _seed_events(side: Side, events: int, prefix: str) -> int:
+    each = min(REPLAY_EVENTS_EACH, events)
+    aggregates = max(events // each, 1)
+    for index in range(aggregates):
+        await side.create(f"{prefix}-{index}", each)
+    return aggregates * each
+
+
+def _counted(side: Side, steps: list[Operation], total: int) -> list[Operation]:
+    """``steps``, the last one checking that they did ``total`` units in all."""
+    done = 0
+
+    def wrap(operation: Operation, last: bool) -> Operation:
+        async def step() -> int:
+            nonlocal done
+            count = await operation()
+            done += count
+            if last and done != total:
+                msg = f"{side.name} handled {done} events, expected {total}"
+                raise AssertionError(msg)
+            return count
+
+        return step
+
+    return [wrap(operation, index == len(steps) - 1) for index, operation in enumerate(steps)]
+
+
+async def _catchup_10k(side: Side, sizes: Sizes) -> PerRound:
+    total = await _seed_events(side, sizes.catchup_events, "cu")
+
+    async def for_round(index: int) -> list[Operation] | None:
+        steps = await side.prepare_catchup(f"cp_{index}", total)
+        return None if steps is None else _counted(side, steps, total)
+
+    return for_round
+
+
+async def _view_upsert(side: Side, sizes: Sizes) -> PerRound:
+    total = await _seed_events(side, sizes.view_events, "vu")
+
+    async def for_round(index: int) -> list[Operation] | None:
+        steps = await side.prepare_view_upsert(f"upserts_{index}", total)
+        return None if steps is None else _counted(side, steps, total)
+
+    return for_round
+
+
 def _same(steps: list[Operation]) -> PerRound:
     async def for_round(index: int) -> list[Operation]:  # noqa: ARG001 - every round is alike
         return steps
@@ -316,4 +399,6 @@ _PREPARERS: dict[str, Callable[[Side, Sizes], Awaitable[PerRound]]] = {
     "load_snapshot": _load_snapshot,
     "concurrent_8": _concurrent_8,
     "replay_10k": _replay_10k,
+    "catchup_10k": _catchup_10k,
+    "view_upsert": _view_upsert,
 }

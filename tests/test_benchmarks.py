@@ -36,7 +36,11 @@ TINY = replace(
     repetitions=2,
     warmups=0,
     replay_events=200,
+    catchup_events=200,
+    view_events=50,
 )
+NO_RAW = {"view_upsert"}
+NO_PEER = {"replay_10k", "catchup_10k", "view_upsert"}
 ROW_KEYS = {"backend", "workload", "unit", "framework", "raw", "peer", "ratio_raw", "ratio_peer"}
 
 
@@ -70,13 +74,13 @@ def test_quick_run_on_memory_and_sqlite_writes_the_table_and_json(tmp_path, caps
         assert set(row) == ROW_KEYS
         assert row["unit"] == UNITS[row["workload"]]
         assert row["framework"] > 0
-        if row["backend"] == "memory":
+        if row["backend"] == "memory" or row["workload"] in NO_RAW:
             assert row["raw"] is None
             assert row["ratio_raw"] is None
         else:
             assert row["raw"] > 0
             assert row["ratio_raw"] == pytest.approx(row["framework"] / row["raw"], rel=0.01)
-        if peer and row["workload"] != "replay_10k":
+        if peer and row["workload"] not in NO_PEER:
             assert row["peer"] > 0
             assert row["ratio_peer"] == pytest.approx(row["framework"] / row["peer"], rel=0.01)
         else:
@@ -215,3 +219,15 @@ def test_raw_postgres_runs_the_backends_statements():
 
     raw = RawPostgresSide("postgresql://nowhere/x", "e1", "s1", view_prefix="p_")
     assert raw.statements == PostgresEventRepository(raw.pool, "e1", "s1").statements
+
+
+def test_projection_bars():
+    rows = [
+        {"backend": "postgres", "workload": "catchup_10k", "framework": 90.0, "ratio_raw": 0.9},
+        {"backend": "postgres", "workload": "view_upsert", "framework": 9_000.0},
+    ]
+    results = {(r["workload"], r["bar"]): r["ok"] for r in bars(rows)}
+    assert results == {
+        ("catchup_10k", "ratio_raw >= 0.8 (catch-up)"): True,
+        ("view_upsert", "events/s >= 10k"): False,
+    }
