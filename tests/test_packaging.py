@@ -29,9 +29,9 @@ def test_all_is_sorted_and_complete():
 
 def test_importing_cqrs_imports_no_database_driver():
     code = (
-        "import sys, cqrs, cqrs_memory\n"
+        "import sys, cqrs, cqrs_memory, cqrs_conformance\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in "
-        "('aiosqlite', 'sqlite3', 'psycopg', 'psycopg_pool', 'pymongo', 'pydantic')]\n"
+        "('aiosqlite', 'sqlite3', 'psycopg', 'psycopg_pool', 'pymongo', 'pydantic', 'pytest')]\n"
         "print(bad)\n"
     )
     output = subprocess.run(
@@ -93,10 +93,14 @@ def test_wheel_ships_the_packages_the_ddl_and_py_typed(tmp_path):
         for path in declared["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
     }
     assert {"cqrs", "cqrs_memory", "cqrs_sqlite", "cqrs_postgres", "cqrs_mongodb"} <= expected
+    assert "cqrs_conformance" in expected  # the conformance suite, for third-party backends
     shipped = {name.split("/")[0] for name in names if name.endswith("/__init__.py")}
     assert shipped == expected
     for package in shipped:  # every installed package is typed (PEP 561)
         assert f"{package}/py.typed" in names, package
+    suite = root / "backends" / "cqrs_conformance" / "suite"
+    for path in sorted(suite.glob("test_*.py")):
+        assert f"cqrs_conformance/suite/{path.name}" in names
     for dialect in ("postgres", "sqlite"):
         for path in sorted((root / "sql" / dialect).rglob("*.sql")):
             packaged = f"cqrs/sql/{path.relative_to(root / 'sql').as_posix()}"

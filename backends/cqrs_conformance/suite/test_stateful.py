@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
-from support import batch, collect
 
 from cqrs import AggregateConflict, PersistedEventRepository, SerializedSnapshot, default_codec
+from cqrs_conformance.support import batch, collect
 
 IDS = st.sampled_from(["a", "b", "c"])
 

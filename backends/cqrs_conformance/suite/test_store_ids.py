@@ -8,7 +8,6 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from support import collect
 
 from cqrs import (
     AggregateContext,
@@ -18,7 +17,7 @@ from cqrs import (
     PersistedEventStore,
 )
 from cqrs.repository import MAX_AGGREGATE_ID_BYTES, MAX_AGGREGATE_TYPE_BYTES
-from examples.bank_account.domain import (
+from cqrs_conformance.bank_account import (
     AccountOpened,
     BankAccount,
     BankAccountCommand,
@@ -30,6 +29,7 @@ from examples.bank_account.domain import (
     OpenAccount,
     WithdrawMoney,
 )
+from cqrs_conformance.support import collect
 
 D = Decimal
 
@@ -46,7 +46,7 @@ OVER_THE_LIMIT = {
 ID_LIMIT = f"aggregate_id is {MAX_AGGREGATE_ID_BYTES + 1} .*the limit is {MAX_AGGREGATE_ID_BYTES}"
 
 
-def bank(
+def bank_app(
     repository: PersistedEventRepository, aggregate_class: type[BankAccount] = BankAccount
 ) -> CqrsFramework[BankAccountCommand, BankAccountEvent, BankAccountServices]:
     store = PersistedEventStore(repository, aggregate_class, snapshot_every=2)
@@ -62,7 +62,7 @@ def test_the_examples_sit_exactly_at_and_one_byte_over_the_limit():
 
 @pytest.mark.parametrize("aggregate_id", list(AT_THE_LIMIT.values()), ids=list(AT_THE_LIMIT))
 async def test_an_id_of_exactly_the_limit_commits_and_loads(repository, aggregate_id):
-    cqrs = bank(repository)
+    cqrs = bank_app(repository)
     await cqrs.execute_with_metadata(aggregate_id, OpenAccount(aggregate_id), {"k": "v"})
     await cqrs.execute(aggregate_id, DepositMoney(D(5)))  # crosses 2: a snapshot
     await cqrs.execute(aggregate_id, WithdrawMoney(D(2), "ATM-1"))
@@ -96,7 +96,7 @@ OPERATIONS = [
 @pytest.mark.parametrize("aggregate_id", list(OVER_THE_LIMIT.values()), ids=list(OVER_THE_LIMIT))
 async def test_an_id_over_the_limit_is_refused_before_any_io(backend, aggregate_id, operation):
     repository = backend.new_repository()  # never opened: any I/O would raise NotOpenError
-    cqrs = bank(repository)
+    cqrs = bank_app(repository)
     store = cqrs.store
     assert isinstance(store, PersistedEventStore)
     context = AggregateContext(aggregate_id, store.new_aggregate(aggregate_id), 0)
@@ -125,7 +125,7 @@ async def test_an_aggregate_type_of_exactly_the_limit_works_and_one_byte_more_is
     at_limit = "T" * (MAX_AGGREGATE_TYPE_BYTES - 2) + "é"
     assert len(at_limit.encode()) == MAX_AGGREGATE_TYPE_BYTES
     long_typed: type[BankAccount] = type("LongTyped", (BankAccount,), {"aggregate_type": at_limit})
-    cqrs = bank(repository, long_typed)
+    cqrs = bank_app(repository, long_typed)
     await cqrs.execute("acc", OpenAccount("acc"))
     await cqrs.execute("acc", DepositMoney(D(4)))
     loaded = await cqrs.store.load_aggregate("acc")

@@ -7,7 +7,6 @@ import itertools
 import random
 
 import pytest
-from support import TYPE, batch, collect, event, payloads
 
 from cqrs import (
     AggregateConflict,
@@ -17,6 +16,7 @@ from cqrs import (
     SerializedSnapshot,
     default_codec,
 )
+from cqrs_conformance.support import TYPE, batch, collect, event, payloads
 
 
 async def test_persist_then_get_events_keeps_every_field(repository: PersistedEventRepository):

@@ -1,10 +1,11 @@
 """A projection runner in its own OS process, for the multi-process runner tests, and the
 projection those tests share with it.
 
-    python runner_process.py BACKEND WORKDIR EVENTS SNAPSHOTS CHECKPOINTS VIEWS OWNER LOG
-        [--ttl SECONDS] [--batch N] [--delay SECONDS]
+    python -m cqrs_conformance.runner_process FACTORY WORKDIR EVENTS SNAPSHOTS CHECKPOINTS
+        VIEWS OWNER LOG [--ttl SECONDS] [--batch N] [--delay SECONDS]
 
-It builds a repository with the test backend's own factory (so it reaches the database the
+It builds a repository with the test backend's own factory (FACTORY is its ``module:name``,
+see ``cqrs_conformance.factory.reference``; so it reaches the database the
 test uses: the same SQLite file under WORKDIR, or the server named by the environment), runs
 the "totals" projection with the repository's checkpoint store until SIGTERM (a graceful
 stop), and appends to LOG, around each handle() call, ``start OWNER TIME FIRST LAST`` and
@@ -19,7 +20,6 @@ import argparse
 import asyncio
 import os
 import signal
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,17 +27,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for backends_under_test
-
-from backends_under_test import load_factory
-
 from cqrs import EventEnvelope, PersistedEventStore, ProjectionRunner, ViewProjection
-from examples.bank_account.domain import (
+from cqrs_conformance.bank_account import (
     AccountOpened,
     BankAccount,
     CustomerDepositedMoney,
     CustomerWithdrewCash,
 )
+from cqrs_conformance.factory import load
 
 NAME = "totals"
 
@@ -94,8 +91,7 @@ class Recorded:
 
 
 async def main(args: argparse.Namespace) -> None:
-    factory = load_factory(args.backend)
-    assert factory is not None
+    factory = load(args.factory)
     repository = factory.repository(Path(args.workdir), args.events, args.snapshots)
     await repository.open()
     try:
@@ -120,7 +116,7 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    for name in ("backend", "workdir", "events", "snapshots", "checkpoints", "views", "owner"):
+    for name in ("factory", "workdir", "events", "snapshots", "checkpoints", "views", "owner"):
         parser.add_argument(name)
     parser.add_argument("log", type=Path)
     parser.add_argument("--ttl", type=float, default=1.0)

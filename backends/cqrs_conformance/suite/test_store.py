@@ -11,7 +11,6 @@ from typing import Any, ClassVar
 from uuid import uuid4
 
 import pytest
-from support import collect, event
 
 from cqrs import (
     Aggregate,
@@ -35,7 +34,7 @@ from cqrs import (
     event_version_of,
 )
 from cqrs.codec import schema_fingerprint
-from examples.bank_account.domain import (
+from cqrs_conformance.bank_account import (
     AccountOpened,
     BankAccount,
     BankAccountServices,
@@ -46,11 +45,12 @@ from examples.bank_account.domain import (
     WithdrawMoney,
     WriteCheck,
 )
+from cqrs_conformance.support import collect, event
 
 D = Decimal
 
 
-def bank(
+def bank_app(
     repository: PersistedEventRepository, *, snapshot_every: int | None = None, queries=()
 ) -> CqrsFramework[Any, Any, BankAccountServices]:
     store = PersistedEventStore(repository, BankAccount, snapshot_every=snapshot_every)
@@ -64,7 +64,7 @@ async def open_with(cqrs: CqrsFramework[Any, Any, Any], account: str, *deposits:
 
 
 async def test_execute_commits_and_load_rebuilds_state(repository):
-    cqrs = bank(repository)
+    cqrs = bank_app(repository)
     opened = await cqrs.execute("acc", OpenAccount("acc"))
     assert [(e.sequence, e.aggregate_id) for e in opened] == [(1, "acc")]
     await cqrs.execute("acc", DepositMoney(D("100.10")))
@@ -82,7 +82,7 @@ async def test_execute_commits_and_load_rebuilds_state(repository):
 
 
 async def test_committed_envelopes_match_what_is_loaded(repository):
-    cqrs = bank(repository)
+    cqrs = bank_app(repository)
     committed = await cqrs.execute_with_metadata("acc", OpenAccount("acc"), {"user": "ann"})
     loaded = await cqrs.store.load_events("acc")
     assert [(e.event_id, e.position, e.sequence, e.payload, dict(e.metadata)) for e in loaded] == [
@@ -91,7 +91,7 @@ async def test_committed_envelopes_match_what_is_loaded(repository):
 
 
 async def test_user_error_commits_nothing(repository):
-    cqrs = bank(repository)
+    cqrs = bank_app(repository)
     await open_with(cqrs, "acc", "10")
     with pytest.raises(UserError, match="funds not available"):
         await cqrs.execute("acc", WriteCheck("1170", D("10.01")))
@@ -99,7 +99,7 @@ async def test_user_error_commits_nothing(repository):
 
 
 async def test_expected_version_guards_the_command(repository):
-    cqrs = bank(repository)
+    cqrs = bank_app(repository)
     await open_with(cqrs, "acc", "10")  # at version 2
     before = [(e.sequence, e.event_id) for e in await cqrs.store.load_events("acc")]
     # Below and above the stored version alike: a conflict, and nothing is stored. Retry
@@ -123,7 +123,7 @@ async def test_expected_version_0_on_an_existing_aggregate_is_always_a_conflict(
     # expected_version=0 skips the load; a command refused (or yielding nothing) on the empty
     # state must still be reported as the version mismatch it is, not as the empty state's
     # user error or a success.
-    cqrs = bank(repository)
+    cqrs = bank_app(repository)
     await open_with(cqrs, "acc", "10")
     with pytest.raises(AggregateConflict, match="expected 0"):
         await cqrs.execute("acc", DepositMoney(D(1)), expected_version=0)  # "not open" on empty
@@ -163,7 +163,7 @@ async def test_a_context_stays_current_across_commits_and_snapshots_stay_exact(r
 
 
 async def test_concurrent_commands_with_retry_lose_nothing(repository):
-    cqrs = bank(repository)
+    cqrs = bank_app(repository)
     cqrs.retry = Retry(attempts=200, base_delay=0.001, max_delay=0.02)
     await open_with(cqrs, "acc")
     await asyncio.gather(*(cqrs.execute("acc", DepositMoney(D("1.01"))) for _ in range(32)))
@@ -202,7 +202,7 @@ async def test_snapshots_at_and_across_boundaries_lose_nothing(repository, snaps
 
 
 async def test_snapshot_plus_tail_is_used_and_matches_full_replay(repository):
-    cqrs = bank(repository, snapshot_every=3)
+    cqrs = bank_app(repository, snapshot_every=3)
     await open_with(cqrs, "acc", "1", "2", "3", "4")  # 5 events: snapshot at 3
     snapshot = await repository.get_snapshot(BankAccount.aggregate_type, "acc")
     assert snapshot is not None
@@ -236,7 +236,7 @@ UNUSABLE_SNAPSHOTS = {
 
 @pytest.mark.parametrize("payload", list(UNUSABLE_SNAPSHOTS.values()), ids=list(UNUSABLE_SNAPSHOTS))
 async def test_undecodable_snapshot_falls_back_to_events(repository, payload, caplog):
-    cqrs = bank(repository, snapshot_every=100)
+    cqrs = bank_app(repository, snapshot_every=100)
     await open_with(cqrs, "acc", "7")
     if b"%s" in payload:
         payload %= schema_fingerprint(BankAccount).encode()
@@ -275,7 +275,7 @@ async def test_aggregate_store_mode_keeps_state_and_events(repository):
 
 
 async def test_undecodable_event_raises_deserialization_error_naming_it(repository):
-    cqrs = bank(repository)
+    cqrs = bank_app(repository)
     await open_with(cqrs, "acc")
     context = await cqrs.store.load_aggregate("acc")
     bad = _serialized(context, CustomerDepositedMoney(D(1), D(1)), payload=b'{"amount": []}')
@@ -290,7 +290,7 @@ async def test_undecodable_event_raises_deserialization_error_naming_it(reposito
 
 
 async def test_unknown_event_type_raises_deserialization_error(repository):
-    cqrs = bank(repository)
+    cqrs = bank_app(repository)
     await open_with(cqrs, "acc")
     context = await cqrs.store.load_aggregate("acc")
     odd = _serialized(context, CustomerDepositedMoney(D(1), D(1)), event_type="AccountFrozen")
@@ -436,7 +436,7 @@ async def test_generic_query_maintains_the_view_after_each_commit(backend):
     repository = await backend.open_repository()
     views = repository.view_repository(BankAccountView, backend.name("views"))
     await views.create_schema()
-    cqrs = bank(repository, queries=[GenericQuery(views, BankAccountView)])
+    cqrs = bank_app(repository, queries=[GenericQuery(views, BankAccountView)])
     await open_with(cqrs, "acc", "1000")
     await cqrs.execute("acc", WithdrawMoney(D(400), "ATM-N"))
     await cqrs.execute("acc", WriteCheck("1170", D("256.28")))
@@ -451,7 +451,7 @@ async def test_query_replay_rebuilds_a_view_from_stored_events(backend):
     repository = await backend.open_repository()
     live = repository.view_repository(BankAccountView, backend.name("live"))
     await live.create_schema()
-    cqrs = bank(repository, queries=[GenericQuery(live, BankAccountView)])
+    cqrs = bank_app(repository, queries=[GenericQuery(live, BankAccountView)])
     for account in ("a", "b", "c"):
         await open_with(cqrs, account, "5", "6")
     await cqrs.execute("b", WithdrawMoney(D(1), "ATM-2"))
@@ -479,7 +479,7 @@ class BatchRecorder:
 
 
 async def test_query_replay_dispatches_each_event_once_in_order_in_full_batches(repository):
-    cqrs = bank(repository)
+    cqrs = bank_app(repository)
     await open_with(cqrs, "a", "1", "2", "3", "4", "5")  # a: 1-6
     await open_with(cqrs, "b", "1")  # b: 1-2
     await cqrs.execute("a", DepositMoney(D(6)))  # a: 7, after b's events in global order
@@ -554,7 +554,7 @@ async def test_generic_query_applies_each_event_once_in_sequence_order(backend):
     repository = await backend.open_repository()
     views = repository.view_repository(BankAccountView, backend.name("views"))
     await views.create_schema()
-    cqrs = bank(repository)
+    cqrs = bank_app(repository)
     await open_with(cqrs, "acc", "1", "2", "3", "4")
     envelopes = await cqrs.store.load_events("acc")
     query = GenericQuery(views, BankAccountView, attempts=2, max_delay=0)
@@ -576,7 +576,7 @@ async def test_generic_query_applies_each_event_once_in_sequence_order(backend):
 async def test_expected_version_zero_creates_without_reading_and_conflicts_if_it_exists(
     repository,
 ):
-    cqrs = bank(repository)
+    cqrs = bank_app(repository)
     reads: list[str] = []
     real_get_events = repository.get_events
 

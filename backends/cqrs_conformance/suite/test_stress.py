@@ -15,7 +15,7 @@ from decimal import Decimal
 import pytest
 
 from cqrs import CqrsFramework, GenericQuery, PersistedEventStore, QueryReplay, Retry, UserError
-from examples.bank_account.domain import (
+from cqrs_conformance.bank_account import (
     BankAccount,
     BankAccountServices,
     BankAccountView,
@@ -25,8 +25,6 @@ from examples.bank_account.domain import (
     OpenAccount,
     WithdrawMoney,
 )
-
-pytestmark = pytest.mark.stress
 
 
 def scaled(backend, count: int) -> int:
@@ -115,6 +113,7 @@ class HotRun:
             assert sequences == list(range(1, len(sequences) + 1))
 
 
+@pytest.mark.stress
 async def test_hot_aggregates_under_32_writers_lose_and_duplicate_nothing(backend):
     run = HotRun(backend, await backend.open_repository())
     await run.run()
@@ -124,6 +123,7 @@ async def test_hot_aggregates_under_32_writers_lose_and_duplicate_nothing(backen
     run.check_tail()
 
 
+@pytest.mark.stress
 async def test_many_aggregates_in_parallel_keep_global_order(backend):
     repository = await backend.open_repository()
     store = PersistedEventStore(repository, BankAccount)
@@ -146,6 +146,7 @@ async def test_many_aggregates_in_parallel_keep_global_order(backend):
         assert sequences == list(range(1, per_writer + 2))
 
 
+@pytest.mark.stress
 async def test_views_under_concurrent_commands_equal_a_replay(backend):
     repository = await backend.open_repository()
     live = repository.view_repository(BankAccountView, backend.name("live"))

@@ -7,7 +7,6 @@ from decimal import Decimal
 
 import pytest
 from msgspec.structs import replace
-from support import TYPE, batch, collect, event
 
 from cqrs import (
     AggregateError,
@@ -16,7 +15,7 @@ from cqrs import (
     PersistedEventStore,
     UserError,
 )
-from examples.bank_account.domain import (
+from cqrs_conformance.bank_account import (
     BankAccount,
     BankAccountCommand,
     BankAccountEvent,
@@ -25,6 +24,7 @@ from examples.bank_account.domain import (
     OpenAccount,
     WriteCheck,
 )
+from cqrs_conformance.support import TYPE, batch, collect, event
 
 HOSTILE = [
     "quote ' and \" and `",
@@ -36,7 +36,7 @@ HOSTILE = [
 ]
 
 
-def bank(
+def bank_app(
     repository,
 ) -> CqrsFramework[BankAccountCommand, BankAccountEvent, BankAccountServices]:
     store = PersistedEventStore(repository, BankAccount)
@@ -45,7 +45,7 @@ def bank(
 
 @pytest.mark.parametrize("text", HOSTILE)
 async def test_hostile_ids_metadata_and_payloads_round_trip(repository, text):
-    cqrs = bank(repository)
+    cqrs = bank_app(repository)
     await cqrs.execute_with_metadata(text, OpenAccount(text), {text: text, "k": text})
     await cqrs.execute(text, DepositMoney(Decimal(10)))
     await cqrs.execute(text, WriteCheck("1", Decimal("0.5")))
@@ -57,7 +57,7 @@ async def test_hostile_ids_metadata_and_payloads_round_trip(repository, text):
 
 
 async def test_nul_bytes_in_ids_are_refused_and_in_values_work(repository):
-    cqrs = bank(repository)
+    cqrs = bank_app(repository)
     with pytest.raises(ValueError, match="NUL"):
         await cqrs.execute("a\x00b", OpenAccount("x"))
     await cqrs.execute_with_metadata("nul", OpenAccount("a\x00b"), {"k": "v\x00w"})
@@ -67,7 +67,7 @@ async def test_nul_bytes_in_ids_are_refused_and_in_values_work(repository):
 
 
 async def test_payload_of_several_megabytes(repository):
-    cqrs = bank(repository)
+    cqrs = bank_app(repository)
     big = "€" * 1_500_000  # 4.5 MB of UTF-8
     await cqrs.execute(big[:10], OpenAccount(big))
     events = await cqrs.store.load_events(big[:10])
@@ -91,7 +91,7 @@ async def test_malformed_stored_payload_harms_nothing_else(repository):
 
 
 async def test_undecodable_event_is_named_and_the_rest_still_load(repository):
-    cqrs = bank(repository)
+    cqrs = bank_app(repository)
     await cqrs.execute("good", OpenAccount("good"))
     await repository.persist(
         [event("bad", 1, aggregate_type="BankAccount", event_type="AccountOpened", payload=[1])],

@@ -7,9 +7,9 @@ import uuid
 
 import msgspec
 import pytest
-from support import event
 
 from cqrs import ConfigurationError, LeaseLost, NotOpenError, ParkedEvent
+from cqrs_conformance.support import event
 
 LONG = 30.0  # a ttl no test outlives
 SHORT = 0.2  # a ttl tests wait out
@@ -267,7 +267,7 @@ async def test_checkpoints_outlive_the_repository(backend, checkpoints, reposito
     assert await checkpoints.position("totals") == 12
 
 
-async def test_create_schema_is_idempotent(checkpoints):
+async def test_checkpoint_store_create_schema_is_idempotent(checkpoints):
     lease = await checkpoints.acquire("totals", "one", LONG)
     assert lease is not None
     await checkpoints.save(lease, 3)

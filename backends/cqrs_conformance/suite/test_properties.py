@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cqrs import CqrsFramework, PersistedEventStore
-from examples.bank_account.domain import (
+from cqrs_conformance.bank_account import (
     AccountOpened,
     BankAccount,
     BankAccountEvent,

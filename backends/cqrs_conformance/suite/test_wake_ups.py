@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from support import batch
-
 from cqrs.repository import PersistedEventRepository, SerializedEvent
 from cqrs.subscription import Subscription, WakeUps, WakeUpSource
+from cqrs_conformance.support import batch
 
 SLOW_POLL = 30.0  # a delivery within a second cannot come from polling
 PUSHED = 1.0

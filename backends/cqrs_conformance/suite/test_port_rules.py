@@ -10,7 +10,6 @@ import uuid
 
 import pytest
 from msgspec.structs import replace
-from support import TYPE, batch, collect, event
 
 from cqrs import (
     AggregateConflict,
@@ -20,6 +19,7 @@ from cqrs import (
     ViewContext,
 )
 from cqrs.repository import MAX_AGGREGATE_ID_BYTES, MAX_AGGREGATE_TYPE_BYTES
+from cqrs_conformance.support import TYPE, batch, collect, event
 
 
 def ids(events) -> list[str]:

@@ -6,17 +6,16 @@ import asyncio
 import random
 from decimal import Decimal
 
-from support import TYPE, batch, event
-
 from cqrs import CqrsFramework, PersistedEventStore, SemanticVersionEventUpcaster
 from cqrs.repository import SerializedEvent
 from cqrs.subscription import Subscription
-from examples.bank_account.domain import (
+from cqrs_conformance.bank_account import (
     AccountOpened,
     BankAccount,
     BankAccountServices,
     DepositMoney,
 )
+from cqrs_conformance.support import TYPE, batch, event
 
 FAST = 0.02  # poll interval: live delivery within a few of these on every backend
 
