@@ -1,7 +1,7 @@
 """Commit-to-delivery latency of subscriptions: pushed wake-ups against polling.
 
 ``python -m benchmarks.latency [--backends memory,sqlite,postgres] [--commits 100]
-[--gap 0.02] [--poll 1.0] [--json PATH]``
+[--gap 0.02] [--poll 1.0] [--projection] [--json PATH]``
 
 For each backend, a writer repository commits one event at a time and a
 :class:`~cqrs.subscription.Subscription` on a second repository (another client on the same
@@ -12,6 +12,9 @@ delivery, then a pause of up to ``--gap`` seconds. Both modes use the same poll 
 adds up to one poll interval to each pause so that commits land at every phase of it.
 PostgreSQL is measured with both notify modes. The table gives p50, p99 and the maximum in
 milliseconds; ``--json`` writes the rows (backend, mode, commits, p50_ms, p99_ms, max_ms).
+With ``--projection`` the events are delivered to a projection run by a
+:class:`~cqrs.ProjectionRunner` on the reader instead (``run()``, the same wake-ups, a
+checkpoint in the reader's database saved after each batch): commit-to-projection latency.
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from cqrs import PersistedEventRepository, SerializedEvent
+from cqrs import EventEnvelope, PersistedEventRepository, ProjectionRunner, SerializedEvent
 from cqrs.subscription import Subscription
 
 if TYPE_CHECKING:
@@ -92,6 +95,33 @@ def _percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
+class _Undecoded:
+    """Hands the stored probe rows to the projection as they are (the latency measured is
+    not in decoding)."""
+
+    aggregate_type = "Probe"
+
+    def decode(self, row: SerializedEvent) -> EventEnvelope[Any]:
+        return cast("EventEnvelope[Any]", row)
+
+
+class _Arrivals:
+    """A projection noting when each event id is handed to it."""
+
+    name = "latency"
+    event_types = None
+    sources = (_Undecoded(),)
+
+    def __init__(self, arrived: dict[str, float], delivered: asyncio.Event) -> None:
+        self.arrived, self.delivered = arrived, delivered
+
+    async def handle(self, events: Sequence[EventEnvelope[Any]]) -> None:
+        now = time.perf_counter()
+        for envelope in events:
+            self.arrived[str(envelope.event_id)] = now
+        self.delivered.set()
+
+
 async def measure(
     backend: str,
     mode: str,
@@ -102,9 +132,12 @@ async def measure(
     poll_interval: float,
     pause: float,
     push: bool = True,
+    projection: bool = False,
 ) -> Row:
     """Commit ``commits`` events one by one through the writer and time their delivery to a
-    subscription on the reader (see the module docstring)."""
+    subscription on the reader (see the module docstring); with ``projection``, to a
+    projection run by a ``ProjectionRunner`` on the reader (checkpoints in the reader's
+    database, saved after each batch) instead."""
     writer, reader = repositories()
     await writer.open()
     await writer.create_schema()
@@ -119,7 +152,15 @@ async def measure(
             arrived[str(row.event_id)] = time.perf_counter()
             delivered.set()
 
-    following = asyncio.create_task(follow())
+    if projection:
+        checkpoints = reader.checkpoint_store(f"{getattr(reader, 'events_table', 'events')}_cp")
+        await checkpoints.create_schema()
+        runner = ProjectionRunner(
+            source, checkpoints, [_Arrivals(arrived, delivered)], poll_interval=poll_interval
+        )
+        following = asyncio.create_task(runner.run())
+    else:
+        following = asyncio.create_task(follow())
     samples: list[float] = []
     try:
         await asyncio.sleep(0.2)  # the subscription has read the empty store and waits
@@ -209,6 +250,7 @@ async def run(options: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     poll = options.poll
     pushed = {"commits": options.commits, "poll_interval": poll, "pause": options.gap}
+    pushed["projection"] = options.projection
     polled = {**pushed, "pause": options.gap + poll, "push": False}
     polling = f"polling every {poll:g} s"
     with tempfile.TemporaryDirectory(prefix="cqrs-latency-") as directory:
@@ -244,6 +286,8 @@ async def run(options: argparse.Namespace) -> list[Row]:
                 ]
             try:
                 for mode, label, repositories, kwargs in cases:
+                    if options.projection:
+                        label = f"{label}, ProjectionRunner"  # noqa: PLW2901 - the row's label
                     row = await measure(backend, mode, label, repositories, **kwargs)  # type: ignore[arg-type]
                     print(f"{row}", file=sys.stderr, flush=True)
                     rows.append(row)
@@ -280,6 +324,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--poll", type=float, default=1.0, help="poll interval, seconds (1)")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    parser.add_argument(
+        "--projection",
+        action="store_true",
+        help="deliver to a projection run by a ProjectionRunner (run(), a checkpoint saved "
+        "after each batch) instead of a Subscription",
+    )
     parser.add_argument(
         "--postgres-url",
         default=os.environ.get("CQRS_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),

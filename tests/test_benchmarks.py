@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from benchmarks import latency
 from benchmarks.framework import FrameworkSide
 from benchmarks.harness import (
     QUICK,
@@ -231,3 +232,19 @@ def test_projection_bars():
         ("catchup_10k", "ratio_raw >= 0.8 (catch-up)"): True,
         ("view_upsert", "events/s >= 10k"): False,
     }
+
+
+@pytest.mark.parametrize("consumer", [[], ["--projection"]], ids=["subscription", "projection"])
+def test_latency_pushed_and_polled_on_memory_and_sqlite(tmp_path, capsys, consumer):
+    path = tmp_path / "latency.json"
+    options = ["--backends", "memory,sqlite", "--commits", "3", "--gap", "0.01", *consumer]
+    assert latency.main([*options, "--poll", "0.05", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())
+    assert [(row["backend"], row["mode"]) for row in rows] == [
+        (backend, mode) for backend in ("memory", "sqlite") for mode in ("push", "poll")
+    ]
+    for row in rows:
+        assert row["commits"] == 3
+        assert 0 <= row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+        assert row["label"].endswith("ProjectionRunner") == bool(consumer)
+    assert "| sqlite | polling every 0.05 s" in capsys.readouterr().out
