@@ -100,8 +100,8 @@ class PostgresEventRepository(AsyncResource):
 
     Commits notify the channel ``<events table>_commits`` for :meth:`wake_ups` listeners in
     this and other processes: ``notify="after_commit"`` (the default) right after the
-    commit, off its path; ``"in_transaction"`` in the commit statement itself, which
-    costs concurrent writers about half their throughput; None not at all (listeners then
+    commit, off its path; ``"in_transaction"`` in the commit statement itself, which can
+    cost concurrent writers half their throughput; None not at all (listeners then
     rely on polling, or on other writers' notifications). See :mod:`cqrs_postgres.wake_ups`.
     """
 
