@@ -72,6 +72,7 @@ class LocalSignal:
     def __init__(self) -> None:
         self._generation = 0
         self._changed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def notify(self) -> None:
         """Wake every listener (call it after a commit; cheap when nobody listens)."""
@@ -85,8 +86,11 @@ class LocalSignal:
         return _LocalWakeUps(self)
 
     def _event(self) -> asyncio.Event:
-        if self._changed is None:
-            self._changed = asyncio.Event()
+        # An asyncio.Event belongs to the loop that first waits on it: a signal that outlives
+        # one event loop (say, one asyncio.run per test) makes a new one for the next loop.
+        loop = asyncio.get_running_loop()
+        if self._changed is None or self._loop is not loop:
+            self._changed, self._loop = asyncio.Event(), loop
         return self._changed
 
 

@@ -159,3 +159,19 @@ async def test_polling_wake_ups_wait_their_timeout():
     started = time.monotonic()
     await PollingWakeUps().wait(0.05)
     assert time.monotonic() - started >= 0.04
+
+
+def test_a_signal_outlives_its_event_loop():
+    signal = LocalSignal()
+    listener = signal.listen()
+    asyncio.run(listener.wait(0.01))  # times out under a first loop
+
+    async def second() -> float:
+        started = time.monotonic()
+        waiting = asyncio.create_task(listener.wait(10))  # then waits under another loop
+        await asyncio.sleep(0.01)
+        signal.notify()
+        await waiting
+        return time.monotonic() - started
+
+    assert asyncio.run(second()) < 5
