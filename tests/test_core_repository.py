@@ -11,6 +11,7 @@ import pytest
 
 from cqrs import (
     AsyncResource,
+    BaseViewRepository,
     ConfigurationError,
     DeserializationError,
     MsgspecCodec,
@@ -273,3 +274,51 @@ async def test_async_resource_opens_on_entry_and_closes_on_exit():
     assert calls == ["open", "close", "open", "close"]
     async with AsyncResource() as plain:  # the mixin's own open/close do nothing
         assert isinstance(plain, AsyncResource)
+
+
+# -- the view repository base ----------------------------------------------------------------
+
+
+class DictViews(BaseViewRepository[Tally]):
+    """A third-party-style view repository: rows in a dict, stored as they are given."""
+
+    table_kind = "collection"
+
+    def __init__(self, table: str = "tallies") -> None:
+        super().__init__(Tally, table)
+        self.rows: dict[str, tuple[object, object]] = {}
+
+    async def _create_schema(self) -> None:
+        pass
+
+    async def _fetch(self, view_id: str) -> tuple[bytes | str, int] | None:
+        return self.rows.get(view_id)  # type: ignore[return-value]
+
+    async def _store(self, view_id: str, payload: bytes, version: int, expected: int) -> bool:
+        self.rows[view_id] = (payload, version)
+        return True
+
+
+def test_a_view_table_name_is_checked_under_the_backends_word_for_tables():
+    with pytest.raises(ConfigurationError, match=r"^invalid collection name 'a-b'"):
+        DictViews("a-b")
+
+
+@pytest.mark.parametrize("view_id", ["", "a\x00b", "x" * (MAX_AGGREGATE_ID_BYTES + 1)])
+async def test_view_ids_are_checked_before_any_io(view_id):
+    views = DictViews()
+    with pytest.raises(ValueError, match=r"^view_id "):
+        await views.load_with_context(view_id)
+    with pytest.raises(ValueError, match=r"^view_id "):
+        await views.update_view(Tally(), ViewContext(view_id, 0))
+    assert views.rows == {}
+
+
+async def test_a_stored_view_that_is_no_json_names_its_payload_type():
+    views = DictViews()
+    views.rows["v1"] = (12, 3)
+    with pytest.raises(DeserializationError) as raised:
+        await views.load("v1")
+    assert str(raised.value) == (
+        "view 'v1' in tallies (version 3) does not decode: its payload is int, not JSON"
+    )

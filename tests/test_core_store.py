@@ -9,11 +9,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pydantic
 import pytest
 
+import cqrs.subscription
 from cqrs import (
     Aggregate,
     ConfigurationError,
@@ -507,3 +509,41 @@ async def test_withdrawals_round_trip_through_the_store(repository):
     store = PersistedEventStore(repository, BankAccount)
     envelopes = await commit(store, "acc", OPENED, deposit(9), CustomerWithdrewCash(D(4), D(5)))
     assert [e.payload for e in await store.load_events("acc")] == [e.payload for e in envelopes]
+
+
+# -- subscribing -----------------------------------------------------------------------------
+
+
+class EventsOnly:
+    """A repository that can only stream (no pushed wake-ups): subscriptions poll it."""
+
+    def __init__(self, repository: MemoryEventRepository) -> None:
+        self.inner = repository
+
+    def stream_all_events(self, aggregate_type, after_position=None):
+        return self.inner.stream_all_events(aggregate_type, after_position)
+
+
+async def test_subscribe_starts_after_the_position_and_polls_every_second(repository, monkeypatch):
+    writer = PersistedEventStore(repository, BankAccount)
+    first, *_ = await commit(writer, "acc", OPENED, deposit(1), deposit(2))
+    reader = PersistedEventStore(EventsOnly(repository), BankAccount)  # type: ignore[arg-type]
+    polls: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # the poll: a commit arrives meanwhile
+        polls.append(seconds)
+        await commit(writer, "acc", deposit(3))
+
+    monkeypatch.setattr(cqrs.subscription, "asyncio", SimpleNamespace(sleep=sleep))
+    seen = []
+    async for envelope in reader.subscribe(after_position=first.position):
+        seen.append(envelope.payload)
+        if len(seen) == 3:
+            break
+    assert seen == [deposit(1), deposit(2), deposit(3)]
+    assert polls == [1.0]
+    polls.clear()
+    async for envelope in reader.subscribe(poll_interval=0.25):
+        if envelope.sequence == 5:
+            break
+    assert polls == [0.25]
