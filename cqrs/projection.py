@@ -517,6 +517,9 @@ class ViewProjection(Generic[V]):
         attempts: int = 20,
     ) -> None:
         self._name = check_lease_name(name)
+        if not isinstance(attempts, int) or attempts < 1:
+            msg = f"ViewProjection attempts must be at least 1, not {attempts!r}"
+            raise ConfigurationError(msg)
         self._sources = tuple(sources)
         self._event_types = None if event_types is None else frozenset(event_types)
         self.view_repository = view_repository

@@ -78,6 +78,9 @@ class GenericQuery(Generic[V]):
         attempts: int = 20,
         max_delay: float = 0.05,
     ) -> None:
+        if not isinstance(attempts, int) or attempts < 1:
+            msg = f"GenericQuery attempts must be at least 1, not {attempts!r}"
+            raise ConfigurationError(msg)
         self.view_repository = view_repository
         self.view_type = view_type
         self.store = store

@@ -376,3 +376,22 @@ def test_failed_error_names_the_event():
     assert "position 42" in str(error)
     assert "'a' sequence 3" in str(error)
     assert error.position == 42
+
+
+@pytest.mark.parametrize("attempts", [0, -1])
+def test_view_writers_need_at_least_one_attempt(attempts):
+    from cqrs import ConfigurationError, GenericQuery  # noqa: PLC0415
+
+    setup = Setup()
+    with pytest.raises(ConfigurationError, match="at least 1"):
+        ViewProjection(
+            "t",
+            [setup.store],
+            setup.totals,
+            Totals,
+            key=str,
+            update=update_totals,
+            attempts=attempts,
+        )
+    with pytest.raises(ConfigurationError, match="at least 1"):
+        GenericQuery(setup.totals, Totals, attempts=attempts)  # type: ignore[type-var]
