@@ -13,6 +13,7 @@ import pytest
 import cqrs.query
 from cqrs import (
     AggregateConflict,
+    ConfigurationError,
     EventEnvelope,
     GenericQuery,
     PersistedEventStore,
@@ -163,3 +164,11 @@ async def test_replay_batches_default_to_500_events():
     batches.clear()
     assert await QueryReplay(store, Sizes()).replay_all() == 501
     assert batches == [500, 1]
+
+
+@pytest.mark.parametrize("attempts", [0, "3", 2.5])
+def test_a_generic_query_needs_a_whole_number_of_attempts(attempts):
+    with pytest.raises(ConfigurationError) as raised:
+        GenericQuery(Conflicting(conflicts=0), Seen, attempts=attempts)
+    assert str(raised.value) == f"GenericQuery attempts must be at least 1, not {attempts!r}"
+    assert GenericQuery(Conflicting(conflicts=0), Seen, attempts=1).attempts == 1
