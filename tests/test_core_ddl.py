@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +36,26 @@ def test_an_installed_package_reads_its_packaged_copy(tmp_path, monkeypatch):
 def test_an_unknown_dialect_names_itself():
     with pytest.raises(FileNotFoundError, match=r"^no DDL directory for 'oracle' at .*oracle$"):
         ddl_files("oracle")
+
+
+def test_the_files_are_read_as_utf_8_whatever_the_locale(tmp_path):
+    # Under an ASCII locale (LC_ALL=C without UTF-8 mode), as under cp1252 on Windows, a
+    # DDL file with a non-ASCII comment must still read as written.
+    (tmp_path / "cqrs" / "sql" / "sqlite").mkdir(parents=True)
+    (tmp_path / "cqrs" / "sql" / "sqlite" / "001_a.sql").write_text("-- ✓\n", "utf-8")
+    code = (
+        "import sys, importlib.resources, pathlib\n"
+        "importlib.resources.files = lambda package: pathlib.Path(sys.argv[1]) / 'cqrs'\n"
+        "from cqrs.ddl import ddl_files\n"
+        "print(ascii(ddl_files('sqlite')))\n"
+    )
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    output = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env=env,
+    ).stdout
+    assert output.strip() == ascii([("001_a.sql", "-- ✓\n")])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -19,6 +19,7 @@ import cqrs.subscription
 from cqrs import (
     Aggregate,
     ConfigurationError,
+    DatabaseConnectionError,
     DeserializationError,
     DomainEvent,
     MsgspecCodec,
@@ -515,13 +516,23 @@ async def test_withdrawals_round_trip_through_the_store(repository):
 
 
 class EventsOnly:
-    """A repository that can only stream (no pushed wake-ups): subscriptions poll it."""
+    """A repository that can only stream (no pushed wake-ups): subscriptions poll it. The
+    reads numbered in ``down`` (1-based) fail as if the database were unreachable."""
 
-    def __init__(self, repository: MemoryEventRepository) -> None:
+    def __init__(self, repository: MemoryEventRepository, down: Sequence[int] = ()) -> None:
         self.inner = repository
+        self.down = set(down)
+        self.reads: list[str | None] = []
 
     def stream_all_events(self, aggregate_type, after_position=None):
+        self.reads.append(aggregate_type)
+        if len(self.reads) in self.down:
+            return self._unreachable()
         return self.inner.stream_all_events(aggregate_type, after_position)
+
+    async def _unreachable(self) -> AsyncIterator[SerializedEvent]:
+        raise DatabaseConnectionError("db down")
+        yield  # an async generator, like a real stream
 
 
 async def test_subscribe_starts_after_the_position_and_polls_every_second(repository, monkeypatch):
@@ -547,3 +558,66 @@ async def test_subscribe_starts_after_the_position_and_polls_every_second(reposi
         if envelope.sequence == 5:
             break
     assert polls == [0.25]
+
+
+async def test_a_subscription_survives_a_lost_database_and_says_so(repository, monkeypatch, caplog):
+    writer = PersistedEventStore(repository, BankAccount)
+    await commit(writer, "acc", OPENED)
+    source = EventsOnly(repository, down=(1, 2, 5, 7))
+    reader = PersistedEventStore(source, BankAccount)  # type: ignore[arg-type]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if waits.count(1.0) == 2:  # the second poll: a commit arrives meanwhile
+            await commit(writer, "acc", deposit(1))
+
+    monkeypatch.setattr(cqrs.subscription, "asyncio", SimpleNamespace(sleep=sleep))
+    seen = []
+    with caplog.at_level(logging.INFO, logger="cqrs.subscription"):
+        async for envelope in reader.subscribe():
+            seen.append(envelope.payload)
+            if len(seen) == 2:
+                break
+    assert seen == [OPENED, deposit(1)]
+    # Reads: down, down, the event, nothing (poll), down, nothing (poll), down, the deposit.
+    assert waits == [0.1, 0.2, 1.0, 0.1, 1.0, 0.1]
+    assert source.reads == [TYPE] * 8  # only this store's aggregate type is read
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "WARNING",
+            "subscription after position 0 lost its database (db down); retrying in 0.10 s",
+        ),
+        (
+            "WARNING",
+            "subscription after position 0 lost its database (db down); retrying in 0.20 s",
+        ),
+        ("INFO", "subscription reconnected at position 0"),
+        (
+            "WARNING",
+            "subscription after position 1 lost its database (db down); retrying in 0.10 s",
+        ),
+        ("INFO", "subscription reconnected at position 1"),
+        (
+            "WARNING",
+            "subscription after position 1 lost its database (db down); retrying in 0.10 s",
+        ),
+        ("INFO", "subscription reconnected at position 1"),
+    ]
+
+
+async def test_a_subscription_retries_a_lost_database_at_most_every_five_seconds(
+    repository, monkeypatch
+):
+    await commit(PersistedEventStore(repository, BankAccount), "acc", OPENED)
+    reader = PersistedEventStore(EventsOnly(repository, down=range(1, 9)), BankAccount)  # type: ignore[arg-type]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(cqrs.subscription, "asyncio", SimpleNamespace(sleep=sleep))
+    async for envelope in reader.subscribe():
+        assert envelope.payload == OPENED
+        break
+    assert waits == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
