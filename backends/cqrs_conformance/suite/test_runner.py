@@ -431,6 +431,17 @@ async def wait_for_process(condition, seconds: float, what: str, *running) -> No
         await asyncio.sleep(0.005)
 
 
+def latest_starter(processes: list[RunnerProcess]) -> RunnerProcess:
+    """The process that started a batch last: the lease holder (only one runs at a time).
+
+    Asking ``in_batch()`` again instead would race: a batch that has just ended would make
+    the stand-by look like the holder, and the test would kill the wrong process.
+    """
+    started = [(i.start, n) for n, p in enumerate(processes) for i in p.intervals()]
+    assert started, "no process has started a batch"
+    return processes[max(started)[1]]
+
+
 async def test_two_processes_never_run_at_once_and_one_takes_over_when_the_other_dies(
     backend, bank, harness
 ):
@@ -447,7 +458,8 @@ async def test_two_processes_never_run_at_once_and_one_takes_over_when_the_other
     await wait_for_process(
         lambda: one.in_batch() or two.in_batch(), 20, "a batch in progress", one, two
     )
-    holder, survivor = (one, two) if one.in_batch() else (two, one)
+    holder = latest_starter([one, two])  # the lease holder, even if its batch just ended
+    survivor = two if holder is one else one
     killed_at = holder.kill()  # mid-batch: its views may be half written, its checkpoint is not
     assert survivor.process.poll() is None
 
@@ -489,7 +501,7 @@ async def test_runners_killed_again_and_again_lose_nothing_and_apply_nothing_twi
         await wait_for_process(
             lambda: any(p.in_batch() for p in alive), 60, "a batch in progress", *alive
         )
-        holder = next(p for p in alive if p.in_batch())
+        holder = latest_starter(alive)
         killed_at = holder.kill()
         alive.remove(holder)
         alive.append(start())
