@@ -8,7 +8,7 @@ Storage is any :class:`PersistedEventRepository`; :func:`connect` opens one from
 from cqrs.aggregate import Aggregate, AggregateClass
 from cqrs.checkpoints import CheckpointStore, Lease, MemoryCheckpoints, ParkedEvent
 from cqrs.codec import Codec, MsgspecCodec, default_codec
-from cqrs.connection import connect
+from cqrs.connection import connect, redact_url
 from cqrs.errors import (
     AggregateConflict,
     AggregateError,
@@ -125,6 +125,7 @@ __all__ = [
     "next_view_version",
     "not_open",
     "read_pages",
+    "redact_url",
     "stored_positions",
     "validate_identifier",
 ]

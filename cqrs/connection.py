@@ -6,11 +6,12 @@ from collections.abc import Callable, Generator
 from importlib.metadata import EntryPoint, entry_points
 from types import TracebackType
 from typing import cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from cqrs.errors import ConfigurationError
 from cqrs.repository import PersistedEventRepository
 
-__all__ = ["ENTRY_POINT_GROUP", "backends", "connect"]
+__all__ = ["ENTRY_POINT_GROUP", "backends", "connect", "redact_url"]
 
 ENTRY_POINT_GROUP = "cqrs.backends"
 """The entry-point group that maps URL schemes to backends.
@@ -20,6 +21,50 @@ returns an unopened repository; an extra in brackets names what installs the bac
 driver. cqrs-es registers its own backends this way in its pyproject.toml, e.g.
 ``postgresql = "cqrs_postgres:from_url [postgres]"``; a third-party package adds its schemes
 to the same group."""
+
+
+_SECRET_PARAMETERS = frozenset({"password", "pwd", "passwd", "secret", "token", "sslpassword"})
+
+
+def redact_url(url: object) -> str:
+    """``url`` as text that is safe to print: a password in the user part
+    (``scheme://user:PASSWORD@host``) and the values of query parameters that carry secrets
+    (``password``, ``pwd``, ``passwd``, ``secret``, ``token``, ``sslpassword``) become ``***``.
+
+    Everything else is kept as given, so the result still names the server. Any object is
+    accepted (its ``str()`` is redacted); text that is not a URL comes back unchanged. Use it
+    for every URL that goes into a log line, an error message or a ``repr``.
+    """
+    text = str(url)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # e.g. an unbalanced "[" in the host part
+        return _redact_user_part(text)
+    netloc = parts.netloc
+    user, at, host = netloc.rpartition("@")
+    if at and ":" in user:
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(key.lower() in _SECRET_PARAMETERS for key, _ in pairs):
+            redacted = [(k, "***" if k.lower() in _SECRET_PARAMETERS else v) for k, v in pairs]
+            query = urlencode(redacted, safe="*")
+    if netloc == parts.netloc and query == parts.query:
+        return text
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _shown(url: object) -> str:
+    return repr(redact_url(url)) if isinstance(url, str) else repr(url)
+
+
+def _redact_user_part(text: str) -> str:
+    scheme, sep, rest = text.partition("://")
+    user, at, host = rest.rpartition("@")
+    if sep and at and ":" in user:
+        return f"{scheme}://{user.partition(':')[0]}:***@{host}"
+    return text
 
 
 def backends() -> dict[str, EntryPoint]:
@@ -64,7 +109,7 @@ class _Connect:
             await self._repository.close()
 
     def __repr__(self) -> str:
-        return f"connect({self._url!r})"
+        return f"connect({redact_url(self._url)!r})"
 
 
 def connect(url: str, *, create_schema: bool = True) -> _Connect:
@@ -89,7 +134,7 @@ def _resolve(url: str) -> tuple[str, EntryPoint]:
     entry = installed.get(scheme.lower()) if sep else None
     if entry is None:
         known = ", ".join(f"{name}://" for name in sorted(installed))
-        msg = f"unsupported database URL {url!r}: the scheme must be one of {known}"
+        msg = f"unsupported database URL {_shown(url)}: the scheme must be one of {known}"
         raise ConfigurationError(msg)
     return scheme, entry
 

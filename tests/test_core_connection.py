@@ -7,6 +7,7 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
+import cqrs
 import cqrs.connection
 from cqrs import ConfigurationError, NotOpenError, connect
 from cqrs_memory import MemoryEventRepository
@@ -129,3 +130,31 @@ async def test_an_entry_point_that_is_not_a_factory_is_refused(schemes):
 
 def test_connect_shows_its_url():
     assert repr(connect("memory://")) == "connect('memory://')"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://user:secret@db:5432/app", "postgresql://user:***@db:5432/app"),
+        ("postgresql+psycopg://u:p%40ss@h/db", "postgresql+psycopg://u:***@h/db"),
+        ("mongodb://a:b@h1,h2/?replicaSet=rs", "mongodb://a:***@h1,h2/?replicaSet=rs"),
+        (
+            "postgresql://h/db?user=u&password=pw&sslmode=off",
+            "postgresql://h/db?user=u&password=***&sslmode=off",
+        ),
+        ("mysql://root@localhost/test", "mysql://root@localhost/test"),
+        ("sqlite:///tmp/bank.db", "sqlite:///tmp/bank.db"),
+        ("memory://", "memory://"),
+        ("not a url", "not a url"),
+        ("x://u:pw@[::1", "x://u:***@[::1"),
+    ],
+)
+def test_redact_url_hides_passwords_and_keeps_the_rest(url, shown):
+    assert cqrs.redact_url(url) == shown
+
+
+def test_an_unsupported_scheme_is_refused_without_echoing_the_password():
+    with pytest.raises(cqrs.ConfigurationError) as caught:
+        cqrs.connect("postgresql+psycopg://user:secret@db/app")
+    assert "secret" not in str(caught.value)
+    assert "user:***@db" in str(caught.value)
