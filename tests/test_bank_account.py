@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import decimal
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cqrs import (
     CqrsFramework,
@@ -16,10 +19,13 @@ from cqrs import (
 )
 from cqrs_memory import MemoryEventRepository
 from examples.bank_account.domain import (
+    MAX_AMOUNT,
+    MAX_BALANCE,
     AccountOpened,
     BankAccount,
     BankAccountError,
     BankAccountServices,
+    BankAccountView,
     CustomerDepositedMoney,
     CustomerWithdrewCash,
     CustomerWroteCheck,
@@ -74,6 +80,72 @@ async def test_amounts_must_be_positive(account, amount):
     result = await account.given([OPENED]).when(DepositMoney(amount))
     result.then_expect_error(BankAccountError)
     assert "positive" in str(result.inspect_result())
+
+
+@pytest.mark.parametrize(
+    "amount",
+    ["0.001", "1.505", "1e-30", "1e999999999", "-1e999999999", "1000000000.01", "sNaN"],
+)
+async def test_amounts_are_cents_up_to_the_maximum(account, amount):
+    result = await account.given([OPENED, FUNDED]).when(DepositMoney(D(amount)))
+    result.then_expect_error(BankAccountError)
+    assert "at most 2 decimal places, up to 1000000000" in str(result.inspect_result())
+
+
+@pytest.mark.parametrize("amount", ["0.01", "1.5", "1.500", "1E+3", str(MAX_AMOUNT)])
+async def test_amounts_within_the_rules_are_taken_as_given(account, amount):
+    result = await account.given([OPENED]).when(DepositMoney(D(amount)))
+    result.then_expect_events([CustomerDepositedMoney(D(amount), D(amount))])
+
+
+async def test_arithmetic_is_exact_whatever_the_ambient_decimal_context(account):
+    # With the default 28 digits, 0.5 onto 10**27 used to leave the balance unchanged.
+    near_max = CustomerDepositedMoney(MAX_BALANCE - D("0.5"), MAX_BALANCE - D("0.5"))
+    with decimal.localcontext(prec=3, traps=[]):
+        result = await account.given([OPENED, near_max]).when(DepositMoney(D("0.5")))
+        result.then_expect_events([CustomerDepositedMoney(D("0.5"), MAX_BALANCE)])
+        spent = await account.given([OPENED, near_max]).when(WriteCheck("7", D("0.01")))
+        spent.then_expect_events([CustomerWroteCheck("7", D("0.01"), D("999999999999.49"))])
+
+
+async def test_the_balance_never_exceeds_the_maximum(account):
+    full = CustomerDepositedMoney(MAX_BALANCE, MAX_BALANCE)
+    result = await account.given([OPENED, full]).when(DepositMoney(D("0.01")))
+    result.then_expect_error_message("the balance would exceed the maximum of 1000000000000")
+
+
+commands = st.lists(
+    st.tuples(
+        st.sampled_from(["deposit", "withdraw", "check"]),
+        st.decimals(min_value=D("0.01"), max_value=MAX_AMOUNT, places=2),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(commands)
+async def test_the_balance_is_always_the_sum_of_the_ledger(steps):
+    store = PersistedEventStore(await memory(), BankAccount, snapshot_every=4)
+    cqrs = CqrsFramework(store, (), BankAccountServices())
+    await cqrs.execute("A1", OpenAccount("A1"))
+    with decimal.localcontext(prec=5, traps=[]):  # the ambient context plays no part
+        for kind, amount in steps:
+            command = {
+                "deposit": DepositMoney(amount),
+                "withdraw": WithdrawMoney(amount, "ATM-1"),
+                "check": WriteCheck("1", amount),
+            }[kind]
+            try:
+                await cqrs.execute("A1", command)
+            except UserError:
+                continue
+    view = BankAccountView()
+    for envelope in await store.load_events("A1"):
+        view.update(envelope)
+    state = (await store.load_aggregate("A1")).aggregate
+    assert view.balance == sum((entry.amount for entry in view.ledger), D(0)) == state.balance
+    assert 0 <= state.balance <= MAX_BALANCE
 
 
 async def test_withdraw(account):

@@ -3,18 +3,37 @@
 The one sample domain, shared by the README, the tests, the conformance suite (which ships it,
 so a third-party backend's run of the suite has it) and the example app, which re-exports it
 as ``examples.bank_account.domain``.
+
+Money is exact: an amount is a finite, positive :class:`~decimal.Decimal` of at most
+:data:`MONEY_PLACES` decimal places and at most :data:`MAX_AMOUNT`; a balance never exceeds
+:data:`MAX_BALANCE`. Sums and differences are computed in :data:`MONEY_CONTEXT`, never in the
+ambient decimal context, and that context traps any rounding, so an event's ``balance`` is
+always the exact sum of the amounts before it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import (
+    Context,
+    Decimal,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+    Rounded,
+    Underflow,
+)
 from typing import ClassVar, Protocol
 
 from cqrs import Aggregate, DomainError, DomainEvent, EventEnvelope
 
 __all__ = [
+    "MAX_AMOUNT",
+    "MAX_BALANCE",
+    "MONEY_CONTEXT",
+    "MONEY_PLACES",
     "AccountOpened",
     "AtmClient",
     "BankAccount",
@@ -34,7 +53,27 @@ __all__ = [
     "OpenAccount",
     "WithdrawMoney",
     "WriteCheck",
+    "check_amount",
 ]
+
+MONEY_PLACES = 2
+"""Amounts have at most this many decimal places (cents)."""
+
+MAX_AMOUNT = Decimal(1_000_000_000)
+"""The largest amount one command moves (one billion)."""
+
+MAX_BALANCE = Decimal(1_000_000_000_000)
+"""The largest balance an account may hold (one trillion): a deposit beyond it is refused."""
+
+MONEY_CONTEXT = Context(
+    prec=34,
+    traps=[InvalidOperation, DivisionByZero, Overflow, Underflow, Inexact, Rounded],
+)
+"""The decimal context of every sum and difference of money: wide enough for any balance up
+to :data:`MAX_BALANCE` in cents, and trapping rounding, so a result that is not exact raises
+instead of being silently rounded. It does not depend on ``decimal.getcontext()``."""
+
+_CENT = Decimal(1).scaleb(-MONEY_PLACES)
 
 # -- commands --------------------------------------------------------------------------------
 
@@ -142,9 +181,21 @@ class BankAccountServices:
 # -- the aggregate ---------------------------------------------------------------------------
 
 
-def _positive(amount: Decimal) -> Decimal:
-    if not isinstance(amount, Decimal) or not amount.is_finite() or amount <= 0:
-        raise BankAccountError(f"amount must be a positive decimal, not {amount!r}")
+def check_amount(amount: object) -> Decimal:
+    """Return ``amount`` if it is a finite Decimal greater than 0, at most
+    :data:`MAX_AMOUNT`, with at most :data:`MONEY_PLACES` decimal places (trailing zeros
+    beyond them are fine: ``1.500``); raise BankAccountError naming it otherwise."""
+    if (
+        not isinstance(amount, Decimal)
+        or not amount.is_finite()
+        or not 0 < amount <= MAX_AMOUNT
+        or MONEY_CONTEXT.remainder(amount, _CENT) != 0
+    ):
+        shown = str(amount)[:40] if isinstance(amount, Decimal) else repr(amount)[:40]
+        raise BankAccountError(
+            f"amount must be a positive decimal of at most {MONEY_PLACES} decimal places, "
+            f"up to {MAX_AMOUNT}, not {shown}"
+        )
     return amount
 
 
@@ -170,25 +221,31 @@ class BankAccount(Aggregate[BankAccountCommand, BankAccountEvent, BankAccountSer
         if not self.opened:
             raise BankAccountError("account not open")
         if isinstance(command, DepositMoney):
-            amount = _positive(command.amount)
-            return [CustomerDepositedMoney(amount, self.balance + amount)]
+            amount = check_amount(command.amount)
+            balance = MONEY_CONTEXT.add(self.balance, amount)
+            if balance > MAX_BALANCE:
+                raise BankAccountError(f"the balance would exceed the maximum of {MAX_BALANCE}")
+            return [CustomerDepositedMoney(amount, balance)]
         if isinstance(command, WithdrawMoney):
             amount = self._available(command.amount)
             if not await services.atm.withdrawal(command.atm_id, self.aggregate_id, amount):
                 raise BankAccountError(f"ATM {command.atm_id!r} rejected the transaction")
-            return [CustomerWithdrewCash(amount, self.balance - amount, command.atm_id)]
+            return [CustomerWithdrewCash(amount, self._minus(amount), command.atm_id)]
         if isinstance(command, WriteCheck):
             amount = self._available(command.amount)
             if not await services.checking.validate_check(self.aggregate_id, command.check_number):
                 raise BankAccountError(f"check {command.check_number!r} is invalid")
-            return [CustomerWroteCheck(command.check_number, amount, self.balance - amount)]
+            return [CustomerWroteCheck(command.check_number, amount, self._minus(amount))]
         raise BankAccountError(f"unknown command {command!r}")
 
     def _available(self, amount: Decimal) -> Decimal:
-        amount = _positive(amount)
+        amount = check_amount(amount)
         if amount > self.balance:
             raise BankAccountError("funds not available")
         return amount
+
+    def _minus(self, amount: Decimal) -> Decimal:
+        return MONEY_CONTEXT.subtract(self.balance, amount)
 
     def apply(self, event: BankAccountEvent) -> None:
         if isinstance(event, AccountOpened):
