@@ -41,6 +41,7 @@ from cqrs.repository import (
     stored_positions,
     validate_identifier,
 )
+from cqrs_postgres import operations
 from cqrs_postgres.checkpoints import PostgresCheckpointStore
 from cqrs_postgres.connection import (
     DEFAULT_MAX_SIZE,
@@ -408,6 +409,37 @@ class PostgresEventRepository(AsyncResource):
         ``<table>_parked``, on this repository's connections: usable while this repository
         is open (call the store's ``create_schema()`` once)."""
         return PostgresCheckpointStore(table, self._connections)
+
+    # Optional methods for operator tools (cqrs.cli.capabilities); not part of the port.
+
+    async def schema_status(self) -> tuple[list[str], list[str]]:
+        """The DDL files of ``sql/postgres`` recorded as applied to these tables, and the
+        pending ones (which :meth:`create_schema` would apply), by name."""
+        return await operations.schema_status(self)
+
+    async def count_events(self, aggregate_type: str | None, after_position: int | None) -> int:
+        """How many events of ``aggregate_type`` (every type for None) are stored after
+        ``after_position``, counting transactions still running (an estimate for progress)."""
+        return await operations.count_events(self, aggregate_type, after_position)
+
+    async def storage_size(self) -> int:
+        """Bytes the events and snapshots tables take on disk, with their indexes."""
+        return await operations.storage_size(self)
+
+    async def import_events(
+        self, events: Sequence[SerializedEvent], snapshots: Sequence[SerializedSnapshot]
+    ) -> int:
+        """Store events of many aggregates and their snapshots in one transaction; return
+        how many events were new.
+
+        Positions follow the given order. Each aggregate's events come in sequence order
+        (ValueError otherwise, before any I/O); an event stored already with the same event
+        id is skipped (so a retried import stores nothing twice); one stored with another
+        event id, or an aggregate whose first event would leave a gap, raises
+        AggregateConflict and nothing is stored. A snapshot (at most one per aggregate)
+        replaces the stored one only if its ``last_sequence`` is greater.
+        """
+        return await operations.import_events(self, events, snapshots)
 
 
 def from_url(

@@ -38,6 +38,7 @@ from cqrs.repository import (
     stored_positions,
 )
 from cqrs.subscription import LocalSignal, WakeUps
+from cqrs_sqlite import operations
 from cqrs_sqlite.rows import all_rows, event_rows, stream_rows
 from cqrs_sqlite.statements import SqliteStatements
 from cqrs_sqlite.wake_ups import SqliteWakeUps
@@ -413,6 +414,37 @@ class SqliteEventRepository(AsyncResource):
         from cqrs_sqlite.checkpoints import SqliteCheckpointStore  # noqa: PLC0415 - import cycle
 
         return SqliteCheckpointStore(table, self)
+
+    # -- optional methods for operator tools (cqrs.cli.capabilities); not the port -------
+
+    async def schema_status(self) -> tuple[list[str], list[str]]:
+        """The DDL files of ``sql/sqlite`` recorded as applied to these tables, and the
+        pending ones (which :meth:`create_schema` would apply), by name."""
+        return await operations.schema_status(self)
+
+    async def count_events(self, aggregate_type: str | None, after_position: int | None) -> int:
+        """How many events of ``aggregate_type`` (every type for None) are stored after
+        ``after_position``."""
+        return await operations.count_events(self, aggregate_type, after_position)
+
+    async def storage_size(self) -> int:
+        """Bytes of the database file (every table in it)."""
+        return await operations.storage_size(self)
+
+    async def import_events(
+        self, events: Sequence[SerializedEvent], snapshots: Sequence[SerializedSnapshot]
+    ) -> int:
+        """Store events of many aggregates and their snapshots in one write transaction;
+        return how many events were new.
+
+        Positions follow the given order. Each aggregate's events come in sequence order
+        (ValueError otherwise, before any I/O); an event stored already with the same event
+        id is skipped (so a retried import stores nothing twice); one stored with another
+        event id, or an aggregate whose first event would leave a gap, raises
+        AggregateConflict and nothing is stored. A snapshot (at most one per aggregate)
+        replaces the stored one only if its ``last_sequence`` is greater.
+        """
+        return await operations.import_events(self, events, snapshots)
 
 
 def write_transaction(connection: sqlite3.Connection, body: Callable[[], T]) -> T:
