@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar, cast
 
+from cqrs import telemetry
 from cqrs.errors import AggregateConflict, CqrsError, UnexpectedError, UserError
 from cqrs.events import EventEnvelope
 from cqrs.query import Query
@@ -65,6 +66,9 @@ class CqrsFramework(Generic[C, E, S]):
     query in registration order. A command that yields no events commits and dispatches
     nothing. Query failures are logged on the ``cqrs.framework`` logger and passed to
     ``on_query_error``; they never undo the commit and are not raised to the caller.
+    A conflict that outlasts every retry is logged there too (WARNING), each retry at DEBUG.
+    With OpenTelemetry configured, each command is a span with the load, handle, commit and
+    dispatch spans below it, and is counted and timed (see :mod:`cqrs.telemetry`).
 
     Errors: :class:`~cqrs.errors.UserError` when the handler refuses (raises one of the
     aggregate's ``user_errors``, by default :class:`~cqrs.errors.DomainError`);
@@ -115,19 +119,61 @@ class CqrsFramework(Generic[C, E, S]):
         events is the store read, to raise AggregateConflict if the aggregate exists.
         """
         validate_input(aggregate_id, metadata)
-        attempts = 1 if self.retry is None or expected_version is not None else self.retry.attempts
+        probe = telemetry.command(self._aggregate_type(), command, aggregate_id, expected_version)
+        if probe is None:
+            return await self._execute(aggregate_id, command, metadata, expected_version, None)
+        with probe:
+            return await self._execute(aggregate_id, command, metadata, expected_version, probe)
+
+    def _aggregate_type(self) -> str:
+        name = getattr(self.store, "aggregate_type", None)
+        return name if isinstance(name, str) else type(self.store).__qualname__
+
+    async def _execute(
+        self,
+        aggregate_id: str,
+        command: C,
+        metadata: Mapping[str, str],
+        expected_version: int | None,
+        probe: telemetry.Command | None,
+    ) -> list[EventEnvelope[E]]:
+        retry = None if expected_version is not None else self.retry
+        attempts = 1 if retry is None else retry.attempts
         for attempt in range(attempts):
             try:
                 envelopes = await self._execute_once(
-                    aggregate_id, command, metadata, expected_version
+                    aggregate_id, command, metadata, expected_version, probe
                 )
-            except AggregateConflict:
-                if attempt + 1 >= attempts or self.retry is None:
+            except AggregateConflict as error:
+                last = retry is None or attempt + 1 >= attempts
+                delay = None if retry is None or last else retry.delay(attempt)
+                if probe is not None:
+                    probe.conflict(delay)
+                if delay is None:
+                    if attempts > 1:
+                        logger.warning(
+                            "%s on %s %r: conflict after %d tries, giving up: %s",
+                            type(command).__qualname__,
+                            self._aggregate_type(),
+                            aggregate_id,
+                            attempts,
+                            error,
+                        )
                     raise
-                await asyncio.sleep(self.retry.delay(attempt))
+                logger.debug(
+                    "%s on %s %r: conflict on try %d, retrying in %.4f s",
+                    type(command).__qualname__,
+                    self._aggregate_type(),
+                    aggregate_id,
+                    attempt + 1,
+                    delay,
+                )
+                await asyncio.sleep(delay)
                 continue
+            if probe is not None:
+                probe.events = len(envelopes)
             if envelopes:
-                await self._dispatch(aggregate_id, envelopes)
+                await self._dispatch(aggregate_id, envelopes, probe)
             return envelopes
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -137,6 +183,7 @@ class CqrsFramework(Generic[C, E, S]):
         command: C,
         metadata: Mapping[str, str],
         expected_version: int | None,
+        probe: telemetry.Command | None,
     ) -> list[EventEnvelope[E]]:
         if expected_version == 0:
             # A new aggregate: nothing to load. If it exists after all, the commit at
@@ -148,8 +195,17 @@ class CqrsFramework(Generic[C, E, S]):
             msg = f"{aggregate_id!r} is at version {context.version}, expected {expected_version}"
             raise AggregateConflict(msg)
         aggregate = context.aggregate
+        traced = (
+            None
+            if probe is None
+            else probe.span_for(f"handle {type(command).__name__}", aggregate.user_errors)
+        )
         try:
-            events = await aggregate.handle(command, self.services)
+            if traced is None:
+                events = await aggregate.handle(command, self.services)
+            else:
+                with traced:
+                    events = await aggregate.handle(command, self.services)
         except CqrsError:
             raise
         except aggregate.user_errors as error:
@@ -174,11 +230,25 @@ class CqrsFramework(Generic[C, E, S]):
             msg = f"{aggregate_id!r} is at version {version}, expected 0"
             raise AggregateConflict(msg)
 
-    async def _dispatch(self, aggregate_id: str, envelopes: list[EventEnvelope[E]]) -> None:
+    async def _dispatch(
+        self,
+        aggregate_id: str,
+        envelopes: list[EventEnvelope[E]],
+        probe: telemetry.Command | None,
+    ) -> None:
         for query in self.queries:
+            traced = None if probe is None else probe.span_for(f"dispatch {type(query).__name__}")
             try:
-                await query.dispatch(aggregate_id, envelopes)
+                if traced is None:
+                    await query.dispatch(aggregate_id, envelopes)
+                else:
+                    with traced:
+                        await query.dispatch(aggregate_id, envelopes)
             except Exception as error:  # noqa: BLE001 - reported below, never undoes the commit
+                if probe is None:
+                    telemetry.query_failed(query)
+                else:
+                    probe.query_failed(query)
                 self._report(QueryFailure(query, aggregate_id, envelopes, error))
 
     def _report(self, failure: QueryFailure[E]) -> None:

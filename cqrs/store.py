@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 
 import msgspec
 
+from cqrs import telemetry
 from cqrs.aggregate import Aggregate, AggregateClass
 from cqrs.codec import Codec, default_codec, schema_fingerprint
 from cqrs.errors import (
@@ -262,8 +264,18 @@ class PersistedEventStore(Generic[A_co, C, E, S]):
         return [self.decode(row) for row in rows]
 
     async def load_aggregate(self, aggregate_id: str) -> AggregateContext[A_co]:
-        """Rebuild the aggregate from its snapshot (if any) and the events after it."""
+        """Rebuild the aggregate from its snapshot (if any) and the events after it (a
+        ``load <type>`` span when tracing, see :mod:`cqrs.telemetry`)."""
         validate_input(aggregate_id, {})
+        traced = telemetry.span(f"load {self.aggregate_type}")
+        if traced is None:
+            return await self._load_aggregate(aggregate_id)
+        with traced as current:
+            context = await self._load_aggregate(aggregate_id)
+            current.set_attribute("cqrs.aggregate.version", context.version)
+            return context
+
+    async def _load_aggregate(self, aggregate_id: str) -> AggregateContext[A_co]:
         aggregate_type = self.aggregate_type
         aggregate: A_co | None = None
         after = 0
@@ -422,9 +434,28 @@ class PersistedEventStore(Generic[A_co, C, E, S]):
     ) -> list[EventEnvelope[E]]:
         """Store ``events`` after ``context.version`` (with a snapshot when one is due) in
         one atomic write; return the committed envelopes. Raises AggregateConflict if another
-        writer committed first; nothing is stored then."""
+        writer committed first; nothing is stored then.
+
+        A write slower than ``cqrs.telemetry.configure(slow_commit=...)`` (1 s by default)
+        is logged as a WARNING on ``cqrs.store``. When tracing, the commit is a ``commit
+        <type>`` span whose W3C trace context goes into each event's metadata (see
+        :data:`cqrs.telemetry.TRACEPARENT`)."""
         if not events:
             return []
+        traced = telemetry.span(f"commit {self.aggregate_type}")
+        if traced is None:
+            return await self._commit(events, context, metadata)
+        with traced as current:
+            current.set_attribute("cqrs.events.count", len(events))
+            metadata = telemetry.with_trace_context(metadata, current)
+            return await self._commit(events, context, metadata)
+
+    async def _commit(
+        self,
+        events: Sequence[E],
+        context: AggregateContext[Aggregate[C, E, S]],
+        metadata: Mapping[str, str],
+    ) -> list[EventEnvelope[E]]:
         aggregate_id = context.aggregate_id
         validate_input(aggregate_id, metadata)
         aggregate_type = self.aggregate_type
@@ -469,7 +500,20 @@ class PersistedEventStore(Generic[A_co, C, E, S]):
         for event in events:
             apply(event)
         snapshot = self._snapshot_after(context, last)
+        started = time.perf_counter()
         positions = await self.repository.persist(rows, snapshot)
+        elapsed = time.perf_counter() - started
+        slow = telemetry.settings.slow_commit
+        if slow is not None and elapsed > slow:
+            logger.warning(
+                "slow commit: %d event(s) of %s %r took %.3f s (more than %s s)",
+                len(rows),
+                aggregate_type,
+                aggregate_id,
+                elapsed,
+                slow,
+            )
+        telemetry.events_committed(aggregate_type, len(rows))
         context.version = last
         if snapshot is not None:
             context.snapshot_version = snapshot.snapshot_version

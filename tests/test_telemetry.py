@@ -1,0 +1,490 @@
+"""OpenTelemetry: the span tree and metrics of commands, queries and projections (through the
+SDK's in-memory exporter and reader), the trace context stored in event metadata, and the
+framework without an SDK or without opentelemetry at all."""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from cqrs import (
+    AggregateConflict,
+    ConfigurationError,
+    CqrsFramework,
+    PersistedEventStore,
+    Retry,
+    UserError,
+    telemetry,
+)
+from cqrs_memory import MemoryEventRepository
+from examples.bank_account.domain import (
+    BankAccount,
+    BankAccountServices,
+    DepositMoney,
+    OpenAccount,
+    WithdrawMoney,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Otel:
+    exporter: InMemorySpanExporter
+    reader: InMemoryMetricReader
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.exporter.get_finished_spans())
+
+    def named(self, name: str) -> list[ReadableSpan]:
+        return [span for span in self.spans() if span.name == name]
+
+    def one(self, name: str) -> ReadableSpan:
+        (found,) = self.named(name)
+        return found
+
+    def children(self, parent: ReadableSpan) -> list[str]:
+        return [
+            span.name
+            for span in sorted(self.spans(), key=lambda s: s.start_time or 0)
+            if span.parent is not None and span.parent.span_id == parent.context.span_id
+        ]
+
+    def points(self, name: str) -> dict[tuple[tuple[str, object], ...], float]:
+        """The data points of metric ``name``: sorted attributes -> value (sum or count)."""
+        data = self.reader.get_metrics_data()
+        found: dict[tuple[tuple[str, object], ...], float] = {}
+        for resource in data.resource_metrics if data else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name != name:
+                        continue
+                    for point in metric.data.data_points:
+                        value = getattr(point, "value", None)
+                        if value is None:
+                            value = point.count  # type: ignore[union-attr]
+                        found[tuple(sorted((point.attributes or {}).items()))] = value
+        return found
+
+
+@pytest.fixture
+def otel() -> Iterator[Otel]:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    telemetry.configure(
+        tracer_provider=tracer_provider, meter_provider=MeterProvider(metric_readers=[reader])
+    )
+    try:
+        yield Otel(exporter, reader)
+    finally:
+        telemetry.configure()
+
+
+async def bank(**options) -> CqrsFramework[Any, Any, Any]:
+    repository = MemoryEventRepository()
+    await repository.open()
+    store = PersistedEventStore(repository, BankAccount)
+    return CqrsFramework(store, services=BankAccountServices(), **options)
+
+
+def traceparent_of(span: ReadableSpan) -> str:
+    context = span.context
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
+async def test_a_command_is_a_span_with_load_handle_commit_and_dispatch(otel):
+    class Counting:
+        async def dispatch(self, aggregate_id, events):
+            pass
+
+    cqrs = await bank(queries=[Counting()])
+    await cqrs.execute("acc-1", OpenAccount("acc-1"))
+    otel.exporter.clear()
+
+    envelopes = await cqrs.execute("acc-1", DepositMoney(Decimal(5)))
+
+    execute = otel.one("execute DepositMoney")
+    assert execute.parent is None
+    assert otel.children(execute) == [
+        "load BankAccount",
+        "handle DepositMoney",
+        "commit BankAccount",
+        "dispatch Counting",
+    ]
+    assert dict(execute.attributes or {}) == {
+        "cqrs.aggregate.type": "BankAccount",
+        "cqrs.command.type": "DepositMoney",
+        "cqrs.outcome": "ok",
+        "cqrs.events.count": 1,
+        "cqrs.retries": 0,
+    }
+    assert execute.status.status_code is StatusCode.UNSET
+    assert otel.one("load BankAccount").attributes == {"cqrs.aggregate.version": 1}
+    commit = otel.one("commit BankAccount")
+    assert commit.attributes == {"cqrs.events.count": 1}
+    # The commit's trace context travels with the event, stored and returned.
+    assert envelopes[0].metadata == {"traceparent": traceparent_of(commit)}
+    (stored,) = await cqrs.store.load_events("acc-1", after_sequence=1)
+    assert stored.metadata == {"traceparent": traceparent_of(commit)}
+
+    ok = (
+        ("cqrs.aggregate.type", "BankAccount"),
+        ("cqrs.command.type", "DepositMoney"),
+        ("cqrs.outcome", "ok"),
+    )
+    assert otel.points("cqrs.commands")[ok] == 1
+    assert otel.points("cqrs.command.duration")[ok] == 1  # one measurement
+    assert otel.points("cqrs.events.committed") == {(("cqrs.aggregate.type", "BankAccount"),): 2}
+
+
+async def test_the_aggregate_id_is_recorded_only_when_asked(otel):
+    cqrs = await bank()
+    await cqrs.execute("acc-1", OpenAccount("acc-1"))
+    assert "cqrs.aggregate.id" not in (otel.one("execute OpenAccount").attributes or {})
+
+    telemetry.configure(
+        tracer_provider=telemetry.settings.tracer_provider, record_aggregate_id=True
+    )
+    await cqrs.execute("acc-1", DepositMoney(Decimal(1)), expected_version=1)
+    attributes = otel.one("execute DepositMoney").attributes or {}
+    assert attributes["cqrs.aggregate.id"] == "acc-1"
+    assert attributes["cqrs.expected_version"] == 1
+
+
+async def test_metadata_that_carries_a_trace_context_keeps_it(otel):
+    cqrs = await bank()
+    upstream = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    (envelope,) = await cqrs.execute_with_metadata(
+        "acc-1", OpenAccount("acc-1"), {"traceparent": upstream, "user": "ann"}
+    )
+    assert envelope.metadata == {"traceparent": upstream, "user": "ann"}
+
+
+async def test_a_user_error_is_an_outcome_not_a_failure(otel):
+    cqrs = await bank()
+    with pytest.raises(UserError):
+        await cqrs.execute("acc-1", DepositMoney(Decimal(5)))  # not open
+
+    execute = otel.one("execute DepositMoney")
+    assert otel.children(execute) == ["load BankAccount", "handle DepositMoney"]
+    assert execute.attributes is not None
+    assert execute.attributes["cqrs.outcome"] == "user_error"
+    assert execute.attributes["cqrs.events.count"] == 0
+    assert execute.attributes["error.type"] == "UserError"
+    assert execute.status.status_code is StatusCode.UNSET
+    handle = otel.one("handle DepositMoney")
+    assert handle.attributes == {"error.type": "BankAccountError"}
+    assert handle.status.status_code is StatusCode.UNSET
+    refused = (
+        ("cqrs.aggregate.type", "BankAccount"),
+        ("cqrs.command.type", "DepositMoney"),
+        ("cqrs.outcome", "user_error"),
+    )
+    assert otel.points("cqrs.commands") == {refused: 1}
+    assert otel.points("cqrs.events.committed") == {}
+
+
+class Interfering:
+    """An ATM that, while the withdrawal is being decided, lets another writer deposit into
+    the same account ``times`` times: the decision's commit then conflicts."""
+
+    def __init__(self, times: int) -> None:
+        self.times = times
+        self.other: CqrsFramework[Any, Any, Any] | None = None
+
+    async def withdrawal(self, atm_id, account_id, amount) -> bool:
+        if self.times and self.other is not None:
+            self.times -= 1
+            await self.other.execute(account_id, DepositMoney(Decimal(1)))
+        return True
+
+
+async def interfered(times: int, attempts: int) -> CqrsFramework[Any, Any, Any]:
+    atm = Interfering(times)
+    cqrs = await bank(retry=Retry(attempts=attempts, base_delay=0.0, max_delay=0.0))
+    cqrs.services = BankAccountServices(atm=atm)
+    atm.other = CqrsFramework(cqrs.store, services=BankAccountServices())
+    await cqrs.execute("acc-1", OpenAccount("acc-1"))
+    await cqrs.execute("acc-1", DepositMoney(Decimal(10)))
+    return cqrs
+
+
+async def test_a_conflict_that_a_retry_resolves(otel):
+    cqrs = await interfered(times=2, attempts=3)
+    otel.exporter.clear()
+
+    await cqrs.execute("acc-1", WithdrawMoney(Decimal(1), "ATM-1"))
+
+    execute = otel.one("execute WithdrawMoney")
+    assert otel.children(execute) == [
+        "load BankAccount",
+        "handle WithdrawMoney",
+        "commit BankAccount",
+        "load BankAccount",
+        "handle WithdrawMoney",
+        "commit BankAccount",
+        "load BankAccount",
+        "handle WithdrawMoney",
+        "commit BankAccount",
+    ]
+    assert execute.attributes is not None
+    assert execute.attributes["cqrs.outcome"] == "ok"
+    assert execute.attributes["cqrs.retries"] == 2
+    assert [(e.name, (e.attributes or {})["cqrs.retry"]) for e in execute.events] == [
+        ("retry", 1),
+        ("retry", 2),
+    ]
+    commits = [span for span in otel.named("commit BankAccount") if span.parent == execute.context]
+    assert [span.status.status_code for span in commits] == [
+        StatusCode.ERROR,
+        StatusCode.ERROR,
+        StatusCode.UNSET,
+    ]
+    assert (commits[0].attributes or {})["error.type"] == "AggregateConflict"
+    # The interfering deposits are commands of their own, traced inside the handle spans.
+    assert len(otel.named("execute DepositMoney")) == 2
+    account = (("cqrs.aggregate.type", "BankAccount"),)
+    assert otel.points("cqrs.command.conflicts") == {account: 2}
+    assert otel.points("cqrs.command.retries") == {account: 2}
+
+
+async def test_a_conflict_that_outlasts_the_retries(otel, caplog):
+    cqrs = await interfered(times=5, attempts=3)
+    otel.exporter.clear()
+
+    with (
+        caplog.at_level(logging.DEBUG, logger="cqrs.framework"),
+        pytest.raises(AggregateConflict),
+    ):
+        await cqrs.execute("acc-1", WithdrawMoney(Decimal(1), "ATM-1"))
+
+    execute = otel.one("execute WithdrawMoney")
+    assert execute.attributes is not None
+    assert execute.attributes["cqrs.outcome"] == "conflict"
+    assert execute.attributes["cqrs.retries"] == 2
+    assert execute.status.status_code is StatusCode.ERROR
+    account = (("cqrs.aggregate.type", "BankAccount"),)
+    assert otel.points("cqrs.command.conflicts") == {account: 3}
+    assert otel.points("cqrs.command.retries") == {account: 2}
+    conflict = (
+        ("cqrs.aggregate.type", "BankAccount"),
+        ("cqrs.command.type", "WithdrawMoney"),
+        ("cqrs.outcome", "conflict"),
+    )
+    assert otel.points("cqrs.commands")[conflict] == 1
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "cqrs.framework"]
+    assert [level for level, _ in lines] == ["DEBUG", "DEBUG", "WARNING"]
+    assert lines[-1][1].startswith(
+        "WithdrawMoney on BankAccount 'acc-1': conflict after 3 tries, giving up"
+    )
+
+
+async def test_a_failing_query_is_an_error_span_under_a_successful_command(otel, caplog):
+    class Broken:
+        async def dispatch(self, aggregate_id, events):
+            raise RuntimeError("view store down")
+
+    cqrs = await bank(queries=[Broken()])
+    with caplog.at_level(logging.ERROR, logger="cqrs.framework"):
+        await cqrs.execute("acc-1", OpenAccount("acc-1"))
+
+    execute = otel.one("execute OpenAccount")
+    assert execute.attributes is not None
+    assert execute.attributes["cqrs.outcome"] == "ok"
+    assert execute.attributes["cqrs.query.failures"] == 1
+    dispatch = otel.one("dispatch Broken")
+    assert dispatch.parent == execute.context
+    assert dispatch.status.status_code is StatusCode.ERROR
+    assert dispatch.status.description == "view store down"
+    assert [event.name for event in dispatch.events] == ["exception"]
+    assert otel.points("cqrs.query.failures") == {(("cqrs.query", "Broken"),): 1}
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "cqrs.framework"]
+    assert re.fullmatch(
+        r"query <.*\.Broken object at 0x\w+> failed on 1 event\(s\) of 'acc-1'", line
+    )
+
+
+async def test_an_unexpected_error_is_recorded(otel):
+    class Faulty:
+        async def withdrawal(self, atm_id, account_id, amount) -> bool:
+            raise ZeroDivisionError("bug")
+
+    cqrs = await bank()
+    cqrs.services = BankAccountServices(atm=Faulty())
+    await cqrs.execute("acc-1", OpenAccount("acc-1"))
+    await cqrs.execute("acc-1", DepositMoney(Decimal(3)))
+    with pytest.raises(Exception, match="bug"):
+        await cqrs.execute("acc-1", WithdrawMoney(Decimal(1), "ATM-1"))
+    execute = otel.one("execute WithdrawMoney")
+    assert (execute.attributes or {})["cqrs.outcome"] == "unexpected"
+    assert execute.status.status_code is StatusCode.ERROR
+    assert otel.one("handle WithdrawMoney").status.status_code is StatusCode.ERROR
+
+
+async def test_a_slow_commit_is_logged(otel, caplog):
+    telemetry.configure(slow_commit=0.0)
+    cqrs = await bank()
+    with caplog.at_level(logging.WARNING, logger="cqrs.store"):
+        await cqrs.execute("acc-1", OpenAccount("acc-1"))
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "cqrs.store"]
+    assert line.startswith("slow commit: 1 event(s) of BankAccount 'acc-1' took ")
+
+
+def test_configure_refuses_a_bad_slow_commit():
+    with pytest.raises(ConfigurationError, match="slow_commit"):
+        telemetry.configure(slow_commit=-1)
+
+
+def run_python(code: str, *, block_opentelemetry: bool = False, tmp_path: Path) -> str:
+    """Run ``code`` in a new interpreter (no SDK configured there); return its stdout."""
+    env_path = [str(ROOT), str(ROOT / "backends")]
+    if block_opentelemetry:
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(
+            textwrap.dedent(
+                """
+                import sys
+
+                class Block:
+                    def find_spec(self, name, path=None, target=None):
+                        if name == "opentelemetry" or name.startswith("opentelemetry."):
+                            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+                        return None
+
+                sys.meta_path.insert(0, Block())
+                """
+            )
+        )
+        env_path.insert(0, str(site))
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PYTHONPATH": ":".join(env_path), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+COMMANDS = """
+    import asyncio
+    from decimal import Decimal
+    from cqrs import CqrsFramework, PersistedEventStore, telemetry
+    from cqrs_memory import MemoryEventRepository
+    from examples.bank_account.domain import BankAccount, BankAccountServices, DepositMoney
+    from examples.bank_account.domain import OpenAccount
+
+    async def commands():
+        repository = MemoryEventRepository()
+        await repository.open()
+        cqrs = CqrsFramework(PersistedEventStore(repository, BankAccount),
+                             services=BankAccountServices())
+        await cqrs.execute("acc-1", OpenAccount("acc-1"))
+        envelopes = await cqrs.execute("acc-1", DepositMoney(Decimal(2)))
+        return envelopes[0].metadata
+"""
+
+
+def test_without_an_sdk_nothing_is_recorded_until_one_is_set(tmp_path):
+    out = run_python(
+        COMMANDS
+        + """
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    print(asyncio.run(commands()), telemetry.tracer(), telemetry.instruments())
+    exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    metadata = asyncio.run(commands())
+    print(sorted(metadata), sorted(span.name for span in exporter.get_finished_spans())[:2])
+    """,
+        tmp_path=tmp_path,
+    )
+    assert out.splitlines() == [
+        "{} None None",
+        "['traceparent'] ['commit BankAccount', 'commit BankAccount']",
+    ]
+
+
+def test_without_opentelemetry_the_framework_works(tmp_path):
+    out = run_python(
+        COMMANDS
+        + """
+    import sys
+    from cqrs import ConfigurationError
+    print(asyncio.run(commands()), telemetry.available(), telemetry.tracer())
+    try:
+        telemetry.configure(tracer_provider=object())
+    except ConfigurationError as error:
+        print(error)
+    print(any(name.startswith("opentelemetry") for name in sys.modules))
+    """,
+        block_opentelemetry=True,
+        tmp_path=tmp_path,
+    )
+    assert out.splitlines() == [
+        "{} False None",
+        "a tracer or meter provider needs opentelemetry: pip install 'cqrs-es[otel]'",
+        "False",
+    ]
+
+
+def test_the_wake_up_and_reconnect_counters(otel):
+    telemetry.woke("subscription")
+    telemetry.woke("subscription")
+    telemetry.reconnected("totals")
+    assert otel.points("cqrs.subscription.wake_ups") == {(("cqrs.consumer", "subscription"),): 2}
+    assert otel.points("cqrs.subscription.reconnects") == {(("cqrs.consumer", "totals"),): 1}
+
+
+def test_links_skip_metadata_without_a_valid_trace_context():
+    from cqrs import SerializedEvent  # noqa: PLC0415
+
+    def row(metadata: str, position: int) -> SerializedEvent:
+        from datetime import UTC, datetime  # noqa: PLC0415
+
+        return SerializedEvent(
+            "A", "a", position, "E", "1", b"{}", metadata, datetime.now(UTC), "x", position
+        )
+
+    good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    rows = [
+        row("{}", 1),
+        row('{"traceparent": "garbage"}', 2),
+        row('{"traceparent": "00-00000000000000000000000000000000-b7ad6b7169203331-01"}', 3),
+        row(f'{{"traceparent": "{good}"}}', 4),
+        row(f'{{"traceparent": "{good}", "user": "x"}}', 5),  # the same commit: one link
+        row('{"traceparent": 12}', 6),  # not a string: skipped
+    ]
+    (link,) = telemetry.links(rows)
+    assert f"{link.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+    assert link.context.is_remote
+    assert link.attributes == {"cqrs.position": 4}
