@@ -16,12 +16,16 @@ from cqrs_conformance import BackendFactory
 
 pytest_plugins = ["cqrs_conformance.plugin"]
 
+SERVICES = {"nats"}
+"""Servers that are not backends but may be required too (tests/test_nats*.py: the NATS
+server at CQRS_TEST_NATS_URL and the nats-server binary the fault tests start)."""
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # Imported here, after pytest has loaded (and assert-rewritten) the plugin.
     from cqrs_conformance.plugin import required  # noqa: PLC0415
 
-    unknown = required() - set(BACKEND_IDS)
+    unknown = required() - set(BACKEND_IDS) - SERVICES
     if unknown:
         msg = f"CQRS_TEST_REQUIRE names unknown backends: {sorted(unknown)}"
         raise pytest.UsageError(msg)
