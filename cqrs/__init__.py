@@ -3,7 +3,11 @@
 Write aggregates, commands and events; :class:`CqrsFramework` loads the aggregate, runs the
 command handler, commits the events with optimistic concurrency and feeds the queries.
 Storage is any :class:`PersistedEventRepository`; :func:`connect` opens one from a URL.
+``__version__`` is the installed distribution's version (``"0+unknown"`` when the package
+is imported from a source tree that was never installed).
 """
+
+import importlib.metadata as _metadata
 
 from cqrs.aggregate import Aggregate, AggregateClass
 from cqrs.checkpoints import CheckpointStore, Lease, MemoryCheckpoints, ParkedEvent
@@ -56,6 +60,11 @@ from cqrs.store import AggregateContext, EventStore, PersistedEventStore
 from cqrs.subscription import LocalSignal, Subscription, WakeUps, WakeUpSource
 from cqrs.testing import AggregateResultValidator, AggregateTestExecutor, TestFramework
 from cqrs.upcasting import EventUpcaster, RawEvent, SemanticVersionEventUpcaster
+
+try:
+    __version__ = _metadata.version("cqrs-es")
+except _metadata.PackageNotFoundError:  # imported from a source tree, not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Aggregate",

@@ -210,7 +210,7 @@ def test_every_fence_names_a_language_and_every_python_block_parses():
 def test_the_collector_finds_the_blocks(tmp_path):
     page = tmp_path / "page.md"
     page.write_text(
-        "# A page\n\n```python\nx = 1\n```\n\n- item\n\n    ```python title=\"m.py\"\n"
+        '# A page\n\n```python\nx = 1\n```\n\n- item\n\n    ```python title="m.py"\n'
         "    y = 2\n    ```\n\n````text\n```python\nnot code\n```\n````\n",
         "utf-8",
     )

@@ -1,6 +1,6 @@
 """A backend outside this repository plugs in: installed into its own virtualenv, it is
 reached by URL through the ``cqrs.backends`` entry point and passes the shipped conformance
-suite, run with the two files README "Writing a backend" shows (read from the README).
+suite, run with the two files docs/how-to/write-a-backend.md shows (read from that page).
 
 The package, ``cqrs_dict``, serves ``dict://NAME``: an in-process store shared by every
 repository opened with the same NAME (the memory backend's repository underneath). The
@@ -68,11 +68,12 @@ def drop(name: str) -> None:
 
 
 def readme_files() -> tuple[str, str]:
-    """The conftest.py and the test module README "Writing a backend" shows."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")
-    section = readme.split("## Writing a backend", 1)[1].split("\n## ", 1)[0]
-    conftest, module = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
-    return conftest, module
+    """The conftest.py and the test module docs/how-to/write-a-backend.md shows."""
+    page = Path(__file__).resolve().parent.parent / "docs" / "how-to" / "write-a-backend.md"
+    files = dict(
+        re.findall(r'```python title="tests/([^"]+)"\n(.*?)```', page.read_text("utf-8"), re.DOTALL)
+    )
+    return files["conftest.py"], files["test_conformance.py"]
 
 
 CONNECT = """\
