@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -84,6 +85,43 @@ def mutate(session: nox.Session) -> None:
     score = 100 * killed / checked if checked else 0.0
     session.log(f"mutation score {score:.1f}% ({killed} killed of {checked}; {stats})")
     session.run("mutmut", "results")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site into site/ with ``mkdocs build --strict`` (a warning, a
+    broken link or anchor fails it), then check that no page loads anything from the
+    network (fonts, scripts, styles, images). Open site/index.html to read it.
+
+    The API reference is read from the source by mkdocstrings, so the package itself is
+    not installed. The docs' code blocks are run by the tests (tests/test_docs_snippets.py).
+    """
+    session.install(*_group("docs"))
+    site = ROOT / "site"
+    session.run(
+        "mkdocs", "build", "--strict", "--site-dir", str(site), env={"NO_MKDOCS_2_WARNING": "1"}
+    )
+    fetched = _network_resources(site)
+    if fetched:
+        session.error(f"pages load from the network: {fetched[:10]}")
+    session.log(f"documentation built: {site / 'index.html'}")
+
+
+def _network_resources(site: Path) -> list[str]:
+    """What the built pages would fetch from another host: scripts, styles, images, fonts."""
+    loads = re.compile(
+        r"""<(?:script|img|iframe|source)\b[^>]*\bsrc=["']((?:https?:)?//[^"']+)"""
+        r"""|<link\b[^>]*\bhref=["']((?:https?:)?//[^"']+)"""
+        r"""|@import\s+(?:url\()?["']?((?:https?:)?//[^"')]+)"""
+        r"""|url\(["']?((?:https?:)?//[^"')]+)""",
+        re.IGNORECASE,
+    )
+    found: set[str] = set()
+    for path in site.rglob("*"):
+        if path.suffix in {".html", ".css", ".js"}:
+            for match in loads.finditer(path.read_text("utf-8", errors="replace")):
+                found.add(f"{path.relative_to(site)}: {next(g for g in match.groups() if g)}")
+    return sorted(found)
 
 
 @nox.session
