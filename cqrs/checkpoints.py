@@ -15,20 +15,23 @@ keeps them in process memory and is the reference every backend behaves like.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from cqrs.errors import LeaseLost
-from cqrs.repository import SerializedEvent, validate_identifier
+from cqrs.errors import AggregateConflict, LeaseLost
+from cqrs.repository import SerializedEvent, ViewRepository, validate_identifier
 
 __all__ = [
     "CheckpointStore",
     "Lease",
     "MemoryCheckpoints",
     "ParkedEvent",
+    "ViewCheckpointStore",
+    "ViewWrite",
     "check_lease_name",
     "lease_lost",
+    "view_conflict",
 ]
 
 
@@ -52,6 +55,17 @@ class ParkedEvent:
     position: int
     event_id: str
     error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ViewWrite:
+    """One view change of a batch: store ``payload`` (the codec's JSON) as view ``view_id``
+    at ``version`` if its stored version is still ``expected`` (0: no view is stored yet)."""
+
+    view_id: str
+    payload: bytes
+    version: int
+    expected: int
 
 
 def check_lease_name(name: object, what: str = "projection name") -> str:
@@ -138,6 +152,61 @@ class CheckpointStore(Protocol):
     async def parked(self, name: str) -> list[ParkedEvent]:
         """The events parked by projection ``name``, by position."""
         ...
+
+
+@runtime_checkable
+class ViewCheckpointStore(CheckpointStore, Protocol):
+    """A :class:`CheckpointStore` that also writes the views of its own database, so a batch's
+    view changes and its checkpoint commit in one transaction (exactly-once effect, one
+    commit per batch). Backends with same-database views implement it; the generic part (what
+    to write) is :class:`~cqrs.projection.ViewProjection`'s.
+
+    - :meth:`shares_database` says whether a view repository lives in this store's database,
+      on its connections; the other methods take only such repositories (ValueError else).
+    - :meth:`save_with_views` is one transaction: it checks ``lease`` is current and raises
+      the checkpoint exactly like :meth:`~CheckpointStore.save` (LeaseLost, nothing stored,
+      if it is not), and stores every write only if that view's stored version is still the
+      write's ``expected`` one; if any is not, nothing at all is stored and it raises
+      AggregateConflict naming the view (see :func:`view_conflict`). The fencing check
+      holds the projection's record until the commit, so a runner taking the lease over
+      meanwhile waits for it or makes it fail.
+    - :meth:`reset_with_views` is one transaction doing :meth:`~CheckpointStore.reset` and
+      deleting every view of ``views``: a plain rebuild from ``position`` (normally 0).
+    """
+
+    def shares_database(self, views: ViewRepository[Any]) -> bool:
+        """True if ``views`` is stored in this store's database, on its connections."""
+        ...
+
+    async def fetch_views(
+        self, views: ViewRepository[Any], view_ids: Sequence[str]
+    ) -> dict[str, tuple[object, object]]:
+        """The stored ``(payload, version)`` of the views of ``view_ids`` that exist, by id, in
+        one read, as stored (the caller checks that they are JSON and a positive int)."""
+        ...
+
+    async def save_with_views(
+        self, lease: Lease, position: int, views: ViewRepository[Any], writes: Sequence[ViewWrite]
+    ) -> None:
+        """Store ``writes`` into ``views`` and ``position`` as the checkpoint, in one
+        transaction, or nothing (LeaseLost or AggregateConflict)."""
+        ...
+
+    async def reset_with_views(
+        self, name: str, views: Sequence[ViewRepository[Any]], position: int = 0
+    ) -> None:
+        """Delete every view of ``views`` and reset ``name`` to ``position``, in one
+        transaction."""
+        ...
+
+
+def view_conflict(views: ViewRepository[Any], write: ViewWrite) -> AggregateConflict:
+    """The error :meth:`ViewCheckpointStore.save_with_views` raises when ``write`` was refused
+    because its view's stored version is no longer ``write.expected``."""
+    where = f"view {write.view_id!r} in {getattr(views, 'table', views)}"
+    if write.expected == 0:
+        return AggregateConflict(f"{where} was stored by another writer first (none was loaded)")
+    return AggregateConflict(f"{where} is no longer at version {write.expected}")
 
 
 @dataclass(slots=True)

@@ -26,21 +26,35 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
-from cqrs.checkpoints import CheckpointStore, Lease, check_lease_name
-from cqrs.errors import AggregateConflict, ConfigurationError, DatabaseConnectionError, LeaseLost
+from cqrs.checkpoints import (
+    CheckpointStore,
+    Lease,
+    ViewCheckpointStore,
+    ViewWrite,
+    check_lease_name,
+)
+from cqrs.errors import (
+    AggregateConflict,
+    ConfigurationError,
+    DatabaseConnectionError,
+    DeserializationError,
+    LeaseLost,
+)
 from cqrs.events import EventEnvelope
 from cqrs.repository import (
+    BaseViewRepository,
     PersistedEventRepository,
     SerializedEvent,
     ViewContext,
     ViewRepository,
+    decode_view,
 )
-from cqrs.subscription import PollingWakeUps, WakeUps, WakeUpSource
+from cqrs.subscription import PollingWakeUps, SharedWakeUps, WakeUps, WakeUpSource
 
 __all__ = [
     "EventDecoder",
@@ -48,6 +62,7 @@ __all__ = [
     "ProjectionFailedError",
     "ProjectionRunner",
     "ProjectionStatus",
+    "TransactionalProjection",
     "ViewProjection",
 ]
 
@@ -101,6 +116,29 @@ class Projection(Protocol):
         ...
 
 
+@runtime_checkable
+class TransactionalProjection(Projection, Protocol):
+    """A projection whose effects can commit in one transaction with its checkpoint (exactly
+    once): a runner whose checkpoint store :meth:`commits_with` says yes calls
+    :meth:`handle_and_save` instead of ``handle`` and a separate checkpoint save.
+    :class:`ViewProjection` is one, for views in the checkpoint store's database."""
+
+    def commits_with(self, checkpoints: CheckpointStore) -> bool:
+        """True if :meth:`handle_and_save` can use ``checkpoints`` (no I/O)."""
+        ...
+
+    async def handle_and_save(
+        self,
+        events: Sequence[EventEnvelope[Any]],
+        checkpoints: CheckpointStore,
+        lease: Lease,
+        position: int,
+    ) -> None:
+        """Apply ``events`` and save ``position`` as the checkpoint under ``lease``, in one
+        transaction: all or nothing; LeaseLost if the lease was taken over."""
+        ...
+
+
 class ProjectionFailedError(Exception):
     """A projection stopped on an event that kept failing (the runner's ``on_failure`` is
     ``"stop"``): ``position`` and ``event_id`` name the event, ``__cause__`` is the error."""
@@ -139,6 +177,7 @@ class ProjectionStatus:
     batches: int = 0
     parked: int = 0
     behind_since: datetime | None = None
+    _streams: int = field(default=0, repr=False)
     _idle_reads: int = field(default=0, repr=False)
 
     @property
@@ -217,6 +256,10 @@ class ProjectionRunner:
         self.retry_delay = float(retry_delay)
         self.on_failure = on_failure
         self._statuses = {p.name: ProjectionStatus(p.name, owner=self.owner) for p in projections}
+        self._atomic = {
+            p.name: isinstance(p, TransactionalProjection) and p.commits_with(checkpoints)
+            for p in projections
+        }
         self._stopping = asyncio.Event()
         self._progress = asyncio.Condition()
 
@@ -235,20 +278,32 @@ class ProjectionRunner:
         """Run every projection until :meth:`stop` or cancellation; leases are released on
         the way out so another runner takes over at once."""
         self._stopping.clear()
-        tasks = [asyncio.create_task(self._run_one(p), name=p.name) for p in self.projections]
+        repository = self.repository
+        # One listener for all the projections (one LISTEN connection, one change stream).
+        shared = (
+            SharedWakeUps(repository.wake_ups(), self.poll_interval)
+            if isinstance(repository, WakeUpSource)
+            else None
+        )
+        tasks = [
+            asyncio.create_task(self._run_one(p, shared), name=p.name) for p in self.projections
+        ]
         try:
             await asyncio.gather(*tasks)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if shared is not None:
+                await shared.close()
 
     async def wait_for(self, position: int, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - documented bound
         """Wait until every projection run here has applied everything up to ``position``
         (e.g. the position of an event just committed: read-your-writes), or has read all
         there is; raise TimeoutError after ``timeout`` seconds. Projections that another
         runner runs count when their stored checkpoint reaches ``position``."""
-        marks = {name: status._idle_reads for name, status in self._statuses.items()}  # noqa: SLF001 - same module
+        # Done once a read that started after this call found the end of the stream.
+        marks = {name: status._streams for name, status in self._statuses.items()}  # noqa: SLF001 - same module
 
         def done(name: str, status: ProjectionStatus) -> bool:
             if status.state == "failed":
@@ -270,7 +325,7 @@ class ProjectionRunner:
 
     # -- one projection ------------------------------------------------------------------------
 
-    async def _run_one(self, projection: Projection) -> None:
+    async def _run_one(self, projection: Projection, shared: SharedWakeUps | None) -> None:
         status = self._statuses[projection.name]
         while not self._stopping.is_set():
             try:
@@ -293,8 +348,9 @@ class ProjectionRunner:
                 lease.token,
                 lease.position,
             )
+            wake_ups = PollingWakeUps() if shared is None else shared.listen()
             try:
-                await self._follow(projection, lease, status)
+                await self._follow(projection, lease, status, wake_ups)
             except LeaseLost as error:
                 logger.warning("%s", error)
                 status.state = "standby"
@@ -315,14 +371,13 @@ class ProjectionRunner:
         status.state = "stopped"
         await self._notify()
 
-    async def _follow(self, projection: Projection, lease: Lease, status: ProjectionStatus) -> None:
-        repository = self.repository
-        wake_ups: WakeUps = (
-            repository.wake_ups() if isinstance(repository, WakeUpSource) else PollingWakeUps()
-        )
+    async def _follow(
+        self, projection: Projection, lease: Lease, status: ProjectionStatus, wake_ups: WakeUps
+    ) -> None:
         position = lease.position
         renewed = time.monotonic()
         failures = 0
+        feed = self._feed(projection, status, position)
         try:
             while not self._stopping.is_set():
                 if time.monotonic() - renewed > self.lease_ttl / 3:
@@ -334,19 +389,27 @@ class ProjectionRunner:
                         raise LeaseLost(msg)
                     renewed = time.monotonic()
                 try:
-                    moved = await self._batch(projection, lease, status, position)
+                    moved, ended = await self._batch(projection, lease, status, feed)
                 except DatabaseConnectionError as error:
                     failures += 1
                     logger.warning("projection %r lost its database: %s", status.name, error)
+                    await feed.close()
+                    feed = self._feed(projection, status, position)
                     await self._pause(min(5.0, self.retry_delay * 2**failures))
                     continue
                 failures = 0
-                if moved is None:
+                if moved is not None:
+                    position = moved  # a checkpoint write does not extend the lease: renew above
+                if ended:
                     await wake_ups.wait(self.poll_interval)
-                    continue
-                position = moved  # a checkpoint write does not extend the lease: renew above
         finally:
+            await feed.close()
             await wake_ups.close()
+
+    def _feed(self, projection: Projection, status: ProjectionStatus, position: int) -> _Feed:
+        types = {source.aggregate_type for source in projection.sources}
+        only = next(iter(types)) if len(types) == 1 else None
+        return _Feed(self.repository, only, position, self.batch_size, status)
 
     async def run_once(self) -> int:
         """Apply at most one batch of each projection whose lease this runner can take now,
@@ -360,33 +423,40 @@ class ProjectionRunner:
                 status.state = "standby"
                 continue
             status.checkpoint, status.token = lease.position, lease.token
+            feed = self._feed(projection, status, lease.position)
             try:
-                position = await self._batch(projection, lease, status, lease.position)
+                position, _ = await self._batch(projection, lease, status, feed, ahead=False)
             except ProjectionFailedError as error:
                 status.state, status.error = "failed", str(error)
                 raise
             finally:
+                await feed.close()
                 await self.checkpoints.release(lease)
             if position is not None:
                 moved += position - lease.position
         return moved
 
     async def _batch(
-        self, projection: Projection, lease: Lease, status: ProjectionStatus, position: int
-    ) -> int | None:
-        """Read, apply and checkpoint one batch after ``position``; return the new checkpoint,
-        or None when there was nothing to read."""
-        decoders = {source.aggregate_type: source for source in projection.sources}
-        only = next(iter(decoders)) if len(decoders) == 1 else None
-        rows = await self._read(only, position)
+        self,
+        projection: Projection,
+        lease: Lease,
+        status: ProjectionStatus,
+        feed: _Feed,
+        *,
+        ahead: bool = True,
+    ) -> tuple[int | None, bool]:
+        """Read, apply and checkpoint the next batch of ``feed``; return the new checkpoint
+        (None when there was nothing to read) and whether the read reached the end of the
+        stream. With ``ahead``, the batch after it is read while this one is applied."""
+        rows, ended = await feed.batch(ahead=ahead)
         if not rows:
-            status.caught_up, status.behind_since = True, None
-            status._idle_reads += 1  # noqa: SLF001 - same module
+            self._caught_up(status, feed)
             await self._notify()
-            return None
+            return None, ended
         status.caught_up = False
         status.head = max(status.head, rows[-1].position)
         status.behind_since = rows[0].timestamp
+        decoders = {source.aggregate_type: source for source in projection.sources}
         event_types = projection.event_types
         wanted = [
             row
@@ -394,23 +464,22 @@ class ProjectionRunner:
             if row.aggregate_type in decoders
             and (event_types is None or row.event_type in event_types)
         ]
-        if wanted:
-            await self._apply(projection, lease, decoders, wanted, status)
         position = rows[-1].position
-        await self.checkpoints.save(lease, position)
+        if not wanted or not await self._apply(
+            projection, lease, decoders, wanted, status=status, position=position
+        ):
+            await self.checkpoints.save(lease, position)
         status.checkpoint, status.batches = position, status.batches + 1
+        if ended:
+            self._caught_up(status, feed)
         await self._notify()
-        return position
+        return position, ended
 
-    async def _read(self, only: str | None, position: int) -> list[SerializedEvent]:
-        rows: list[SerializedEvent] = []
-        stream = self.repository.stream_all_events(only, position)
-        async with contextlib.aclosing(stream):  # type: ignore[type-var]
-            async for row in stream:
-                rows.append(row)
-                if len(rows) >= self.batch_size:
-                    break
-        return rows
+    @staticmethod
+    def _caught_up(status: ProjectionStatus, feed: _Feed) -> None:
+        """A read that started at stream number ``feed.stream`` found everything there was."""
+        status.caught_up, status.behind_since = True, None
+        status._idle_reads = max(status._idle_reads, feed.stream)  # noqa: SLF001 - same module
 
     async def _apply(
         self,
@@ -418,16 +487,32 @@ class ProjectionRunner:
         lease: Lease,
         decoders: dict[str, EventDecoder],
         rows: list[SerializedEvent],
+        *,
         status: ProjectionStatus,
-    ) -> None:
-        error = await self._try(projection, decoders, rows, status)
+        position: int,
+    ) -> bool:
+        """Hand ``rows`` over; return True if the checkpoint is saved at ``position`` too (a
+        transactional projection, in the same transaction), False if the caller saves it."""
+        atomic = self._atomic[projection.name]
+        error = await self._try(
+            projection, lease, decoders, rows, status=status, save_at=position if atomic else None
+        )
         if error is None:
-            return
+            return atomic
         # One by one, so the events before the failing one take effect and only the events
         # that fail are parked, or the projection stops right before the first of them.
         for index, row in enumerate(rows):
             single = (
-                error if len(rows) == 1 else await self._try(projection, decoders, [row], status)
+                error
+                if len(rows) == 1
+                else await self._try(
+                    projection,
+                    lease,
+                    decoders,
+                    [row],
+                    status=status,
+                    save_at=row.position if atomic else None,
+                )
             )
             if single is None:
                 continue
@@ -444,19 +529,31 @@ class ProjectionRunner:
                 row.position,
                 single,
             )
+        return False
 
     async def _try(
         self,
         projection: Projection,
+        lease: Lease,
         decoders: dict[str, EventDecoder],
         rows: list[SerializedEvent],
+        *,
         status: ProjectionStatus,
+        save_at: int | None,
     ) -> Exception | None:
+        """Decode and hand over ``rows`` (and with ``save_at``, save that checkpoint in the
+        same transaction), retrying; return the error that remained after ``attempts``."""
         attempt = 0
         while True:
             try:
                 envelopes = [decoders[row.aggregate_type].decode(row) for row in rows]
-                await projection.handle(envelopes)
+                if save_at is None:
+                    await projection.handle(envelopes)
+                else:
+                    transactional: TransactionalProjection = projection  # type: ignore[assignment]
+                    await transactional.handle_and_save(envelopes, self.checkpoints, lease, save_at)
+            except LeaseLost:
+                raise
             except DatabaseConnectionError as error:
                 logger.warning("projection %r lost its database: %s", status.name, error)
                 await self._pause(min(5.0, self.retry_delay * 2 ** min(attempt, 10)))
@@ -486,6 +583,73 @@ class ProjectionRunner:
     async def _notify(self) -> None:
         async with self._progress:
             self._progress.notify_all()
+
+
+class _Feed:
+    """A projection's events after a position, in batches of at most ``size``: one
+    ``stream_all_events`` read until it ends (so a page is never read twice for small
+    batches), and, when asked, the next batch read while the caller applies this one."""
+
+    def __init__(
+        self,
+        repository: PersistedEventRepository,
+        only: str | None,
+        position: int,
+        size: int,
+        status: ProjectionStatus,
+    ) -> None:
+        self._repository, self._only, self._size = repository, only, size
+        self._position = position
+        self._status = status
+        self._stream: AsyncIterator[SerializedEvent] | None = None
+        self._ahead: asyncio.Task[tuple[list[SerializedEvent], bool]] | None = None
+        self.stream = 0
+        """The number (in ``status``) of the stream the last batch came from."""
+
+    async def batch(self, *, ahead: bool = True) -> tuple[list[SerializedEvent], bool]:
+        """The next batch, and whether its stream ended with it (everything visible when it
+        was read is in it or before it)."""
+        task, self._ahead = self._ahead, None
+        rows, ended = await (task if task is not None else self._take())
+        if rows:
+            self._position = rows[-1].position
+        if ahead and not ended:
+            self._ahead = asyncio.create_task(self._take())
+            await asyncio.sleep(0)  # let it send its read before the caller works on this batch
+        return rows, ended
+
+    async def _take(self) -> tuple[list[SerializedEvent], bool]:
+        if self._stream is None:
+            self._status._streams += 1  # noqa: SLF001 - same module
+            self.stream = self._status._streams  # noqa: SLF001 - same module
+            self._stream = aiter(self._repository.stream_all_events(self._only, self._position))
+        stream, size, rows = self._stream, self._size, []
+        try:
+            async for row in stream:
+                rows.append(row)
+                if len(rows) >= size:
+                    return rows, False
+        except BaseException:
+            await self._close_stream()
+            raise
+        self._stream = None
+        return rows, True
+
+    async def close(self) -> None:
+        """Stop reading ahead and close the stream (idempotent)."""
+        task, self._ahead = self._ahead, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        await self._close_stream()
+
+    async def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()
 
 
 def _default_owner() -> str:
@@ -543,17 +707,80 @@ class ViewProjection(Generic[V]):
         """The event types it handles (None: all)."""
         return self._event_types
 
+    def commits_with(self, checkpoints: CheckpointStore) -> bool:
+        """True if ``checkpoints`` keeps this projection's views in its own database (a
+        :class:`~cqrs.checkpoints.ViewCheckpointStore`): a runner then commits each batch's
+        view changes and checkpoint in one transaction (:meth:`handle_and_save`)."""
+        return (
+            isinstance(checkpoints, ViewCheckpointStore)
+            and isinstance(self.view_repository, BaseViewRepository)
+            and checkpoints.shares_database(self.view_repository)
+        )
+
     async def handle(self, events: Sequence[EventEnvelope[Any]]) -> None:
         """Apply the events to the views their keys name, one write per view per batch."""
+        for view_id, envelopes in self._by_view(events).items():
+            await self._apply(view_id, envelopes)
+
+    async def handle_and_save(
+        self,
+        events: Sequence[EventEnvelope[Any]],
+        checkpoints: CheckpointStore,
+        lease: Lease,
+        position: int,
+    ) -> None:
+        """Apply the events to their views and save ``position`` as the checkpoint under
+        ``lease``, in one transaction of ``checkpoints`` (for which :meth:`commits_with` is
+        true): one read of the views the batch changes, one commit. A view changed by
+        another writer meanwhile makes the batch start over (up to ``attempts`` times);
+        LeaseLost means nothing was stored."""
+        views = self.view_repository
+        if not isinstance(checkpoints, ViewCheckpointStore) or not isinstance(
+            views, BaseViewRepository
+        ):
+            msg = f"projection {self._name!r}: {checkpoints!r} cannot store its views"
+            raise ConfigurationError(msg)
+        by_view = self._by_view(events)
+        for attempt in range(self.attempts):
+            stored = await checkpoints.fetch_views(views, list(by_view)) if by_view else {}
+            writes = []
+            for view_id, envelopes in by_view.items():
+                row = stored.get(view_id)
+                if row is None:
+                    view, version = self.view_type(), 0
+                else:
+                    view, version = _decode_row(views, view_id, row)
+                if envelopes[-1].position <= version:
+                    continue
+                if envelopes[0].position <= version:
+                    envelopes = [e for e in envelopes if e.position > version]  # noqa: PLW2901
+                for envelope in envelopes:
+                    self.update(view, envelope)
+                payload = views.codec.encode(view)
+                writes.append(ViewWrite(view_id, payload, envelopes[-1].position, version))
+            try:
+                await checkpoints.save_with_views(lease, position, views, writes)
+            except AggregateConflict:
+                # Another writer (a rebuild, a projection outside this runner) changed a view.
+                await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311
+                continue
+            return
+        msg = f"the views of projection {self._name!r} kept changing under it"
+        raise AggregateConflict(msg)
+
+    def _by_view(self, events: Sequence[EventEnvelope[Any]]) -> dict[str, list[EventEnvelope[Any]]]:
         by_view: dict[str, list[EventEnvelope[Any]]] = {}
+        key = self.key
         for envelope in events:
-            keys = self.key(envelope)
+            keys = key(envelope)
             if keys is None:
                 continue
-            for view_id in (keys,) if isinstance(keys, str) else keys:
+            if isinstance(keys, str):
+                by_view.setdefault(keys, []).append(envelope)
+                continue
+            for view_id in keys:
                 by_view.setdefault(view_id, []).append(envelope)
-        for view_id, envelopes in by_view.items():
-            await self._apply(view_id, envelopes)
+        return by_view
 
     async def _apply(self, view_id: str, envelopes: list[EventEnvelope[Any]]) -> None:
         for attempt in range(self.attempts):
@@ -580,3 +807,18 @@ class ViewProjection(Generic[V]):
             return
         msg = f"view {view_id!r} kept changing under projection {self._name!r}"
         raise AggregateConflict(msg)
+
+
+def _decode_row(
+    views: BaseViewRepository[V], view_id: str, row: tuple[object, object]
+) -> tuple[V, int]:
+    """A fetched view row decoded as ``views.load_with_context`` would, with its version."""
+    payload, version = row
+    where = f"view {view_id!r} in {views.table} (version {version!r})"
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        msg = f"{where} does not decode: its version is not a positive int"
+        raise DeserializationError(msg)
+    if not isinstance(payload, bytes | str):
+        msg = f"{where} does not decode: its payload is {type(payload).__name__}, not JSON"
+        raise DeserializationError(msg)
+    return decode_view(views.codec, payload, views.view_type, where), version

@@ -15,13 +15,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Collection
 from typing import Protocol, runtime_checkable
 
 from cqrs.errors import ConfigurationError, DatabaseConnectionError
 from cqrs.repository import PersistedEventRepository, SerializedEvent
 
-__all__ = ["LocalSignal", "PollingWakeUps", "Subscription", "WakeUpSource", "WakeUps"]
+__all__ = [
+    "LocalSignal",
+    "PollingWakeUps",
+    "SharedWakeUps",
+    "Subscription",
+    "WakeUpSource",
+    "WakeUps",
+]
 
 logger = logging.getLogger("cqrs.subscription")
 
@@ -109,6 +117,58 @@ class _LocalWakeUps:
 
     async def close(self) -> None:
         return None
+
+
+class SharedWakeUps:
+    """One listener of a repository shared by many waiters in this process (a runner's
+    projections): one LISTEN connection, one change stream, one ``data_version`` poller.
+
+    ``source`` is the one listener (e.g. ``repository.wake_ups()``). A task started at the
+    first :meth:`listen` waits on it in a loop, at most ``poll_interval`` seconds a time,
+    and every wake-up it gets before that bound reaches every listener. Listeners made by
+    :meth:`listen` keep the :class:`WakeUps` contract: their own timeout bounds each wait,
+    so a lost push only delays them by the poll interval. :meth:`close` stops the task and
+    closes ``source``.
+    """
+
+    def __init__(self, source: WakeUps, poll_interval: float = 1.0) -> None:
+        if not poll_interval > 0:
+            msg = f"poll_interval must be a positive number of seconds, not {poll_interval!r}"
+            raise ConfigurationError(msg)
+        self._source = source
+        self._poll = float(poll_interval)
+        self._signal = LocalSignal()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def listen(self) -> WakeUps:
+        """A listener that sees the wake-ups from now on (starts the shared task)."""
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(self._pump())
+        return self._signal.listen()
+
+    async def _pump(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self._source.wait(self._poll)
+            except Exception:
+                # The contract says a wait never raises; if one does, polling stands in.
+                logger.exception("shared wake-ups failed; retrying in %.2f s", self._poll)
+                await asyncio.sleep(self._poll)
+                continue
+            if time.monotonic() - started < self._poll * 0.95:  # a push, not the bound
+                self._signal.notify()
+
+    async def close(self) -> None:
+        """Stop listening (idempotent)."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._source.close()
 
 
 class Subscription:

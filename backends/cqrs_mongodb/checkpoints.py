@@ -4,19 +4,27 @@ owner, token, lease_until}``, and one per parked event in ``<collection>_parked`
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bson.errors import BSONError
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import OperationFailure, PyMongoError
 
-from cqrs.checkpoints import Lease, ParkedEvent, check_lease_name, lease_lost
-from cqrs.repository import SerializedEvent, validate_identifier
+from cqrs.checkpoints import (
+    Lease,
+    ParkedEvent,
+    ViewWrite,
+    check_lease_name,
+    lease_lost,
+    view_conflict,
+)
+from cqrs.repository import SerializedEvent, ViewRepository, validate_identifier
 from cqrs_mongodb._driver import Document, translate
+from cqrs_mongodb.views import MongoViewRepository
 
 if TYPE_CHECKING:
     from cqrs_mongodb.repository import MongoEventRepository
@@ -38,6 +46,11 @@ class MongoCheckpointStore:
     that moved on changes nothing. A park checks the token and stores the record in one
     transaction. Leases expire on the wall clock (``clock``, default ``time.time``) of the
     runners' machines, which must agree to well within a lease's ttl.
+
+    It is a :class:`~cqrs.checkpoints.ViewCheckpointStore` for the view repositories of the
+    same event repository: a batch is one multi-document transaction (the fenced checkpoint
+    update first, so a takeover conflicts with it, then one bulk write for the new views and
+    one for the changed ones).
     """
 
     def __init__(
@@ -185,6 +198,109 @@ class MongoCheckpointStore:
             raise translate(error, f"reading the parked events of {name!r}") from error
         return [ParkedEvent(name, d["position"], d["event_id"], d["error"]) for d in documents]
 
+    def shares_database(self, views: ViewRepository[Any]) -> bool:
+        """True for a view repository made by the same event repository (same client)."""
+        return (
+            isinstance(views, MongoViewRepository) and views._holder is self.repository  # noqa: SLF001 - same backend
+        )
+
+    def _views(self, views: ViewRepository[Any]) -> AsyncCollection[Document]:
+        if not isinstance(views, MongoViewRepository) or not self.shares_database(views):
+            msg = f"{views!r} is not a view repository of this store's client"
+            raise ValueError(msg)
+        return self.repository.database.get_collection(views.table)
+
+    async def fetch_views(
+        self, views: ViewRepository[Any], view_ids: Sequence[str]
+    ) -> dict[str, tuple[object, object]]:
+        """The stored views of ``view_ids`` that exist, in one query."""
+        collection, ids = self._views(views), list(view_ids)
+        try:
+            documents = await collection.find({"_id": {"$in": ids}}).to_list()
+        except (PyMongoError, BSONError) as error:
+            raise translate(error, f"loading {len(ids)} views from {collection.name}") from error
+        return {d["_id"]: (d.get("payload"), d.get("version")) for d in documents}
+
+    async def save_with_views(
+        self, lease: Lease, position: int, views: ViewRepository[Any], writes: Sequence[ViewWrite]
+    ) -> None:
+        """Save the checkpoint under the token and store the writes, in one transaction."""
+        collection, leases = self._views(views), self._leases()
+        new = [w for w in writes if w.expected == 0]
+        changed = [w for w in writes if w.expected != 0]
+        inserts = [
+            UpdateOne(
+                {"_id": w.view_id},
+                {"$setOnInsert": {"version": w.version, "payload": w.payload.decode()}},
+                upsert=True,
+            )
+            for w in new
+        ]
+        updates = [
+            UpdateOne(
+                {"_id": w.view_id, "version": w.expected},
+                {"$set": {"version": w.version, "payload": w.payload.decode()}},
+            )
+            for w in changed
+        ]
+
+        async def attempt(session: AsyncClientSession) -> tuple[bool, ViewWrite | None]:
+            held = await leases.update_one(
+                {"_id": lease.name, "token": lease.token},
+                {"$max": {"position": position}},
+                session=session,
+            )
+            if held.matched_count != 1:
+                return False, None
+            if inserts:
+                result = await collection.bulk_write(inserts, ordered=False, session=session)
+                if result.upserted_count != len(new):
+                    upserted = result.upserted_ids or {}
+                    refused = next(w for n, w in enumerate(new) if n not in upserted)
+                    await session.abort_transaction()
+                    return True, refused
+            if updates:
+                result = await collection.bulk_write(updates, ordered=False, session=session)
+                if result.matched_count != len(changed):
+                    refused = await _first_moved(collection, changed, session)
+                    await session.abort_transaction()
+                    return True, refused
+            return True, None
+
+        doing = f"saving {len(writes)} views and the checkpoint of {lease.name!r}"
+        try:
+            async with leases.database.client.start_session() as session:
+                held, refused = await session.with_transaction(attempt)
+        except (PyMongoError, BSONError) as failure:
+            raise translate(failure, doing) from failure
+        if not held:
+            raise lease_lost(lease, await self._token(lease.name))
+        if refused is not None:
+            raise view_conflict(views, refused)
+
+    async def reset_with_views(
+        self, name: str, views: Sequence[ViewRepository[Any]], position: int = 0
+    ) -> None:
+        """Delete the views and reset the checkpoint, in one transaction."""
+        check_lease_name(name)
+        collections = [self._views(each) for each in views]
+        leases = self._leases()
+        update = {
+            "$set": {"position": position, "owner": "", "lease_until": 0.0},
+            "$inc": {"token": 1},
+        }
+
+        async def attempt(session: AsyncClientSession) -> None:
+            for collection in collections:
+                await collection.delete_many({}, session=session)
+            await leases.update_one({"_id": name}, update, upsert=True, session=session)
+
+        try:
+            async with leases.database.client.start_session() as session:
+                await session.with_transaction(attempt)
+        except (PyMongoError, BSONError) as error:
+            raise translate(error, f"resetting {name!r} and its views") from error
+
     async def _find(self, name: str, doing: str) -> Document | None:
         try:
             document: Document | None = await self._leases().find_one({"_id": name})
@@ -202,3 +318,13 @@ class MongoCheckpointStore:
         except (PyMongoError, BSONError) as error:
             raise translate(error, doing) from error
         return result.matched_count
+
+
+async def _first_moved(
+    collection: AsyncCollection[Document], writes: list[ViewWrite], session: AsyncClientSession
+) -> ViewWrite:
+    """The first of ``writes`` whose view is no longer at its expected version."""
+    ids = [w.view_id for w in writes]
+    cursor = collection.find({"_id": {"$in": ids}}, {"version": 1}, session=session)
+    versions = {d["_id"]: d.get("version") for d in await cursor.to_list()}
+    return next((w for w in writes if versions.get(w.view_id) != w.version), writes[0])

@@ -3,20 +3,33 @@ to the events, every operation one statement, leases on the server's clock."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow, tuple_row
 
-from cqrs.checkpoints import Lease, ParkedEvent, check_lease_name, lease_lost
+from cqrs.checkpoints import (
+    Lease,
+    ParkedEvent,
+    ViewWrite,
+    check_lease_name,
+    lease_lost,
+    view_conflict,
+)
 from cqrs.ddl import migrations
 from cqrs.errors import LeaseLost
-from cqrs.repository import SerializedEvent, validate_identifier
-from cqrs_postgres.connection import Connections
+from cqrs.repository import SerializedEvent, ViewRepository, validate_identifier
+from cqrs_postgres.connection import Connections, raw_json_cursor
 from cqrs_postgres.schema import _lock
+from cqrs_postgres.views import PostgresViewRepository
 
-__all__ = ["PostgresCheckpointStatements", "PostgresCheckpointStore"]
+__all__ = [
+    "PostgresBatchViewStatements",
+    "PostgresCheckpointStatements",
+    "PostgresCheckpointStore",
+]
 
 # Concurrent acquires of one row queue on its lock; each then re-checks the WHERE against the
 # row as the previous winner left it (READ COMMITTED re-evaluation), so exactly one of them
@@ -58,6 +71,66 @@ SELECT FROM parked"""
 
 _PARKED = """SELECT name, position, event_id::text, error FROM {parked}
 WHERE name = %s ORDER BY position"""
+
+
+# A batch's view writes: one statement for the new views and one for the changed ones, each
+# over arrays, so a batch of any size is a few round trips.
+_FETCH_VIEWS = "SELECT view_id, payload, version FROM {views} WHERE view_id = ANY(%s)"
+
+_INSERT_VIEWS = """INSERT INTO {views} (view_id, version, payload)
+SELECT * FROM unnest(%s::text[], %s::bigint[], %s::json[])
+ON CONFLICT (view_id) DO NOTHING RETURNING view_id"""
+
+_UPDATE_VIEWS = """UPDATE {views} AS stored SET version = batch.version, payload = batch.payload
+FROM unnest(%s::text[], %s::bigint[], %s::json[], %s::bigint[])
+  AS batch (view_id, version, payload, expected)
+WHERE stored.view_id = batch.view_id AND stored.version = batch.expected
+RETURNING stored.view_id"""
+
+_CLEAR_VIEWS = "DELETE FROM {views}"
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresBatchViewStatements:
+    """The statements a :class:`PostgresCheckpointStore` runs on one view table (from
+    :meth:`PostgresCheckpointStore.view_statements`).
+
+    - ``fetch``: view_id, payload (JSON text) and version of the views of an array of ids;
+    - ``insert``: store new views from arrays of ids, versions and payloads, skipping ids
+      already stored; returns the ids stored;
+    - ``update``: change views still at their expected versions, from arrays of ids,
+      versions, payloads and expected versions; returns the ids changed;
+    - ``clear``: delete every view.
+    """
+
+    fetch: bytes
+    insert: bytes
+    update: bytes
+    clear: bytes
+
+    @classmethod
+    def for_table(cls, table: str) -> PostgresBatchViewStatements:
+        """The statements for view table ``table`` (a validated identifier)."""
+        views = sql.Identifier(validate_identifier(table))
+
+        def compose(text: str) -> bytes:
+            return sql.SQL(text).format(views=views).as_bytes(None)
+
+        return cls(
+            fetch=compose(_FETCH_VIEWS),
+            insert=compose(_INSERT_VIEWS),
+            update=compose(_UPDATE_VIEWS),
+            clear=compose(_CLEAR_VIEWS),
+        )
+
+
+class _Lost(Exception):  # noqa: N818 - a private signal that rolls a transaction back
+    pass
+
+
+class _Refused(Exception):  # noqa: N818 - likewise
+    def __init__(self, write: ViewWrite) -> None:
+        self.write = write
 
 
 def _compose(text: str, table: str) -> bytes:
@@ -119,12 +192,101 @@ class PostgresCheckpointStore:
     timed by the server's clock (``now()``), so the runners' clocks do not matter. An
     operation whose connection broke is sent once more on a fresh one: each is safe to
     repeat (an acquire repeated by its owner only takes its own lease again).
+
+    It is a :class:`~cqrs.checkpoints.ViewCheckpointStore` for the view repositories of the
+    same event repository: a batch is one transaction (the fenced checkpoint update first,
+    holding the projection's row until the commit, then one statement for the new views
+    and one for the changed ones).
     """
 
     def __init__(self, table: str, connections: Connections) -> None:
         self.statements = PostgresCheckpointStatements.for_table(table)
         self.table = table
         self._connections = connections
+        self._view_statements: dict[str, PostgresBatchViewStatements] = {}
+
+    def shares_database(self, views: ViewRepository[Any]) -> bool:
+        """True for a view repository made by the same event repository (same pool)."""
+        return (
+            isinstance(views, PostgresViewRepository) and views._connections is self._connections  # noqa: SLF001 - same backend
+        )
+
+    def view_statements(self, views: ViewRepository[Any]) -> PostgresBatchViewStatements:
+        """The batch statements for ``views`` (ValueError unless :meth:`shares_database`)."""
+        if not self.shares_database(views):
+            msg = f"{views!r} is not a view repository of this store's connections"
+            raise ValueError(msg)
+        table: str = views.table  # type: ignore[attr-defined] # checked above
+        statements = self._view_statements.get(table)
+        if statements is None:
+            statements = self._view_statements[table] = PostgresBatchViewStatements.for_table(table)
+        return statements
+
+    async def fetch_views(
+        self, views: ViewRepository[Any], view_ids: Sequence[str]
+    ) -> dict[str, tuple[object, object]]:
+        """The stored views of ``view_ids`` that exist, in one statement."""
+        statement, ids = self.view_statements(views).fetch, list(view_ids)
+
+        async def read(conn: AsyncConnection[TupleRow]) -> dict[str, tuple[object, object]]:
+            cursor = raw_json_cursor(conn)
+            await cursor.execute(statement, (ids,))
+            return {row[0]: (row[1], row[2]) for row in await cursor.fetchall()}
+
+        return await self._connections.run(f"load {len(ids)} views", read)
+
+    async def save_with_views(
+        self, lease: Lease, position: int, views: ViewRepository[Any], writes: Sequence[ViewWrite]
+    ) -> None:
+        """Save the checkpoint under the token and store the writes, in one transaction."""
+        statements = self.view_statements(views)
+        new = [w for w in writes if w.expected == 0]
+        changed = [w for w in writes if w.expected != 0]
+
+        async def write(conn: AsyncConnection[TupleRow]) -> None:
+            async with conn.transaction():
+                saved = await conn.execute(
+                    self.statements.save, (position, lease.name, lease.token)
+                )
+                if saved.rowcount != 1:
+                    raise _Lost
+                if new:
+                    params: tuple[object, ...] = (
+                        [w.view_id for w in new],
+                        [w.version for w in new],
+                        [w.payload.decode() for w in new],
+                    )
+                    await _all_stored(conn, statements.insert, params, new)
+                if changed:
+                    params = (
+                        [w.view_id for w in changed],
+                        [w.version for w in changed],
+                        [w.payload.decode() for w in changed],
+                        [w.expected for w in changed],
+                    )
+                    await _all_stored(conn, statements.update, params, changed)
+
+        try:
+            await self._connections.run(f"save views and checkpoint of {lease.name!r}", write)
+        except _Lost:
+            raise await self._lost(lease) from None
+        except _Refused as refused:
+            raise view_conflict(views, refused.write) from None
+
+    async def reset_with_views(
+        self, name: str, views: Sequence[ViewRepository[Any]], position: int = 0
+    ) -> None:
+        """Delete the views and reset the checkpoint, in one transaction."""
+        check_lease_name(name)
+        clears = [self.view_statements(each).clear for each in views]
+
+        async def write(conn: AsyncConnection[TupleRow]) -> None:
+            async with conn.transaction():
+                for clear in clears:
+                    await conn.execute(clear)
+                await conn.execute(self.statements.reset, (name, position))
+
+        await self._connections.run(f"reset {name!r} and its views", write)
 
     async def create_schema(self) -> None:
         """Create both tables if missing, under the table's advisory lock (idempotent, safe
@@ -221,3 +383,16 @@ class PostgresCheckpointStore:
             return cursor.rowcount
 
         return await self._connections.run(what, run)
+
+
+async def _all_stored(
+    conn: AsyncConnection[TupleRow],
+    statement: bytes,
+    params: tuple[object, ...],
+    writes: list[ViewWrite],
+) -> None:
+    cursor = conn.cursor(row_factory=tuple_row)
+    await cursor.execute(statement, params)
+    stored = {row[0] for row in await cursor.fetchall()}
+    if len(stored) != len(writes):
+        raise _Refused(next(w for w in writes if w.view_id not in stored))

@@ -7,17 +7,34 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from cqrs.checkpoints import Lease, ParkedEvent, check_lease_name, lease_lost
+from cqrs.checkpoints import (
+    Lease,
+    ParkedEvent,
+    ViewWrite,
+    check_lease_name,
+    lease_lost,
+    view_conflict,
+)
 from cqrs.ddl import migrations
-from cqrs.repository import SerializedEvent, validate_identifier
+from cqrs.repository import SerializedEvent, ViewRepository, validate_identifier
 from cqrs_sqlite.repository import write_transaction
+from cqrs_sqlite.views import SqliteViewRepository
 
 if TYPE_CHECKING:
     from cqrs_sqlite.repository import SqliteEventRepository
+
+_FETCH_CHUNK = 500
+"""View ids per ``IN (...)`` list (well below SQLite's bound on bound parameters)."""
+
+
+class _Refused(Exception):  # noqa: N818 - a private signal, never seen outside
+    def __init__(self, write: ViewWrite) -> None:
+        self.write = write
+
 
 __all__ = ["SqliteCheckpointStatements", "SqliteCheckpointStore"]
 
@@ -86,7 +103,10 @@ class SqliteCheckpointStore:
     that repository is not open.
 
     Every method is one hop; the writes run in one ``BEGIN IMMEDIATE`` transaction, so
-    runners in other processes on the same file serialize on SQLite's write lock. Leases
+    runners in other processes on the same file serialize on SQLite's write lock. It is a
+    :class:`~cqrs.checkpoints.ViewCheckpointStore` for the view repositories of the same
+    repository (the same connection): a batch's views and checkpoint are one hop and one
+    transaction. Leases
     expire on the wall clock (``clock``, default ``time.time``) of the processes sharing the
     file, which one machine's processes agree on.
     """
@@ -220,6 +240,88 @@ class SqliteCheckpointStore:
             return [ParkedEvent(*row) for row in connection.execute(sql, (name,))]
 
         return await self.repository.run(read, f"reading the parked events of {name!r}")
+
+    def shares_database(self, views: ViewRepository[Any]) -> bool:
+        """True for a view repository made by the same repository (same connection)."""
+        return isinstance(views, SqliteViewRepository) and views.repository is self.repository
+
+    def _views(self, views: ViewRepository[Any]) -> SqliteViewRepository[Any]:
+        if not isinstance(views, SqliteViewRepository) or views.repository is not self.repository:
+            msg = f"{views!r} is not a view repository of this store's connection"
+            raise ValueError(msg)
+        return views
+
+    async def fetch_views(
+        self, views: ViewRepository[Any], view_ids: Sequence[str]
+    ) -> dict[str, tuple[object, object]]:
+        """The stored views of ``view_ids`` that exist, in one hop."""
+        table = validate_identifier(self._views(views).table)
+        ids = list(view_ids)
+
+        def read(connection: sqlite3.Connection) -> dict[str, tuple[object, object]]:
+            found: dict[str, tuple[object, object]] = {}
+            for start in range(0, len(ids), _FETCH_CHUNK):
+                chunk = ids[start : start + _FETCH_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT view_id, payload, version FROM {table} WHERE view_id IN ({marks})"
+                for view_id, payload, version in connection.execute(sql, chunk):
+                    found[view_id] = (payload, version)
+            return found
+
+        return await self.repository.run(read, f"loading {len(ids)} views from {table}")
+
+    async def save_with_views(
+        self, lease: Lease, position: int, views: ViewRepository[Any], writes: Sequence[ViewWrite]
+    ) -> None:
+        """Save the checkpoint under the token and store the writes, in one transaction."""
+        view_sql, sql = self._views(views).statements, self.statements
+
+        def write(connection: sqlite3.Connection) -> tuple[bool, int | None, ViewWrite | None]:
+            def body() -> tuple[bool, int | None, ViewWrite | None]:
+                if connection.execute(sql.save, (position, lease.name, lease.token)).rowcount != 1:
+                    row = connection.execute(sql.row, (lease.name,)).fetchone()
+                    return False, None if row is None else int(row[1]), None
+                execute = connection.execute
+                for each in writes:
+                    if each.expected == 0:
+                        params: tuple[object, ...] = (each.view_id, each.version, each.payload)
+                        done = execute(view_sql.insert, params).rowcount
+                    else:
+                        params = (each.version, each.payload, each.view_id, each.expected)
+                        done = execute(view_sql.update, params).rowcount
+                    if done != 1:
+                        raise _Refused(each)  # rolls the whole transaction back
+                return True, lease.token, None
+
+            try:
+                return write_transaction(connection, body)
+            except _Refused as refused:
+                return False, lease.token, refused.write
+
+        doing = f"saving {len(writes)} views and the checkpoint of {lease.name!r}"
+        saved, current, refused = await self.repository.run(write, doing)
+        if refused is not None:
+            raise view_conflict(views, refused)
+        if not saved:
+            raise lease_lost(lease, current)
+
+    async def reset_with_views(
+        self, name: str, views: Sequence[ViewRepository[Any]], position: int = 0
+    ) -> None:
+        """Delete the views and reset the checkpoint, in one transaction."""
+        check_lease_name(name)
+        tables = [validate_identifier(self._views(each).table) for each in views]
+        reset = self.statements.reset
+
+        def write(connection: sqlite3.Connection) -> None:
+            def body() -> None:
+                for table in tables:
+                    connection.execute(f"DELETE FROM {table}")
+                connection.execute(reset, (name, position))
+
+            write_transaction(connection, body)
+
+        await self.repository.run(write, f"resetting {name!r} and its views")
 
     async def _write(self, sql: str, params: tuple[object, ...], doing: str) -> None:
         def write(connection: sqlite3.Connection) -> None:
