@@ -14,7 +14,23 @@ from cqrs import AggregateConflict, DatabaseConnectionError
 from cqrs_memory import MemoryEventRepository
 from examples.bank_account.__main__ import main
 from examples.bank_account.api import create_app
+from examples.bank_account.auth import ApiKeys
 from examples.bank_account.service import BankService
+
+KEY1, KEY2 = "p1-key-0123456789abcdef", "p2-key-0123456789abcdef"
+KEYS = ApiKeys.parse(f"p1:{KEY1},p2:{KEY2}", "test keys")
+AUTH1 = {"Authorization": f"Bearer {KEY1}"}
+AUTH2 = {"Authorization": f"Bearer {KEY2}"}
+
+
+def app_over(service: BankService, **options):
+    return create_app(service, api_keys=KEYS, **options)
+
+
+def http(app) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://bank", headers=AUTH1
+    )
 
 
 async def memory() -> MemoryEventRepository:
@@ -33,13 +49,12 @@ async def client(backend) -> AsyncIterator[httpx.AsyncClient]:
         view_table=backend.name("views"),
         projection_prefix=backend.name("bank"),
     )
-    transport = httpx.ASGITransport(app=create_app(service))
-    async with httpx.AsyncClient(transport=transport, base_url="http://bank") as client:
+    async with http(app_over(service)) as client:
         yield client
 
 
-async def post(client: httpx.AsyncClient, account: str, body: object) -> httpx.Response:
-    return await client.post(f"/accounts/{account}", json=body)
+async def post(client: httpx.AsyncClient, account: str, body: object, **kwargs) -> httpx.Response:
+    return await client.post(f"/accounts/{account}", json=body, **kwargs)
 
 
 async def test_the_demo_scenario_over_http(client):
@@ -52,11 +67,13 @@ async def test_the_demo_scenario_over_http(client):
     check = await client.post(
         "/accounts/A1",
         content=b'{"WriteCheck": {"check_number": "1170", "amount": 256.28}}',
+        headers={"Content-Type": "application/json"},
     )
     assert check.status_code == 200
     assert '"balance":343.72' in check.text  # exact decimals, as JSON numbers
     refused = await post(client, "A1", {"WithdrawMoney": {"amount": 500, "atm_id": "ATM-N"}})
-    assert (refused.status_code, refused.json()) == (400, {"error": "funds not available"})
+    assert (refused.status_code, refused.json()["error"]) == (409, "funds not available")
+    assert refused.json()["request_id"] == refused.headers["X-Request-Id"]
     view = (await client.get("/accounts/A1")).json()
     assert view["account_id"] == "A1"
     assert Decimal(str(view["balance"])) == Decimal("343.72")
@@ -69,42 +86,121 @@ async def test_the_demo_scenario_over_http(client):
     events = (await client.get("/accounts/A1/events")).json()
     assert [e["sequence"] for e in events] == [1, 2, 3, 4]
     assert events[3]["payload"]["check_number"] == "1170"
+    assert {e["aggregate_id"] for e in events} == {"A1"}
+    assert {e["metadata"]["principal"] for e in events} == {"p1"}
+    assert events[3]["metadata"]["request_id"] == check.headers["X-Request-Id"]
+    page = (await client.get("/accounts/A1/events", params={"after": 1, "limit": 2})).json()
+    assert [e["sequence"] for e in page] == [2, 3]
+    assert (await client.get("/accounts/A1/events", params={"after": 4})).json() == []
 
 
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        (b"{not json", 422, "malformed JSON"),
-        (b"[1, 2]", 422, "JSON object naming one command"),
-        (b'{"A": {}, "B": {}}', 422, "exactly one command"),
+        (b"{not json", 400, "malformed JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, 413, "larger than"),
+        (b"[" * 5_000 + b"]" * 5_000, 400, "nested too deeply"),
+        (b"[1, 2]", 422, "naming exactly one command"),
+        (b'{"A": {}, "B": {}}', 422, "naming exactly one command"),
         (b'{"CloseAccount": {}}', 422, "unknown command 'CloseAccount'"),
-        (b'{"DepositMoney": {"amount": "lots"}}', 422, "invalid DepositMoney"),
-        (b'{"DepositMoney": {}}', 422, "amount"),
-        (b'{"DepositMoney": {"amount": -5}}', 400, "positive"),
-        (b'{"WithdrawMoney": {"amount": 1, "atm_id": "BANK"}}', 400, "rejected"),
-        (b'{"OpenAccount": {"account_id": "A1"}}', 400, "already open"),
+        (
+            b'{"DepositMoney": {"amount": "lots"}}',
+            422,
+            "DepositMoney.amount: must be a JSON number",
+        ),
+        (b'{"DepositMoney": {"amount": "1"}}', 422, "must be a JSON number"),
+        (b'{"DepositMoney": {"amount": true}}', 422, "must be a JSON number"),
+        (b'{"DepositMoney": {}}', 422, "DepositMoney.amount: Field required"),
+        (b'{"DepositMoney": {"amount": 1, "extra": 2}}', 422, "extra: Extra inputs"),
+        (b'{"DepositMoney": {"amount": -5}}', 422, "positive"),
+        (b'{"DepositMoney": {"amount": 0.001}}', 422, "at most 2 decimal places"),
+        (b'{"DepositMoney": {"amount": 1e999999999}}', 422, "up to 1000000000"),
+        (b'{"DepositMoney": {"amount": 1' + b"0" * 5000 + b"}}", 422, "out of range"),
+        (b'{"WithdrawMoney": {"amount": 1, "atm_id": "BANK"}}', 409, "rejected"),
+        (b'{"WithdrawMoney": {"amount": 1, "atm_id": "A\\u0000"}}', 422, "atm_id"),
+        (b'{"OpenAccount": {"account_id": "A1"}}', 409, "already open"),
+        (b'{"OpenAccount": {"account_id": "B"}}', 422, "OpenAccount names 'B', the path 'A1'"),
+        (b'{"WriteCheck": {"check_number": "x1", "amount": 1}}', 422, "check_number"),
     ],
 )
-async def test_bad_requests_name_the_problem(client, body, status, message):
+async def test_bad_requests_are_json_4xx_naming_the_problem(client, body, status, message):
     await post(client, "A1", {"OpenAccount": {"account_id": "A1"}})
     await post(client, "A1", {"DepositMoney": {"amount": 10}})
-    response = await client.post("/accounts/A1", content=body)
+    response = await client.post(
+        "/accounts/A1", content=body, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == status
+    assert response.headers["Content-Type"] == "application/json"
     assert message in response.json()["error"]
+    assert len((await client.get("/accounts/A1/events")).json()) == 2  # nothing stored
 
 
-async def test_unknown_account_is_404_and_commands_on_it_are_refused(client):
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "text/json"]
+)
+async def test_only_json_bodies_are_executed(client, content_type):
+    await post(client, "A1", {"OpenAccount": {"account_id": "A1"}})
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    response = await client.post(
+        "/accounts/A1", content=b'{"DepositMoney": {"amount": 5}}', headers=headers
+    )
+    assert (response.status_code, response.json()["error"]) == (
+        415,
+        "the body must be application/json",
+    )
+    assert len((await client.get("/accounts/A1/events")).json()) == 1
+    charset = {"Content-Type": "application/json; charset=utf-8"}
+    accepted = await client.post(
+        "/accounts/A1", content=b'{"DepositMoney": {"amount": 5}}', headers=charset
+    )
+    assert accepted.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/accounts/A%00"),
+        ("GET", "/accounts/A%00"),
+        ("GET", "/accounts/A%00/events"),
+        ("GET", "/accounts/" + "a" * 65),
+        ("GET", "/accounts/-a"),
+        ("GET", "/accounts/A1/events?limit=1001"),
+        ("GET", "/accounts/A1/events?after=-1"),
+        ("GET", "/days/yesterday"),
+        ("GET", "/atms/ATM%0A1"),
+    ],
+)
+async def test_bad_ids_and_parameters_are_422(client, method, path):
+    response = await client.request(method, path, json={"DepositMoney": {"amount": 1}})
+    assert response.status_code == 422
+    assert response.json()["error"]
+
+
+async def test_unrouted_paths_and_wrong_methods_are_json(client):
+    missing = await client.get("/nowhere")
+    assert (missing.status_code, missing.json()["error"]) == (404, "not found")
+    wrong = await client.delete("/accounts/A1")
+    assert (wrong.status_code, wrong.json()["error"]) == (405, "method not allowed")
+    assert wrong.headers["Allow"] == "GET, POST"
+    assert (await client.put("/accounts/A1/events")).headers["Allow"] == "GET"
+
+
+async def test_unknown_account_is_404_for_reads_and_commands(client):
     assert (await client.get("/accounts/nobody")).status_code == 404
     refused = await post(client, "nobody", {"DepositMoney": {"amount": 1}})
-    assert (refused.status_code, refused.json()["error"]) == (400, "account not open")
-    assert (await client.get("/accounts/nobody/events")).json() == []
+    assert (refused.status_code, refused.json()["error"]) == (404, "no account 'nobody'")
+    assert (await client.get("/accounts/nobody/events")).status_code == 404
 
 
 async def test_concurrent_deposits_give_an_exact_balance(client):
     await post(client, "A1", {"OpenAccount": {"account_id": "A1"}})
     responses = await asyncio.gather(
         *(
-            client.post("/accounts/A1", content=b'{"DepositMoney": {"amount": 0.01}}')
+            client.post(
+                "/accounts/A1",
+                content=b'{"DepositMoney": {"amount": 0.01}}',
+                headers={"Content-Type": "application/json"},
+            )
             for _ in range(24)
         )
     )
@@ -114,24 +210,32 @@ async def test_concurrent_deposits_give_an_exact_balance(client):
     assert len(view["ledger"]) == 24
 
 
-async def test_conflict_after_retries_is_409_and_unreachable_database_is_503():
+async def test_conflict_after_retries_is_409_and_unreachable_database_is_503(caplog):
     service = await BankService.over(await memory())
-    app = create_app(service)
+    app = app_over(service)
 
     async def conflicting(*args, **kwargs):
         raise AggregateConflict("always")
 
     async def unreachable(*args, **kwargs):
-        raise DatabaseConnectionError("connection refused")
+        raise DatabaseConnectionError("SQLite database /secret/path/bank.db is read-only")
 
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://b") as c:
+    async with http(app) as c:
         await post(c, "A1", {"OpenAccount": {"account_id": "A1"}})
         service.store.commit = conflicting  # type: ignore[method-assign]
         conflict = await post(c, "A1", {"DepositMoney": {"amount": 1}})
-        assert conflict.status_code == 409
+        assert (conflict.status_code, conflict.json()["error"]) == (
+            409,
+            "the account is busy; try again",
+        )
         service.store.load_aggregate = unreachable  # type: ignore[method-assign]
-        down = await post(c, "A1", {"DepositMoney": {"amount": 1}})
-        assert (down.status_code, "unavailable" in down.json()["error"]) == (503, True)
+        with caplog.at_level(logging.WARNING, logger="examples.bank_account"):
+            down = await post(c, "A1", {"DepositMoney": {"amount": 1}})
+        assert down.status_code == 503
+        assert down.json()["error"] == "the database is unavailable; try again later"
+        assert "/secret/path" not in down.text  # logged with the request id, not sent
+        assert f"[{down.json()['request_id']}] database unavailable" in caplog.text
+        assert "/secret/path/bank.db" in caplog.text
 
 
 def test_demo_command_runs(capsys):
@@ -148,17 +252,18 @@ async def test_a_bug_in_the_handler_is_a_500_not_a_refusal(caplog):
 
     service = await BankService.over(await memory())
     service.cqrs.services.atm = BrokenAtm()
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(create_app(service)), base_url="http://b"
-    ) as c:
+    app = app_over(service)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://b", headers=AUTH1) as c:
         await post(c, "A1", {"OpenAccount": {"account_id": "A1"}})
         await post(c, "A1", {"DepositMoney": {"amount": 10}})
         with caplog.at_level(logging.ERROR, logger="examples.bank_account"):
             broken = await post(c, "A1", {"WithdrawMoney": {"amount": 1, "atm_id": "ATM-1"}})
-        assert (broken.status_code, broken.json()) == (500, {"error": "internal error"})
+        assert (broken.status_code, broken.json()["error"]) == (500, "internal error")
         assert "ATM driver bug" in caplog.text  # the details are logged, not sent
+        assert broken.json()["request_id"] in caplog.text
         refused = await post(c, "A1", {"WithdrawMoney": {"amount": 99, "atm_id": "ATM-1"}})
-        assert (refused.status_code, refused.json()) == (400, {"error": "funds not available"})
+        assert (refused.status_code, refused.json()["error"]) == (409, "funds not available")
         assert len((await c.get("/accounts/A1/events")).json()) == 2
 
 
@@ -167,12 +272,8 @@ async def test_cross_account_views_from_the_projections_run_by_the_server(backen
     service = await BankService.over(
         repository, view_table=backend.name("views"), projection_prefix=backend.name("bank")
     )
-    app = create_app(service, run_projections=True)
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://bank") as client,
-    ):
+    app = app_over(service, run_projections=True)
+    async with app.router.lifespan_context(app), http(app) as client:
         for account in ("A", "B"):
             await post(client, account, {"OpenAccount": {"account_id": account}})
             await post(client, account, {"DepositMoney": {"amount": 100}})
@@ -186,6 +287,8 @@ async def test_cross_account_views_from_the_projections_run_by_the_server(backen
             Decimal(15),
             ["A", "B"],
         )
+        others = (await client.get("/atms/ATM-1", headers=AUTH2)).json()
+        assert (others["withdrawals"], others["accounts"]) == (2, [])  # only your accounts
         day = last["timestamp"][:10]
         totals = (await client.get(f"/days/{day}")).json()
         assert (Decimal(str(totals["deposits"])), Decimal(str(totals["withdrawals"]))) == (

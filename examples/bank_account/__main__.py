@@ -1,19 +1,28 @@
-"""``python -m examples.bank_account serve|demo|project [--database-url URL]``."""
+"""``python -m examples.bank_account serve|demo|project [--database-url URL]``.
+
+``serve`` needs API keys (``$BANK_API_KEYS`` or ``--api-keys-file``; see
+:mod:`examples.bank_account.auth`) unless ``--insecure-no-auth`` is given; ``demo`` runs the
+domain in-process and needs none. Logging goes to stderr (``--log-level``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
 import uuid
+from collections.abc import Coroutine
 from decimal import Decimal
 
 import msgspec
 
-from cqrs import CqrsError, UserError
+from cqrs import CqrsError, UserError, redact_url
+from examples.bank_account.auth import ENVIRONMENT_VARIABLE, ApiKeys, ApiKeysError
 from examples.bank_account.domain import DepositMoney, OpenAccount, WithdrawMoney, WriteCheck
+from examples.bank_account.preflight import check_sqlite_files
 from examples.bank_account.service import DEFAULT_DATABASE_URL, BankService
 
 
@@ -22,7 +31,7 @@ async def demo(database_url: str) -> None:
     service = await BankService.connect(database_url)
     try:
         account = f"demo-{uuid.uuid4().hex[:8]}"
-        print(f"database: {database_url}\naccount:  {account}\n")
+        print(f"database: {redact_url(database_url)}\naccount:  {account}\n")
         for command in (
             OpenAccount(account),
             DepositMoney(Decimal(1000)),
@@ -59,7 +68,7 @@ async def project(database_url: str, *, batch_size: int, lease_ttl: float) -> No
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, runner.stop)
-    print(f"projecting {database_url} as {runner.owner} (Ctrl-C stops)", flush=True)
+    print(f"projecting {redact_url(database_url)} as {runner.owner} (Ctrl-C stops)", flush=True)
     try:
         await runner.run()
     finally:
@@ -92,29 +101,75 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="serve: also run the projections in the server (e.g. for memory://)",
     )
+    parser.add_argument(
+        "--api-keys-file",
+        help=f"serve: principal:KEY entries, one a line (default: ${ENVIRONMENT_VARIABLE})",
+    )
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve: accept every request without a key (local play only)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=args.command != "demo" or argv is None,
+    )
     if args.command == "project":
-        try:
-            asyncio.run(
-                project(args.database_url, batch_size=args.batch_size, lease_ttl=args.lease_ttl)
-            )
-        except CqrsError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        return 0
+        return _run(
+            project(args.database_url, batch_size=args.batch_size, lease_ttl=args.lease_ttl)
+        )
     if args.command == "demo":
-        try:
-            asyncio.run(demo(args.database_url))
-        except CqrsError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        return 0
+        return _run(demo(args.database_url))
+    return serve(args)
+
+
+def _run(coroutine: Coroutine[object, object, None]) -> int:
+    try:
+        asyncio.run(coroutine)
+    except CqrsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Check the configuration, then run the API on uvicorn; 2 for a bad configuration."""
+    keys: ApiKeys | None
+    try:
+        if args.api_keys_file:
+            keys = ApiKeys.from_file(args.api_keys_file)
+        else:
+            keys = ApiKeys.from_environment(os.environ)
+        if keys is None and not args.insecure_no_auth:
+            print(
+                f"error: no API keys: set ${ENVIRONMENT_VARIABLE} (principal:KEY,...) or pass "
+                "--api-keys-file FILE; --insecure-no-auth serves without them (local play only)",
+                file=sys.stderr,
+            )
+            return 2
+        check_sqlite_files(args.database_url)
+    except (ApiKeysError, CqrsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.insecure_no_auth:
+        logging.getLogger("examples.bank_account").warning(
+            "--insecure-no-auth: anyone who can reach %s:%d can move money", args.host, args.port
+        )
     import uvicorn  # noqa: PLC0415 - only the server needs it
 
     from examples.bank_account.api import create_app  # noqa: PLC0415 - only the server needs it
 
-    app = create_app(database_url=args.database_url, run_projections=args.project)
-    uvicorn.run(app, host=args.host, port=args.port)
+    app = create_app(
+        database_url=args.database_url,
+        api_keys=keys,
+        insecure_no_auth=args.insecure_no_auth,
+        run_projections=args.project,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None)
     return 0
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import cqrs
@@ -23,10 +23,12 @@ from examples.bank_account.domain import (
     BankAccountServices,
     BankAccountView,
 )
+from examples.bank_account.idempotency import IdempotencyIndex, Outcome, execute_once
 from examples.bank_account.projections import TABLE_PREFIX, BankProjections
 
 DEFAULT_DATABASE_URL = "sqlite:///bank.db"
 VIEW_TABLE = "bank_account_views"
+IDEMPOTENCY_TABLE = "bank_idempotency_keys"
 
 logger = logging.getLogger("examples.bank_account")
 
@@ -43,7 +45,7 @@ class EventLogger:
 
 @dataclass
 class BankService:
-    """The framework, store, view repository and projections of the bank-account app."""
+    """The framework, store, view repositories and projections of the bank-account app."""
 
     repository: PersistedEventRepository
     store: PersistedEventStore[
@@ -52,6 +54,7 @@ class BankService:
     views: ViewRepository[BankAccountView]
     cqrs: CqrsFramework[BankAccountCommand, BankAccountEvent, BankAccountServices]
     projections: BankProjections
+    idempotency: ViewRepository[IdempotencyIndex]
 
     @classmethod
     async def over(
@@ -61,20 +64,53 @@ class BankService:
         snapshot_every: int | None = 20,
         view_table: str = VIEW_TABLE,
         projection_prefix: str = TABLE_PREFIX,
+        idempotency_table: str = IDEMPOTENCY_TABLE,
     ) -> BankService:
         """Build the app over an open repository (creating the view tables if needed; the
         projections' tables are named with ``projection_prefix``)."""
         views = repository.view_repository(BankAccountView, view_table)
-        await views.create_schema()
+        keys = repository.view_repository(IdempotencyIndex, idempotency_table)
+        for table in (views, keys):
+            await table.create_schema()
         store = PersistedEventStore(repository, BankAccount, snapshot_every=snapshot_every)
         framework = CqrsFramework(
             store,
-            [EventLogger(), GenericQuery(views, BankAccountView, store=store, attempts=100)],
+            [
+                EventLogger(),
+                GenericQuery(views, BankAccountView, store=store, attempts=100),
+                GenericQuery(keys, IdempotencyIndex, store=store, attempts=100),
+            ],
             BankAccountServices(),
             retry=Retry(attempts=50, base_delay=0.002, max_delay=0.05),
         )
         projections = await BankProjections.over(repository, store, projection_prefix)
-        return cls(repository, store, views, framework, projections)
+        return cls(repository, store, views, framework, projections, keys)
+
+    @classmethod
+    async def open(
+        cls,
+        repository: PersistedEventRepository,
+        *,
+        snapshot_every: int | None = 20,
+        view_table: str = VIEW_TABLE,
+        projection_prefix: str = TABLE_PREFIX,
+        idempotency_table: str = IDEMPOTENCY_TABLE,
+    ) -> BankService:
+        """Open ``repository``, create its schema and build the app over it; the repository
+        is closed again if that fails."""
+        await repository.open()
+        try:
+            await repository.create_schema()
+            return await cls.over(
+                repository,
+                snapshot_every=snapshot_every,
+                view_table=view_table,
+                projection_prefix=projection_prefix,
+                idempotency_table=idempotency_table,
+            )
+        except BaseException:
+            await repository.close()
+            raise
 
     @classmethod
     async def connect(cls, database_url: str, *, snapshot_every: int | None = 20) -> BankService:
@@ -85,6 +121,28 @@ class BankService:
         except BaseException:
             await repository.close()
             raise
+
+    async def execute(
+        self,
+        aggregate_id: str,
+        command: BankAccountCommand,
+        metadata: Mapping[str, str],
+        idempotency_key: str | None = None,
+    ) -> Outcome:
+        """Execute ``command`` with ``metadata`` on every event; with ``idempotency_key``,
+        at most once per key and account (see :mod:`examples.bank_account.idempotency`)."""
+        if idempotency_key is None:
+            envelopes = await self.cqrs.execute_with_metadata(aggregate_id, command, metadata)
+            return Outcome(envelopes, replayed=False)
+        return await execute_once(
+            self.cqrs,
+            self.store,
+            self.idempotency,
+            aggregate_id=aggregate_id,
+            command=command,
+            metadata=metadata,
+            key=idempotency_key,
+        )
 
     async def close(self) -> None:
         """Close the repository."""
