@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
+from cqrs import telemetry
 from cqrs.checkpoints import (
     CheckpointStore,
     Lease,
@@ -262,6 +263,7 @@ class ProjectionRunner:
         }
         self._stopping = asyncio.Event()
         self._progress = asyncio.Condition()
+        telemetry.watch(self)  # the projection lag gauges, when metrics are configured
 
     # -- public API --------------------------------------------------------------------------
 
@@ -397,11 +399,15 @@ class ProjectionRunner:
                     feed = self._feed(projection, status, position)
                     await self._pause(min(5.0, self.retry_delay * 2**failures))
                     continue
+                if failures:
+                    logger.info("projection %r reached its database again", status.name)
+                    telemetry.reconnected(status.name)
                 failures = 0
                 if moved is not None:
                     position = moved  # a checkpoint write does not extend the lease: renew above
                 if ended:
                     await wake_ups.wait(self.poll_interval)
+                    telemetry.woke(status.name)
         finally:
             await feed.close()
             await wake_ups.close()
@@ -465,8 +471,9 @@ class ProjectionRunner:
             and (event_types is None or row.event_type in event_types)
         ]
         position = rows[-1].position
-        if not wanted or not await self._apply(
-            projection, lease, decoders, wanted, status=status, position=position
+        if not wanted or not await telemetry.within(  # a span per batch when tracing
+            telemetry.batch(projection.name, wanted),
+            self._apply(projection, lease, decoders, wanted, status=status, position=position),
         ):
             await self.checkpoints.save(lease, position)
         status.checkpoint, status.batches = position, status.batches + 1

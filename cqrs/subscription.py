@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Collection
 from typing import Protocol, runtime_checkable
 
+from cqrs import telemetry
 from cqrs.errors import ConfigurationError, DatabaseConnectionError
 from cqrs.repository import PersistedEventRepository, SerializedEvent
 
@@ -233,13 +234,16 @@ class Subscription:
         try:
             while True:
                 read = 0
+                pages = telemetry.pages(repository)  # a span per page when tracing
                 try:
                     async for event in repository.stream_all_events(only, self.position):
                         if failures:
                             logger.info("subscription reconnected at position %d", self.position)
+                            telemetry.reconnected("subscription")
                             failures = 0
                         self.position = event.position
                         read += 1
+                        pages.add(event)
                         if self.types is None or event.aggregate_type in self.types:
                             yield event
                 except DatabaseConnectionError as error:
@@ -253,10 +257,13 @@ class Subscription:
                     )
                     await asyncio.sleep(delay)
                     continue
+                pages.flush()
                 if failures:
                     logger.info("subscription reconnected at position %d", self.position)
+                    telemetry.reconnected("subscription")
                     failures = 0
                 if not read:
                     await wake_ups.wait(self.poll_interval)
+                    telemetry.woke("subscription")
         finally:
             await wake_ups.close()

@@ -4,6 +4,7 @@ framework without an SDK or without opentelemetry at all."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import subprocess
@@ -32,6 +33,9 @@ from cqrs import (
     UserError,
     telemetry,
 )
+from cqrs.checkpoints import MemoryCheckpoints
+from cqrs.projection import ProjectionRunner
+from cqrs.subscription import Subscription
 from cqrs_memory import MemoryEventRepository
 from examples.bank_account.domain import (
     BankAccount,
@@ -98,6 +102,12 @@ def otel() -> Iterator[Otel]:
         telemetry.configure()
 
 
+def store_of(cqrs: CqrsFramework[Any, Any, Any]) -> PersistedEventStore[Any, Any, Any, Any]:
+    store = cqrs.store
+    assert isinstance(store, PersistedEventStore)
+    return store
+
+
 async def bank(**options) -> CqrsFramework[Any, Any, Any]:
     repository = MemoryEventRepository()
     await repository.open()
@@ -150,8 +160,7 @@ async def test_a_command_is_a_span_with_load_handle_commit_and_dispatch(otel):
         ("cqrs.command.type", "DepositMoney"),
         ("cqrs.outcome", "ok"),
     )
-    assert otel.points("cqrs.commands")[ok] == 1
-    assert otel.points("cqrs.command.duration")[ok] == 1  # one measurement
+    assert otel.points("cqrs.command.duration")[ok] == 1  # one command, measured
     assert otel.points("cqrs.events.committed") == {(("cqrs.aggregate.type", "BankAccount"),): 2}
 
 
@@ -198,7 +207,7 @@ async def test_a_user_error_is_an_outcome_not_a_failure(otel):
         ("cqrs.command.type", "DepositMoney"),
         ("cqrs.outcome", "user_error"),
     )
-    assert otel.points("cqrs.commands") == {refused: 1}
+    assert otel.points("cqrs.command.duration") == {refused: 1}
     assert otel.points("cqrs.events.committed") == {}
 
 
@@ -289,7 +298,7 @@ async def test_a_conflict_that_outlasts_the_retries(otel, caplog):
         ("cqrs.command.type", "WithdrawMoney"),
         ("cqrs.outcome", "conflict"),
     )
-    assert otel.points("cqrs.commands")[conflict] == 1
+    assert otel.points("cqrs.command.duration")[conflict] == 1
     lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "cqrs.framework"]
     assert [level for level, _ in lines] == ["DEBUG", "DEBUG", "WARNING"]
     assert lines[-1][1].startswith(
@@ -488,3 +497,109 @@ def test_links_skip_metadata_without_a_valid_trace_context():
     assert f"{link.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
     assert link.context.is_remote
     assert link.attributes == {"cqrs.position": 4}
+
+
+class Recording:
+    """A projection of the bank account that records the events it gets; while ``gate`` is
+    clear it waits before taking a batch."""
+
+    event_types = None
+
+    def __init__(self, name: str, store: PersistedEventStore[Any, Any, Any, Any], tracer) -> None:
+        self.name = name
+        self.sources = (store,)
+        self.seen: list[int] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.tracer = tracer
+
+    async def handle(self, events) -> None:
+        await self.gate.wait()
+        with self.tracer.start_as_current_span("inside handle"):
+            self.seen.extend(envelope.position for envelope in events)
+
+
+async def test_a_projection_batch_is_a_span_linked_to_the_commits_of_its_events(otel):
+    cqrs = await bank()
+    await cqrs.execute("acc-1", OpenAccount("acc-1"))
+    await cqrs.execute("acc-1", DepositMoney(Decimal(5)))
+    await cqrs.execute("acc-2", OpenAccount("acc-2"))
+    commits = otel.named("commit BankAccount")
+    otel.exporter.clear()
+
+    tracer = telemetry.settings.tracer_provider.get_tracer("test")  # type: ignore[union-attr]
+    projection = Recording("totals", store_of(cqrs), tracer)
+    runner = ProjectionRunner(store_of(cqrs).repository, MemoryCheckpoints(), [projection])
+    assert await runner.run_once() == 3
+
+    batch = otel.one("project totals")
+    assert batch.parent is None  # a trace of its own, linked to the commands' traces
+    assert dict(batch.attributes or {}) == {
+        "cqrs.projection": "totals",
+        "cqrs.events.count": 3,
+        "cqrs.position.first": 1,
+        "cqrs.position.last": 3,
+    }
+    assert [(link.context.trace_id, link.context.span_id) for link in batch.links] == [
+        (commit.context.trace_id, commit.context.span_id) for commit in commits
+    ]
+    assert [(link.attributes or {})["cqrs.position"] for link in batch.links] == [1, 2, 3]
+    # Current while the projection runs: its own spans nest under the batch.
+    assert otel.one("inside handle").parent == batch.context
+    assert otel.points("cqrs.projection.events") == {(("cqrs.projection", "totals"),): 3}
+
+
+async def test_projection_lag_gauges_and_wake_ups(otel):
+    cqrs = await bank()
+    await cqrs.execute("acc-1", OpenAccount("acc-1"))
+    tracer = telemetry.settings.tracer_provider.get_tracer("test")  # type: ignore[union-attr]
+    projection = Recording("stuck", store_of(cqrs), tracer)
+    projection.gate.clear()
+    runner = ProjectionRunner(
+        store_of(cqrs).repository, MemoryCheckpoints(), [projection], poll_interval=0.01
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        for _ in range(200):
+            if runner.status()["stuck"].head:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert otel.points("cqrs.projection.lag.events") == {(("cqrs.projection", "stuck"),): 1}
+        ((_, seconds),) = otel.points("cqrs.projection.lag.seconds").items()
+        assert seconds >= 0.05
+        projection.gate.set()
+        await runner.wait_for(1)
+        await asyncio.sleep(0.05)  # a few empty polls
+        assert otel.points("cqrs.projection.lag.events") == {(("cqrs.projection", "stuck"),): 0}
+        assert otel.points("cqrs.projection.lag.seconds") == {(("cqrs.projection", "stuck"),): 0}
+        woke = otel.points("cqrs.subscription.wake_ups")[(("cqrs.consumer", "stuck"),)]
+        assert woke >= 1
+    finally:
+        runner.stop()
+        await task
+
+
+async def test_a_subscription_page_is_a_span_linked_to_its_commits(otel):
+    cqrs = await bank()
+    await cqrs.execute("acc-1", OpenAccount("acc-1"))
+    await cqrs.execute("acc-1", DepositMoney(Decimal(5)))
+    commits = otel.named("commit BankAccount")
+    subscription = Subscription(store_of(cqrs).repository, poll_interval=0.01)
+    events = aiter(subscription)
+    try:
+        assert [(await anext(events)).position for _ in range(2)] == [1, 2]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(events), 0.1)  # reads to the end, then waits
+    finally:
+        await subscription.close()
+    page = otel.one("subscription page")
+    assert dict(page.attributes or {}) == {
+        "cqrs.events.count": 2,
+        "cqrs.position.first": 1,
+        "cqrs.position.last": 2,
+    }
+    assert [link.context.span_id for link in page.links] == [
+        commit.context.span_id for commit in commits
+    ]
+    assert otel.points("cqrs.subscription.wake_ups")[(("cqrs.consumer", "subscription"),)] >= 1

@@ -1,0 +1,291 @@
+"""What OpenTelemetry costs a command: ``commit_1`` with and without it, side by side.
+
+``python -m benchmarks.telemetry [--backends memory,sqlite] [--commands 40]
+[--repetitions 21] [--postgres-url URL] [--json PATH]``
+
+``commit_1`` as in ``python -m benchmarks`` (load an aggregate of 10 events, handle
+``DepositMoney``, commit its one event; each command on another aggregate), on four sides
+that differ only in what :mod:`cqrs.telemetry` sees, each on its own store:
+
+- ``bare``: every hook bypassed (the framework's and the store's inner methods, called
+  directly): the framework as it was before it was instrumented, less nothing but the
+  clock read around the write for the slow-commit log and one check for the events counter;
+- ``absent``: opentelemetry not importable (the module's flag as an ImportError leaves it);
+- ``api``: opentelemetry-api installed, no SDK configured (no provider set);
+- ``sdk``: the SDK configured: a ``TracerProvider`` without any span processor (spans are
+  made, sampled and dropped: no exporter) and a ``MeterProvider`` with an in-memory reader
+  that is never read (instruments aggregate as with a periodic exporter).
+
+Each round runs every side in steps of four commands, interleaved, the order rotating; a
+side's rate in a round is its commands over the time of its own steps; the result is the
+median over the rounds. The ratios are each side against ``bare`` (``absent`` and ``api``:
+the cost of the hooks when nothing is configured; ``sdk``: the cost of tracing and metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from benchmarks.domain import AMOUNT, BenchAccount, open_command
+from cqrs import CqrsFramework, PersistedEventRepository, PersistedEventStore, telemetry
+from examples.bank_account.domain import BankAccountServices, DepositMoney
+
+__all__ = ["SIDES", "main", "measure"]
+
+SIDES = ("bare", "absent", "api", "sdk")
+STEP = 4
+SEED_EVENTS = 10
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+class _BareStore(PersistedEventStore[Any, Any, Any, Any]):
+    """The store with its telemetry wrappers skipped."""
+
+    async def load_aggregate(self, aggregate_id: str) -> Any:
+        return await self._load_aggregate(aggregate_id)
+
+    async def commit(self, events: Any, context: Any, metadata: Any) -> Any:
+        return await self._commit(events, context, metadata) if events else []
+
+
+_SAVED: dict[str, tuple[Any, Any, Any, Any]] = {}
+
+
+@contextmanager
+def _mode(side: str, sdk: tuple[Any, Any] | None) -> Iterator[None]:
+    """Make :mod:`cqrs.telemetry` see what ``side`` stands for, for the block (its tracer and
+    instruments are made once per side and kept, as an application keeps them)."""
+    settings = telemetry.settings
+    flag = telemetry._OTEL  # noqa: SLF001 - the benchmark switches what the module saw
+    if side not in _SAVED:
+        providers = sdk if side == "sdk" and sdk is not None else (None, None)
+        _SAVED[side] = (*providers, None, None)
+    settings.tracer_provider, settings.meter_provider, settings.tracer, settings.instruments = (
+        _SAVED[side]
+    )
+    if side in ("bare", "absent"):
+        telemetry._OTEL = False  # noqa: SLF001
+    try:
+        yield
+    finally:
+        _SAVED[side] = (
+            settings.tracer_provider,
+            settings.meter_provider,
+            settings.tracer,
+            settings.instruments,
+        )
+        telemetry._OTEL = flag  # noqa: SLF001
+        telemetry.configure()
+
+
+def _sdk() -> tuple[Any, Any] | None:
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: PLC0415
+        from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    except ImportError:
+        return None
+    return TracerProvider(), MeterProvider(metric_readers=[InMemoryMetricReader()])
+
+
+class _Side:
+    def __init__(self, name: str, repository: PersistedEventRepository) -> None:
+        self.name = name
+        self.repository = repository
+        store_class = _BareStore if name == "bare" else PersistedEventStore
+        self.store = store_class(repository, BenchAccount)
+        self.cqrs: CqrsFramework[Any, Any, Any] = CqrsFramework(
+            self.store, services=BankAccountServices()
+        )
+        self.command = DepositMoney(AMOUNT)
+        self.count = 0
+
+    async def seed(self, count: int) -> list[str]:
+        ids = []
+        for _ in range(count):
+            self.count += 1
+            aggregate_id = f"{self.name}-{self.count}"
+            await self.cqrs.execute(
+                aggregate_id, open_command(aggregate_id, SEED_EVENTS), expected_version=0
+            )
+            ids.append(aggregate_id)
+        return ids
+
+    async def deposit(self, aggregate_id: str) -> None:
+        if self.name == "bare":
+            await self.cqrs._execute(aggregate_id, self.command, {}, None, None)  # noqa: SLF001
+        else:
+            await self.cqrs.execute(aggregate_id, self.command)
+
+
+Repositories = Callable[[str], Awaitable[PersistedEventRepository]]
+
+
+async def measure(
+    repositories: Repositories, commands: int, repetitions: int, warmups: int = 1
+) -> dict[str, Any]:
+    """Rates (commands/s) of every side of ``SIDES`` on new stores from ``repositories``,
+    their medians and their ratios to ``bare``."""
+    sdk = _sdk()
+    names = [name for name in SIDES if name != "sdk" or sdk is not None]
+    if not telemetry.available():
+        names = [name for name in names if name not in ("api", "sdk")]
+    sides = [_Side(name, await repositories(name)) for name in names]
+    rates: dict[str, list[float]] = {side.name: [] for side in sides}
+    try:
+        for round_index in range(warmups + repetitions):
+            work = {side.name: await side.seed(commands) for side in sides}
+            elapsed = dict.fromkeys(work, 0.0)
+            gc.collect()
+            for step, start in enumerate(range(0, commands, STEP)):
+                shift = (round_index + step) % len(sides)
+                for side in sides[shift:] + sides[:shift]:
+                    ids = work[side.name][start : start + STEP]
+                    with _mode(side.name, sdk):
+                        began = time.perf_counter()
+                        for aggregate_id in ids:
+                            await side.deposit(aggregate_id)
+                        elapsed[side.name] += time.perf_counter() - began
+            if round_index >= warmups:
+                for name, seconds in elapsed.items():
+                    rates[name].append(commands / seconds)
+    finally:
+        for side in sides:
+            await side.repository.close()
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    bare = medians["bare"]
+    return {
+        "medians": {name: round(value, 1) for name, value in medians.items()},
+        "ratios": {name: round(value / bare, 3) for name, value in medians.items()},
+        "samples": {name: [round(v, 1) for v in values] for name, values in rates.items()},
+    }
+
+
+async def _memory(_: str) -> PersistedEventRepository:
+    from cqrs_memory import MemoryEventRepository  # noqa: PLC0415
+
+    repository = MemoryEventRepository()
+    await repository.open()
+    return repository
+
+
+def _sqlite(directory: Path) -> Repositories:
+    async def make(name: str) -> PersistedEventRepository:
+        from cqrs_sqlite import SqliteEventRepository  # noqa: PLC0415
+
+        repository = SqliteEventRepository(str(directory / f"{name}.db"), "events", "snapshots")
+        await repository.open()
+        await repository.create_schema()
+        return repository
+
+    return make
+
+
+def _postgres(url: str, prefix: str, tables: list[str]) -> Repositories:
+    async def make(name: str) -> PersistedEventRepository:
+        from cqrs_postgres import from_url  # noqa: PLC0415
+
+        events, snapshots = f"{prefix}_{name}_events", f"{prefix}_{name}_snapshots"
+        tables.extend((events, snapshots))
+        repository = from_url(url, events_table=events, snapshots_table=snapshots)
+        await repository.open()
+        await repository.create_schema()
+        return repository
+
+    return make
+
+
+async def _drop(url: str, tables: Sequence[str]) -> None:
+    import psycopg  # noqa: PLC0415
+    from psycopg import sql  # noqa: PLC0415
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
+        for table in tables:
+            await connection.execute(
+                sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(table))
+            )
+
+
+async def run(options: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per backend: ``{"backend", "workload": "commit_1", "unit", medians,
+    ratios, samples}``."""
+    rows = []
+    for backend in options.backends:
+        print(f"{backend}: commit_1 ...", file=sys.stderr, flush=True)
+        tables: list[str] = []
+        with tempfile.TemporaryDirectory(prefix="cqrs-bench-otel-") as directory:
+            repositories: Repositories
+            if backend == "memory":
+                repositories = _memory
+            elif backend == "sqlite":
+                repositories = _sqlite(Path(directory))
+            else:
+                prefix = f"otel_{secrets.token_hex(3)}"
+                repositories = _postgres(options.postgres_url, prefix, tables)
+            try:
+                measured = await measure(repositories, options.commands, options.repetitions)
+            finally:
+                if tables:
+                    await _drop(options.postgres_url, tables)
+        rows.append({"backend": backend, "workload": "commit_1", "unit": "commands/s", **measured})
+    return rows
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a markdown table: each side's median, then its ratio to ``bare``."""
+    lines = [
+        "| backend | workload | " + " | ".join(SIDES) + " | absent/bare | api/bare | sdk/bare |",
+        "|---|---|" + "---:|" * (len(SIDES) + 3),
+    ]
+    for row in rows:
+        medians, ratios = row["medians"], row["ratios"]
+        cells = [f"{medians[name]:,.0f}" if name in medians else "-" for name in SIDES]
+        cells += [f"{ratios[name]:.3f}" if name in ratios else "-" for name in SIDES[1:]]
+        lines.append(f"| {row['backend']} | {row['workload']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.telemetry", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--backends",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        default=["memory", "sqlite"],
+        help="comma-separated: memory, sqlite, postgres (default: memory,sqlite)",
+    )
+    parser.add_argument("--commands", type=int, default=40, help="commands per side per round")
+    parser.add_argument("--repetitions", type=int, default=21, help="counted rounds")
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
+    parser.add_argument("--json", type=Path, help="write the rows to this file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run, print the table, write the JSON if asked; 0."""
+    options = _parser().parse_args(argv)
+    unknown = set(options.backends) - {"memory", "sqlite", "postgres"}
+    if unknown:
+        _parser().error(f"unknown backend(s): {', '.join(sorted(unknown))}")
+    rows = asyncio.run(run(options))
+    print(markdown(rows))
+    if options.json is not None:
+        options.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
