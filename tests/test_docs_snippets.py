@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -112,19 +113,25 @@ def page_id(page: Path) -> str:
 # -- servers ---------------------------------------------------------------------------------
 
 
+def unavailable(backend_id: str, reason: str) -> NoReturn:
+    """Skip the page, or fail it if CQRS_TEST_REQUIRE names the backend."""
+    unusable(backend_id, reason)
+    raise AssertionError  # unreachable: unusable skips or fails
+
+
 @contextlib.contextmanager
 def postgres_database() -> Iterator[str]:
     """The URL of a new database on the test server, dropped afterwards."""
     try:
         import psycopg  # noqa: PLC0415 - only pages that need PostgreSQL import the driver
     except ImportError:
-        unusable("postgres", "psycopg is not installed")
+        unavailable("postgres", "psycopg is not installed")
     server = os.environ.get("CQRS_TEST_POSTGRES_URL", POSTGRES_URL)
     name = f"cqrs_docs_{uuid.uuid4().hex[:12]}"
     try:
         admin = psycopg.connect(server, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as error:
-        unusable("postgres", f"server unreachable: {str(error).strip()[:200]}")
+        unavailable("postgres", f"server unreachable: {str(error).strip()[:200]}")
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         try:
@@ -138,11 +145,11 @@ def mongodb_database() -> Iterator[str]:
     """The URL of a new database on the MongoDB test server, dropped afterwards."""
     server = os.environ.get("CQRS_TEST_MONGODB_URL")
     if not server:
-        unusable("mongodb", "CQRS_TEST_MONGODB_URL is not set")
+        unavailable("mongodb", "CQRS_TEST_MONGODB_URL is not set")
     try:
         import pymongo  # noqa: PLC0415 - only pages that need MongoDB import the driver
     except ImportError:
-        unusable("mongodb", "pymongo is not installed")
+        unavailable("mongodb", "pymongo is not installed")
     name = f"cqrs_docs_{uuid.uuid4().hex[:12]}"
     client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
         server, serverSelectionTimeoutMS=5000
@@ -151,7 +158,7 @@ def mongodb_database() -> Iterator[str]:
         try:
             client.admin.command("ping")
         except pymongo.errors.PyMongoError as error:
-            unusable("mongodb", f"server unreachable: {str(error)[:200]}")
+            unavailable("mongodb", f"server unreachable: {str(error)[:200]}")
         try:
             yield urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
         finally:

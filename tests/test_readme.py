@@ -56,3 +56,40 @@ def test_quickstart_refusal_is_a_user_error_and_a_bug_is_not(tmp_path):
         "refused: deposit a positive amount",
         "bug: TypeError",
     ]
+
+
+TEST_COMMAND = "python3 -m venv .venv && .venv/bin/pip install nox && .venv/bin/nox -s tests"
+DEMO_COMMAND = "python3 -m venv .venv && .venv/bin/pip install nox && .venv/bin/nox -s demo"
+
+
+def test_the_two_commands_are_first_and_ci_runs_the_test_command_exactly():
+    readme = README.read_text("utf-8")
+    section = readme.split("## The two commands", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+    commands = [line for line in block.splitlines() if line and not line.startswith("#")]
+    assert commands == [DEMO_COMMAND, TEST_COMMAND]
+    ci = (README.parent / ".ci" / "run").read_text("utf-8").splitlines()
+    assert ci[-1] == TEST_COMMAND
+
+
+def test_every_relative_link_of_the_readme_resolves():
+    readme = README.read_text("utf-8")
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    local = [link for link in links if "://" not in link]
+    assert local, "the README links to the documentation"
+    for link in local:
+        path, _, anchor = link.partition("#")
+        target = README.parent / path
+        assert target.is_file(), f"README links to a missing file: {link}"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", target.read_text("utf-8"), re.MULTILINE)
+            slugs = {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
+            assert anchor in slugs, f"README links to a missing heading: {link}"
+
+
+def test_the_readme_maps_the_documentation_and_stays_short():
+    readme = README.read_text("utf-8")
+    for page in ("docs/tutorial.md", "docs/reference/index.md", "docs/backends.md"):
+        assert f"({page}" in readme, page
+    # The entry point: details belong in docs/ (the site's pages), not here.
+    assert len(readme.splitlines()) < 260, "move long material into a page of docs/"

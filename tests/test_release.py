@@ -42,7 +42,7 @@ def test_the_wheel_ships_the_license_and_declares_license_and_urls(tmp_path):
         (metadata_path,) = [n for n in names if n.endswith(".dist-info/METADATA")]
         metadata = email.parser.Parser().parsestr(archive.read(metadata_path).decode())
     assert metadata["License-Expression"] == "MIT"
-    urls = dict(url.split(", ", 1) for url in metadata.get_all("Project-URL"))
+    urls = dict(entry.split(", ", 1) for entry in metadata.get_all("Project-URL") or [])
     assert urls == PROJECT["urls"]
     assert {"Homepage", "Documentation", "Repository", "Issues", "Changelog"} <= set(urls)
 
@@ -90,7 +90,9 @@ def test_the_changelog_keeps_a_changelog():
 
 def referenced_modules() -> set[str]:
     pages = (ROOT / "docs" / "reference").glob("*.md")
-    return {m for page in pages for m in re.findall(r"^::: ([\w.]+)$", page.read_text(), re.M)}
+    return {
+        m for page in pages for m in re.findall(r"^::: ([\w.]+)$", page.read_text(), re.MULTILINE)
+    }
 
 
 def test_the_api_reference_names_every_public_module():
