@@ -161,15 +161,18 @@ class ProjectionStatus:
 
     ``state``: ``starting``, ``running`` (this runner holds the lease), ``standby`` (another
     runner holds it), ``stopped`` or ``failed`` (``error`` says why). ``checkpoint`` is the
-    position of the last batch saved by this runner (or the stored one when it took the
-    lease); ``head`` the highest position this runner has read; ``lag_events`` their
-    difference; ``lag_seconds`` how old the oldest event not yet applied is (0 when caught
-    up). ``caught_up`` is true after a read found nothing new.
+    position of the last batch applied by this runner (or the stored one when it took the
+    lease); ``saved`` the last checkpoint it stored (behind ``checkpoint`` by at most
+    ``save_interval`` seconds of catch-up, see :class:`ProjectionRunner`); ``head`` the
+    highest position this runner has read; ``lag_events`` the difference of ``head`` and
+    ``checkpoint``; ``lag_seconds`` how old the oldest event not yet applied is (0 when
+    caught up). ``caught_up`` is true after a read reached the end of the stream.
     """
 
     name: str
     state: State = "starting"
     checkpoint: int = 0
+    saved: int = 0
     head: int = 0
     caught_up: bool = False
     error: str | None = None
@@ -179,6 +182,7 @@ class ProjectionStatus:
     parked: int = 0
     behind_since: datetime | None = None
     _streams: int = field(default=0, repr=False)
+    _saved_at: float = field(default=0.0, repr=False)
     _idle_reads: int = field(default=0, repr=False)
 
     @property
@@ -202,7 +206,16 @@ class ProjectionRunner:
     and a random suffix). Each projection reads ``batch_size`` events per batch; its lease
     lasts ``lease_ttl`` seconds and is renewed at a third of that, so when a runner dies
     another takes over within about ``lease_ttl`` seconds. ``poll_interval`` bounds how
-    late a commit is noticed when nothing pushes a wake-up.
+    late a commit is noticed when nothing pushes a wake-up; all projections share one
+    listener of the repository (:class:`~cqrs.subscription.SharedWakeUps`).
+
+    Checkpoints: a projection that commits with its checkpoint
+    (:class:`TransactionalProjection`, e.g. a :class:`ViewProjection` whose views are in the
+    checkpoint store's database) saves it with every batch, in the same transaction. Any
+    other projection's checkpoint is saved after a batch that reached the end of the stream
+    (so a projection following live saves every batch), and while it catches up at most
+    every ``save_interval`` seconds (0: after every batch), and when it stops: a crash
+    hands at most that much again to the next runner, which at-least-once delivery allows.
 
     Failures: a ``DatabaseConnectionError`` is retried until the database is back (logged on
     ``cqrs.projection``); any other error from decoding or ``handle`` retries the batch up to
@@ -228,6 +241,7 @@ class ProjectionRunner:
         attempts: int = 5,
         retry_delay: float = 0.05,
         on_failure: Literal["stop", "park"] = "stop",
+        save_interval: float = 1.0,
     ) -> None:
         names = [check_lease_name(p.name) for p in projections]
         if len(set(names)) != len(names):
@@ -243,6 +257,9 @@ class ProjectionRunner:
         if not lease_ttl > 0 or not poll_interval > 0 or not retry_delay >= 0 or attempts < 1:
             msg = "lease_ttl and poll_interval must be > 0, retry_delay >= 0, attempts >= 1"
             raise ConfigurationError(msg)
+        if not isinstance(save_interval, int | float) or not save_interval >= 0:
+            msg = f"save_interval must be a number of seconds >= 0, not {save_interval!r}"
+            raise ConfigurationError(msg)
         if on_failure not in ("stop", "park"):
             msg = f"on_failure must be 'stop' or 'park', not {on_failure!r}"
             raise ConfigurationError(msg)
@@ -256,6 +273,7 @@ class ProjectionRunner:
         self.attempts = attempts
         self.retry_delay = float(retry_delay)
         self.on_failure = on_failure
+        self.save_interval = float(save_interval)
         self._statuses = {p.name: ProjectionStatus(p.name, owner=self.owner) for p in projections}
         self._atomic = {
             p.name: isinstance(p, TransactionalProjection) and p.commits_with(checkpoints)
@@ -342,7 +360,8 @@ class ProjectionRunner:
                 await self._pause(min(self.lease_ttl / 3, self.poll_interval * 5))
                 continue
             status.state, status.token, status.error = "running", lease.token, None
-            status.checkpoint = lease.position
+            status.checkpoint = status.saved = lease.position
+            status._saved_at = time.monotonic()  # noqa: SLF001 - same module
             logger.info(
                 "projection %r runs here (%s, token %d) from position %d",
                 status.name,
@@ -408,6 +427,8 @@ class ProjectionRunner:
                 if ended:
                     await wake_ups.wait(self.poll_interval)
                     telemetry.woke(status.name)
+            if status.saved < status.checkpoint:  # a graceful stop in the middle of a catch-up
+                await self._save(lease, status)
         finally:
             await feed.close()
             await wake_ups.close()
@@ -428,7 +449,8 @@ class ProjectionRunner:
             if lease is None:
                 status.state = "standby"
                 continue
-            status.checkpoint, status.token = lease.position, lease.token
+            status.checkpoint = status.saved = lease.position
+            status.token = lease.token
             feed = self._feed(projection, status, lease.position)
             try:
                 position, _ = await self._batch(projection, lease, status, feed, ahead=False)
@@ -453,7 +475,9 @@ class ProjectionRunner:
     ) -> tuple[int | None, bool]:
         """Read, apply and checkpoint the next batch of ``feed``; return the new checkpoint
         (None when there was nothing to read) and whether the read reached the end of the
-        stream. With ``ahead``, the batch after it is read while this one is applied."""
+        stream. With ``ahead`` (in :meth:`run`), the batch after it is read while this one
+        is applied, and a checkpoint that is not saved with the batch may wait for
+        ``save_interval``; without, it is saved now."""
         rows, ended = await feed.batch(ahead=ahead)
         if not rows:
             self._caught_up(status, feed)
@@ -471,16 +495,25 @@ class ProjectionRunner:
             and (event_types is None or row.event_type in event_types)
         ]
         position = rows[-1].position
-        if not wanted or not await telemetry.within(  # a span per batch when tracing
+        saved = bool(wanted) and await telemetry.within(  # a span per batch when tracing
             telemetry.batch(projection.name, wanted),
             self._apply(projection, lease, decoders, wanted, status=status, position=position),
-        ):
-            await self.checkpoints.save(lease, position)
+        )
         status.checkpoint, status.batches = position, status.batches + 1
+        if saved:
+            status.saved, status._saved_at = position, time.monotonic()  # noqa: SLF001
+        elif ended or not ahead or time.monotonic() - status._saved_at >= self.save_interval:  # noqa: SLF001
+            await self._save(lease, status)
         if ended:
             self._caught_up(status, feed)
         await self._notify()
         return position, ended
+
+    async def _save(self, lease: Lease, status: ProjectionStatus) -> None:
+        """Store the applied position as the checkpoint (LeaseLost if fenced off)."""
+        position = status.checkpoint
+        await self.checkpoints.save(lease, position)
+        status.saved, status._saved_at = position, time.monotonic()  # noqa: SLF001 - same module
 
     @staticmethod
     def _caught_up(status: ProjectionStatus, feed: _Feed) -> None:
@@ -525,8 +558,9 @@ class ProjectionRunner:
                 continue
             if self.on_failure == "stop":
                 if index:
-                    await self.checkpoints.save(lease, rows[index - 1].position)
                     status.checkpoint = rows[index - 1].position
+                if status.saved < status.checkpoint:
+                    await self._save(lease, status)
                 raise ProjectionFailedError(projection.name, row, single) from single
             await self.checkpoints.park(lease, row, repr(single))
             status.parked += 1
