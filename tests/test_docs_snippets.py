@@ -250,3 +250,13 @@ def test_a_failing_block_fails_the_page(tmp_path):
     assert result.returncode != 0
     assert 'File "docs/x.md", line 8' in result.stderr
     assert "KeyError: 7" in result.stderr
+
+
+def test_every_page_of_the_docs_is_in_the_site_navigation():
+    # mkdocs build --strict fails on a page left out of the nav; this says so in the tests.
+    nav = (ROOT / "mkdocs.yml").read_text("utf-8").split("\nnav:\n", 1)[1]
+    listed = set(re.findall(r"([\w./-]+\.md)\s*$", nav, re.MULTILINE))
+    docs = ROOT / "docs"
+    pages = {p.relative_to(docs).as_posix() for p in docs.rglob("*.md") if "_ext" not in p.parts}
+    assert pages - listed == set(), "add these pages to the nav of mkdocs.yml"
+    assert listed - pages == set(), "the nav of mkdocs.yml names missing pages"
