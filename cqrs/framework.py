@@ -66,7 +66,8 @@ class CqrsFramework(Generic[C, E, S]):
     query in registration order. A command that yields no events commits and dispatches
     nothing. Query failures are logged on the ``cqrs.framework`` logger and passed to
     ``on_query_error``; they never undo the commit and are not raised to the caller.
-    A conflict that outlasts every retry is logged there too (WARNING), each retry at DEBUG.
+    A conflict that outlasts every retry is logged there too (WARNING); each retry, each
+    command's outcome and each refusal at DEBUG.
     With OpenTelemetry configured, each command is a span with the load, handle, commit and
     dispatch spans below it, and is counted and timed (see :mod:`cqrs.telemetry`).
 
@@ -119,15 +120,14 @@ class CqrsFramework(Generic[C, E, S]):
         events is the store read, to raise AggregateConflict if the aggregate exists.
         """
         validate_input(aggregate_id, metadata)
-        probe = telemetry.command(self._aggregate_type(), command, aggregate_id, expected_version)
+        probe = telemetry.command(self.store, command, aggregate_id, expected_version)
         if probe is None:
             return await self._execute(aggregate_id, command, metadata, expected_version, None)
         with probe:
             return await self._execute(aggregate_id, command, metadata, expected_version, probe)
 
     def _aggregate_type(self) -> str:
-        name = getattr(self.store, "aggregate_type", None)
-        return name if isinstance(name, str) else type(self.store).__qualname__
+        return telemetry.aggregate_type_of(self.store)
 
     async def _execute(
         self,
@@ -172,6 +172,15 @@ class CqrsFramework(Generic[C, E, S]):
                 continue
             if probe is not None:
                 probe.events = len(envelopes)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "%s on %s %r: %d event(s) committed, at version %s",
+                    type(command).__qualname__,
+                    self._aggregate_type(),
+                    aggregate_id,
+                    len(envelopes),
+                    envelopes[-1].sequence if envelopes else "unchanged",
+                )
             if envelopes:
                 await self._dispatch(aggregate_id, envelopes, probe)
             return envelopes
@@ -211,6 +220,13 @@ class CqrsFramework(Generic[C, E, S]):
         except aggregate.user_errors as error:
             if expected_version == 0:
                 await self._check_new(aggregate_id)
+            logger.debug(
+                "%s on %s %r refused: %s",
+                type(command).__qualname__,
+                aggregate.aggregate_type,
+                aggregate_id,
+                error,
+            )
             raise UserError(error) from error
         except Exception as error:
             msg = f"{type(aggregate).__qualname__}.handle raised {error!r}"

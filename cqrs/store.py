@@ -267,7 +267,7 @@ class PersistedEventStore(Generic[A_co, C, E, S]):
         """Rebuild the aggregate from its snapshot (if any) and the events after it (a
         ``load <type>`` span when tracing, see :mod:`cqrs.telemetry`)."""
         validate_input(aggregate_id, {})
-        traced = telemetry.span(f"load {self.aggregate_type}")
+        traced = telemetry.span("load", self.aggregate_type)
         if traced is None:
             return await self._load_aggregate(aggregate_id)
         with traced as current:
@@ -442,7 +442,7 @@ class PersistedEventStore(Generic[A_co, C, E, S]):
         :data:`cqrs.telemetry.TRACEPARENT`)."""
         if not events:
             return []
-        traced = telemetry.span(f"commit {self.aggregate_type}")
+        traced = telemetry.span("commit", self.aggregate_type)
         if traced is None:
             return await self._commit(events, context, metadata)
         with traced as current:

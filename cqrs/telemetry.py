@@ -313,18 +313,13 @@ def _fail(span: Span, error: BaseException, *, expected: bool = False) -> None:
         span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
 
 
-def span(
-    name: str,
-    attributes: Mapping[str, str | int] | None = None,
-    *,
-    expected: tuple[type[BaseException], ...] = (),
-) -> _Span | None:
-    """A span named ``name`` to use as ``with`` (current inside), or None when tracing is
-    off. Exceptions of the ``expected`` classes are outcomes: they do not make it ERROR."""
+def span(operation: str, subject: str) -> _Span | None:
+    """A span named ``"<operation> <subject>"`` to use as ``with`` (current inside), or
+    None when tracing is off (the name is not even formatted then)."""
     found = tracer()
     if found is None:
         return None
-    return _Span(found.start_span(name, attributes=attributes), expected)
+    return _Span(found.start_span(f"{operation} {subject}"))
 
 
 async def within(traced: _Span | None, work: Awaitable[T]) -> T:
@@ -511,16 +506,16 @@ def _outcome(error: BaseException) -> str:
 
 
 def command(
-    aggregate_type: str, command: object, aggregate_id: str, expected_version: int | None
+    store: object, command: object, aggregate_id: str, expected_version: int | None
 ) -> Command | None:
-    """The telemetry of a command about to run, or None when neither traces nor metrics
-    are configured (the framework then runs it without any)."""
+    """The telemetry of a command about to run on an aggregate of ``store``, or None when
+    neither traces nor metrics are configured (the framework then runs it without any)."""
     found = tracer()
     measured = instruments()
     if found is None and measured is None:
         return None
     attributes: dict[str, str | int] = {
-        "cqrs.aggregate.type": aggregate_type,
+        "cqrs.aggregate.type": aggregate_type_of(store),
         "cqrs.command.type": type(command).__name__,
     }
     if expected_version is not None:
@@ -528,6 +523,12 @@ def command(
     if settings.record_aggregate_id:
         attributes["cqrs.aggregate.id"] = aggregate_id
     return Command(found, measured, attributes)
+
+
+def aggregate_type_of(store: object) -> str:
+    """The aggregate type of ``store`` (its ``aggregate_type``, else its class name)."""
+    name = getattr(store, "aggregate_type", None)
+    return name if isinstance(name, str) else type(store).__qualname__
 
 
 def query_failed(query: object) -> None:
@@ -673,3 +674,16 @@ def reconnected(consumer: str) -> None:
     measured = instruments()
     if measured is not None:
         measured.reconnects.add(1, {"cqrs.consumer": consumer})
+
+
+def _off(*_: object, **__: object) -> None:
+    return None
+
+
+_HOOKS = ("command", "events_committed", "query_failed", "span")
+"""The hooks called on every command, load or commit: without opentelemetry, where nothing
+can ever be configured (configure() refuses providers), they are :func:`_off`, a function
+that only returns None."""
+
+if not _OTEL:
+    command = span = events_committed = query_failed = _off

@@ -187,10 +187,13 @@ async def test_metadata_that_carries_a_trace_context_keeps_it(otel):
     assert envelope.metadata == {"traceparent": upstream, "user": "ann"}
 
 
-async def test_a_user_error_is_an_outcome_not_a_failure(otel):
+async def test_a_user_error_is_an_outcome_not_a_failure(otel, caplog):
     cqrs = await bank()
-    with pytest.raises(UserError):
+    with caplog.at_level(logging.DEBUG, logger="cqrs.framework"), pytest.raises(UserError):
         await cqrs.execute("acc-1", DepositMoney(Decimal(5)))  # not open
+    assert [r.getMessage() for r in caplog.records] == [
+        "DepositMoney on BankAccount 'acc-1' refused: account not open"
+    ]
 
     execute = otel.one("execute DepositMoney")
     assert otel.children(execute) == ["load BankAccount", "handle DepositMoney"]
@@ -299,11 +302,22 @@ async def test_a_conflict_that_outlasts_the_retries(otel, caplog):
         ("cqrs.outcome", "conflict"),
     )
     assert otel.points("cqrs.command.duration")[conflict] == 1
-    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "cqrs.framework"]
+    lines = [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.name == "cqrs.framework" and r.getMessage().startswith("WithdrawMoney")
+    ]
+    assert [line for _, line in lines[:2]] == [
+        "WithdrawMoney on BankAccount 'acc-1': conflict on try 1, retrying in 0.0000 s",
+        "WithdrawMoney on BankAccount 'acc-1': conflict on try 2, retrying in 0.0000 s",
+    ]
     assert [level for level, _ in lines] == ["DEBUG", "DEBUG", "WARNING"]
     assert lines[-1][1].startswith(
         "WithdrawMoney on BankAccount 'acc-1': conflict after 3 tries, giving up"
     )
+    # The interfering deposits were committed: each command says so at DEBUG.
+    deposits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Deposit")]
+    assert deposits[-1] == "DepositMoney on BankAccount 'acc-1': 1 event(s) committed, at version 5"
 
 
 async def test_a_failing_query_is_an_error_span_under_a_successful_command(otel, caplog):
