@@ -92,4 +92,4 @@ def test_the_readme_maps_the_documentation_and_stays_short():
     for page in ("docs/tutorial.md", "docs/reference/index.md", "docs/backends.md"):
         assert f"({page}" in readme, page
     # The entry point: details belong in docs/ (the site's pages), not here.
-    assert len(readme.splitlines()) < 260, "move long material into a page of docs/"
+    assert len(readme.splitlines()) < 320, "move long material into a page of docs/"
