@@ -15,7 +15,8 @@ What a client can rely on:
   is 409: the request is valid, the account's state does not allow it.
 - ``Idempotency-Key`` makes a command safe to retry (see
   :mod:`examples.bank_account.idempotency`); a replayed answer carries
-  ``Idempotent-Replayed: true``.
+  ``Idempotent-Replayed: true``. A key reused for another command on the account is 409
+  (the request is valid; the key is taken).
 - The details of database errors go to the log (with the request id), never to the client.
 """
 
@@ -194,8 +195,9 @@ _COMMAND_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
     409: {
         "model": ErrorBody,
-        "description": "Refused by the account's rules (e.g. funds not available), or the "
-        "account stayed too busy to commit; nothing was stored.",
+        "description": "Refused by the account's rules (e.g. funds not available), the "
+        "Idempotency-Key was used for another command, or the account stayed too busy to "
+        "commit; nothing was stored.",
     },
 }
 
@@ -257,7 +259,7 @@ async def execute(
             raise _not_found(account_id) from None
         raise ApiError(409, str(error)) from None
     except IdempotencyKeyReused as error:
-        raise ApiError(422, str(error)) from None
+        raise ApiError(409, str(error)) from None
     except AggregateConflict as error:
         logger.warning("[%s] %s", request_id(request), error)
         raise ApiError(409, "the account is busy; try again") from None
