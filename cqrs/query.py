@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
+from cqrs import telemetry
 from cqrs.aggregate import Aggregate
 from cqrs.errors import AggregateConflict, ConfigurationError
 from cqrs.events import EventEnvelope
@@ -14,6 +16,8 @@ from cqrs.repository import ViewContext, ViewRepository
 from cqrs.store import PersistedEventStore
 
 __all__ = ["EventSource", "GenericQuery", "Query", "QueryReplay", "View"]
+
+logger = logging.getLogger("cqrs.query")
 
 C = TypeVar("C")
 E = TypeVar("E")
@@ -139,6 +143,9 @@ class QueryReplay(Generic[C, E, S]):
     a time. A ``GenericQuery`` skips events its views already include, so a replay fills in
     what a view missed; to rebuild views from scratch, replay into an empty table (a new
     one, then switch). ``batch_size`` below 1 is a ConfigurationError.
+
+    Each replay is one ``replay <Query>`` span when tracing (see :mod:`cqrs.telemetry`) and
+    one INFO line on ``cqrs.query`` when it ends.
     """
 
     def __init__(
@@ -158,6 +165,13 @@ class QueryReplay(Generic[C, E, S]):
     async def replay(self, aggregate_id: str) -> int:
         """Dispatch every event of one aggregate, by sequence, in batches of ``batch_size``
         (the last one holds the rest); return how many were dispatched."""
+        count = await telemetry.within(
+            telemetry.span("replay", type(self.query).__name__), self._replay(aggregate_id)
+        )
+        logger.info("replayed %d event(s) of %r into %r", count, aggregate_id, self.query)
+        return count
+
+    async def _replay(self, aggregate_id: str) -> int:
         batch: list[EventEnvelope[E]] = []
         count = 0
         async for envelope in self.store.stream_events(aggregate_id):
@@ -176,6 +190,19 @@ class QueryReplay(Generic[C, E, S]):
         global order; a batch ends where ``batch_size`` is reached or the next event belongs
         to another aggregate (so one aggregate's events may come in several batches, between
         other aggregates'). Return how many were dispatched."""
+        count = await telemetry.within(
+            telemetry.span("replay", type(self.query).__name__), self._replay_all(after_position)
+        )
+        logger.info(
+            "replayed %d event(s) of %s after position %s into %r",
+            count,
+            self.store.aggregate_type,
+            after_position,
+            self.query,
+        )
+        return count
+
+    async def _replay_all(self, after_position: int | None) -> int:
         batch: list[EventEnvelope[E]] = []
         count = 0
         async for envelope in self.store.stream_all_events(after_position):

@@ -29,6 +29,7 @@ from cqrs import (
     ConfigurationError,
     CqrsFramework,
     PersistedEventStore,
+    QueryReplay,
     Retry,
     UserError,
     telemetry,
@@ -617,3 +618,32 @@ async def test_a_subscription_page_is_a_span_linked_to_its_commits(otel):
         commit.context.span_id for commit in commits
     ]
     assert otel.points("cqrs.subscription.wake_ups")[(("cqrs.consumer", "subscription"),)] >= 1
+
+
+async def test_a_replay_is_a_span_and_one_log_line(otel, caplog):
+    class Inner:
+        def __init__(self, tracer) -> None:
+            self.tracer = tracer
+            self.events = 0
+
+        async def dispatch(self, aggregate_id, events):
+            with self.tracer.start_as_current_span("dispatched"):
+                self.events += len(events)
+
+    cqrs = await bank()
+    await cqrs.execute("acc-1", OpenAccount("acc-1"))
+    await cqrs.execute("acc-1", DepositMoney(Decimal(5)))
+    otel.exporter.clear()
+    query = Inner(telemetry.settings.tracer_provider.get_tracer("test"))  # type: ignore[union-attr]
+    with caplog.at_level(logging.INFO, logger="cqrs.query"):
+        assert await QueryReplay(store_of(cqrs), query, batch_size=1).replay_all() == 2
+        assert await QueryReplay(store_of(cqrs), query).replay("acc-1") == 2
+    first, second = otel.named("replay Inner")
+    assert [span.name for span in otel.spans() if span.parent == first.context] == [
+        "dispatched",
+        "dispatched",
+    ]
+    assert second.parent is None
+    messages = [r.getMessage() for r in caplog.records if r.name == "cqrs.query"]
+    assert messages[0].startswith("replayed 2 event(s) of BankAccount after position None into <")
+    assert messages[1].startswith("replayed 2 event(s) of 'acc-1' into <")
