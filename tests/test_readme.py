@@ -69,7 +69,7 @@ def test_the_two_commands_are_first_and_ci_runs_the_test_command_exactly():
     commands = [line for line in block.splitlines() if line and not line.startswith("#")]
     assert commands == [DEMO_COMMAND, TEST_COMMAND]
     ci = (README.parent / ".ci" / "run").read_text("utf-8").splitlines()
-    assert ci[-1] == TEST_COMMAND
+    assert TEST_COMMAND in ci  # the line itself, exactly
 
 
 def test_every_relative_link_of_the_readme_resolves():
