@@ -5,6 +5,7 @@ framework without an SDK or without opentelemetry at all."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import subprocess
@@ -647,3 +648,113 @@ async def test_a_replay_is_a_span_and_one_log_line(otel, caplog):
     messages = [r.getMessage() for r in caplog.records if r.name == "cqrs.query"]
     assert messages[0].startswith("replayed 2 event(s) of BankAccount after position None into <")
     assert messages[1].startswith("replayed 2 event(s) of 'acc-1' into <")
+
+
+# -- the example app: --log-json, and OTLP export when $OTEL_EXPORTER_OTLP_ENDPOINT is set --
+
+FAKE_OTLP = {
+    # Stand-ins for opentelemetry-exporter-otlp-proto-http (not a test dependency): they
+    # write what they are handed to $FAKE_OTLP_OUT instead of sending it.
+    "trace_exporter.py": """
+import os
+from opentelemetry.sdk.trace.export import SpanExportResult, SpanExporter
+
+class OTLPSpanExporter(SpanExporter):
+    def export(self, spans):
+        with open(os.environ["FAKE_OTLP_OUT"], "a") as out:
+            for span in spans:
+                out.write(f"span {span.name} {span.resource.attributes['service.name']}\\n")
+        return SpanExportResult.SUCCESS
+""",
+    "metric_exporter.py": """
+import os
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
+
+class OTLPMetricExporter(MetricExporter):
+    def __init__(self):
+        super().__init__()
+
+    def export(self, metrics_data, timeout_millis=10_000, **kwargs):
+        with open(os.environ["FAKE_OTLP_OUT"], "a") as out:
+            for resource in metrics_data.resource_metrics:
+                for scope in resource.scope_metrics:
+                    for metric in scope.metrics:
+                        out.write(f"metric {metric.name}\\n")
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis=10_000):
+        return True
+
+    def shutdown(self, timeout_millis=30_000, **kwargs):
+        pass
+""",
+}
+
+
+def run_example(
+    tmp_path: Path, *args: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "examples.bank_account",
+            "demo",
+            "--database-url",
+            "memory://",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        timeout=120,
+    )
+
+
+def test_the_example_exports_over_otlp_when_an_endpoint_is_set(tmp_path):
+    package = tmp_path / "fake" / "opentelemetry" / "exporter" / "otlp" / "proto" / "http"
+    package.mkdir(parents=True)
+    for name, text in FAKE_OTLP.items():
+        (package / name).write_text(textwrap.dedent(text))
+    out = tmp_path / "exported.txt"
+    result = run_example(
+        tmp_path,
+        "--log-json",
+        "--log-level",
+        "DEBUG",
+        env={
+            # opentelemetry is a namespace package: the fake exporter joins it
+            "PYTHONPATH": f"{tmp_path / 'fake'}:{ROOT}:{ROOT / 'backends'}",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+            "OTEL_SERVICE_NAME": "bank-test",
+            "FAKE_OTLP_OUT": str(out),
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    exported = out.read_text().splitlines()
+    assert "span execute OpenAccount bank-test" in exported
+    assert "span project bank_atms bank-test" in exported
+    assert "metric cqrs.command.duration" in exported
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert {"time", "level", "logger", "message"} <= set(lines[0])
+    assert lines[0]["message"] == "exporting traces and metrics over OTLP to http://127.0.0.1:4318"
+    committed = [line for line in lines if line["message"].startswith("OpenAccount on")]
+    assert committed[0]["logger"] == "cqrs.framework"
+    assert committed[0]["level"] == "DEBUG"
+    assert len(committed[0]["trace_id"]) == 32  # logged inside the command's span
+
+
+def test_the_example_without_the_exporter_says_so_and_runs(tmp_path):
+    result = run_example(
+        tmp_path,
+        env={
+            "PYTHONPATH": f"{ROOT}:{ROOT / 'backends'}",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert "view:" in result.stdout
+    (warning,) = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry export is not installed" in warning

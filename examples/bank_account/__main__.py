@@ -2,7 +2,9 @@
 
 ``serve`` needs API keys (``$BANK_API_KEYS`` or ``--api-keys-file``; see
 :mod:`examples.bank_account.auth`) unless ``--insecure-no-auth`` is given; ``demo`` runs the
-domain in-process and needs none. Logging goes to stderr (``--log-level``).
+domain in-process and needs none. Logging goes to stderr (``--log-level``, ``--log-json``);
+traces and metrics go over OTLP when ``$OTEL_EXPORTER_OTLP_ENDPOINT`` is set (see
+:mod:`examples.bank_account.observability`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import msgspec
 from cqrs import CqrsError, UserError, redact_url
 from examples.bank_account.auth import ENVIRONMENT_VARIABLE, ApiKeys, ApiKeysError
 from examples.bank_account.domain import DepositMoney, OpenAccount, WithdrawMoney, WriteCheck
+from examples.bank_account.observability import export_telemetry, instrument_app, setup_logging
 from examples.bank_account.preflight import check_sqlite_files
 from examples.bank_account.service import DEFAULT_DATABASE_URL, BankService
 
@@ -111,13 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         help="serve: accept every request without a key (local play only)",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--log-json", action="store_true", help="log JSON lines (with trace ids)")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=args.command != "demo" or argv is None,
+    setup_logging(
+        args.log_level, as_json=args.log_json, force=args.command != "demo" or argv is None
     )
+    args.exporting = export_telemetry()  # OTLP when $OTEL_EXPORTER_OTLP_ENDPOINT is set
     if args.command == "project":
         return _run(
             project(args.database_url, batch_size=args.batch_size, lease_ttl=args.lease_ttl)
@@ -169,6 +171,8 @@ def serve(args: argparse.Namespace) -> int:
         insecure_no_auth=args.insecure_no_auth,
         run_projections=args.project,
     )
+    if args.exporting:
+        instrument_app(app)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None)
     return 0
 
