@@ -15,7 +15,7 @@ from cqrs_conformance import BackendFactory
 
 __all__ = ["BACKEND_IDS", "BackendFactory", "load_factory"]
 
-BACKEND_IDS = ("memory", "sqlite", "postgres", "mongodb")
+BACKEND_IDS = ("memory", "sqlite", "postgres", "mongodb", "mysql")
 
 
 def load_factory(backend_id: str) -> BackendFactory | None:
