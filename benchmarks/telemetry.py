@@ -69,6 +69,12 @@ def _mode(side: str, sdk: tuple[Any, Any] | None) -> Iterator[None]:
     instruments are made once per side and kept, as an application keeps them)."""
     settings = telemetry.settings
     flag = telemetry._OTEL  # noqa: SLF001 - the benchmark switches what the module saw
+    before = (
+        settings.tracer_provider,
+        settings.meter_provider,
+        settings.tracer,
+        settings.instruments,
+    )
     if side not in _SAVED:
         providers = sdk if side == "sdk" and sdk is not None else (None, None)
         _SAVED[side] = (*providers, None, None)
@@ -93,7 +99,8 @@ def _mode(side: str, sdk: tuple[Any, Any] | None) -> Iterator[None]:
             settings.instruments,
         )
         telemetry._OTEL = flag  # noqa: SLF001
-        telemetry.configure()
+        settings.tracer_provider, settings.meter_provider, settings.tracer = before[:3]
+        settings.instruments = before[3]
 
 
 def _sdk() -> tuple[Any, Any] | None:

@@ -758,3 +758,20 @@ def test_the_example_without_the_exporter_says_so_and_runs(tmp_path):
     assert "view:" in result.stdout
     (warning,) = [line for line in result.stderr.splitlines() if "WARNING" in line]
     assert "OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry export is not installed" in warning
+
+
+async def test_the_overhead_benchmark_runs_every_side(otel):
+    from benchmarks import telemetry as bench  # noqa: PLC0415
+
+    measured = await bench.measure(bench._memory, commands=8, repetitions=2, warmups=0)
+    assert set(measured["medians"]) == {"bare", "absent", "api", "sdk"}
+    assert measured["ratios"]["bare"] == 1.0
+    assert all(len(rates) == 2 for rates in measured["samples"].values())
+    table = bench.markdown([{"backend": "memory", "workload": "commit_1", **measured}])
+    assert table.splitlines()[2].startswith("| memory | commit_1 | ")
+    # The benchmark leaves the settings as it found them, and the real hooks.
+    assert telemetry.settings.tracer_provider is not None
+    assert telemetry.command is not telemetry._off
+    cqrs = await bank()
+    await cqrs.execute("acc-1", OpenAccount("acc-1"))
+    assert otel.named("execute OpenAccount")
