@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 import weakref
 from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
@@ -562,16 +563,20 @@ class _Runner(Protocol):
 
 
 _runners: weakref.WeakSet[Any] = weakref.WeakSet()
+_runners_lock = threading.Lock()  # a periodic metric reader calls the gauges from its thread
 
 
 def watch(runner: _Runner) -> None:
     """Report the lag of the projections ``runner`` runs (while it lives) in the gauges."""
     if _OTEL:
-        _runners.add(runner)
+        with _runners_lock:
+            _runners.add(runner)
 
 
 def _running() -> Iterator[tuple[str, _Status]]:
-    for runner in list(_runners):
+    with _runners_lock:
+        runners = list(_runners)
+    for runner in runners:
         for name, status in runner.status().items():
             if status.state == "running":
                 yield name, status
