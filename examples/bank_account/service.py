@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cqrs
 from cqrs import (
@@ -55,6 +56,7 @@ class BankService:
     cqrs: CqrsFramework[BankAccountCommand, BankAccountEvent, BankAccountServices]
     projections: BankProjections
     idempotency: ViewRepository[IdempotencyIndex]
+    view_queries: Sequence[GenericQuery[Any]] = ()
 
     @classmethod
     async def over(
@@ -73,18 +75,18 @@ class BankService:
         for table in (views, keys):
             await table.create_schema()
         store = PersistedEventStore(repository, BankAccount, snapshot_every=snapshot_every)
+        view_queries: list[GenericQuery[Any]] = [
+            GenericQuery(views, BankAccountView, store=store, attempts=100),
+            GenericQuery(keys, IdempotencyIndex, store=store, attempts=100),
+        ]
         framework = CqrsFramework(
             store,
-            [
-                EventLogger(),
-                GenericQuery(views, BankAccountView, store=store, attempts=100),
-                GenericQuery(keys, IdempotencyIndex, store=store, attempts=100),
-            ],
+            [EventLogger(), *view_queries],
             BankAccountServices(),
             retry=Retry(attempts=50, base_delay=0.002, max_delay=0.05),
         )
         projections = await BankProjections.over(repository, store, projection_prefix)
-        return cls(repository, store, views, framework, projections, keys)
+        return cls(repository, store, views, framework, projections, keys, view_queries)
 
     @classmethod
     async def open(
@@ -134,7 +136,7 @@ class BankService:
         if idempotency_key is None:
             envelopes = await self.cqrs.execute_with_metadata(aggregate_id, command, metadata)
             return Outcome(envelopes, replayed=False)
-        return await execute_once(
+        outcome = await execute_once(
             self.cqrs,
             self.store,
             self.idempotency,
@@ -143,6 +145,15 @@ class BankService:
             metadata=metadata,
             key=idempotency_key,
         )
+        if outcome.replayed:
+            # The first attempt's process may have died before updating the views: bring
+            # them up to date now (a GenericQuery applies each event once, whatever happens).
+            for query in self.view_queries:
+                try:
+                    await query.dispatch(aggregate_id, outcome.envelopes)
+                except Exception:
+                    logger.exception("updating the views after a replayed command failed")
+        return outcome
 
     async def close(self) -> None:
         """Close the repository."""
