@@ -6,23 +6,33 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncmy
 import asyncmy.errors
+from asyncmy.cursors import Cursor
 
-from cqrs.checkpoints import Lease, ParkedEvent, check_lease_name, lease_lost
+from cqrs.checkpoints import (
+    Lease,
+    ParkedEvent,
+    ViewWrite,
+    check_lease_name,
+    lease_lost,
+    view_conflict,
+)
 from cqrs.errors import LeaseLost
-from cqrs.repository import SerializedEvent
+from cqrs.repository import SerializedEvent, ViewRepository
 from cqrs_mysql.connection import Connections
 from cqrs_mysql.schema import apply_schema
 from cqrs_mysql.statements import quote
+from cqrs_mysql.views import MysqlViewRepository
 
 __all__ = ["MysqlCheckpointStatements", "MysqlCheckpointStore"]
 
 T = TypeVar("T")
 
 _DEADLOCK = 1213
+_DUPLICATE_KEY = 1062
 _ATTEMPTS = 5
 
 # One query: make sure the row exists (the insert, or a no-op update, locks it), take the
@@ -104,6 +114,59 @@ class MysqlCheckpointStatements:
         )
 
 
+class _Lost(Exception):  # noqa: N818 - a private signal that rolls a transaction back
+    pass
+
+
+class _Refused(Exception):  # noqa: N818 - likewise
+    def __init__(self, write: ViewWrite | None) -> None:
+        self.write = write
+
+
+def _transaction(
+    body: Callable[[Cursor], Awaitable[None]],
+) -> Callable[[asyncmy.Connection], Awaitable[None]]:
+    """An operation running ``body`` in a transaction, rolled back if it raises."""
+
+    async def run(conn: asyncmy.Connection) -> None:
+        await conn.begin()
+        try:
+            await body(conn.cursor())
+            await conn.commit()
+        except BaseException:
+            if conn.connected and conn.get_transaction_status():
+                await conn.rollback()
+            raise
+
+    return run
+
+
+async def _insert_views(cursor: Cursor, table: str, new: Sequence[ViewWrite]) -> None:
+    """Insert views not stored yet; _Refused (None: the caller finds which) if one is."""
+    rows = ", ".join(["(%s, %s, %s)"] * len(new))
+    query = f"INSERT INTO {table} (view_id, version, payload) VALUES {rows}"  # noqa: S608 - a validated name
+    params = [v for w in new for v in (w.view_id, w.version, w.payload.decode())]
+    try:
+        await cursor.execute(query, params)
+    except asyncmy.errors.IntegrityError as error:
+        if error.args[:1] != (_DUPLICATE_KEY,):
+            raise
+        raise _Refused(None) from error
+
+
+async def _update_views(cursor: Cursor, table: str, changed: Sequence[ViewWrite]) -> None:
+    """Update views still at their expected versions (one query); _Refused naming the
+    first one that is not."""
+    one = f"UPDATE {table} SET version = %s, payload = %s WHERE view_id = %s AND version = %s"  # noqa: S608 - a validated name
+    params = [v for w in changed for v in (w.version, w.payload.decode(), w.view_id, w.expected)]
+    counts = [await cursor.execute(";\n".join([one] * len(changed)), params)]
+    while await cursor.nextset():
+        counts.append(int(cast("int", cursor.rowcount)))
+    for count, write in zip(counts, changed, strict=True):
+        if count != 1:
+            raise _Refused(write)
+
+
 def _microseconds(ttl: float) -> int:
     return max(0, round(float(ttl) * 1_000_000))
 
@@ -118,12 +181,88 @@ class MysqlCheckpointStore:
     timed by the server's clock (``UTC_TIMESTAMP(6)``), so the runners' clocks do not
     matter. An operation whose connection broke is sent once more on a fresh one: each is
     safe to repeat (an acquire repeated by its owner only takes its own lease again).
+
+    It is a :class:`~cqrs.checkpoints.ViewCheckpointStore` for the view repositories of the
+    same event repository: a batch is one transaction (the fenced checkpoint update first,
+    holding the projection's row until the commit, then one insert for the new views and
+    one query of updates for the changed ones).
     """
 
     def __init__(self, table: str, connections: Connections) -> None:
         self.statements = MysqlCheckpointStatements.for_table(table)
         self.table = table
         self._connections = connections
+
+    def shares_database(self, views: ViewRepository[Any]) -> bool:
+        """True for a view repository made by the same event repository (same pool)."""
+        return (
+            isinstance(views, MysqlViewRepository) and views._connections is self._connections  # noqa: SLF001 - same backend
+        )
+
+    def _table(self, views: ViewRepository[Any]) -> str:
+        if not self.shares_database(views):
+            msg = f"{views!r} is not a view repository of this store's connections"
+            raise ValueError(msg)
+        return quote(views.table)  # type: ignore[attr-defined] # checked above
+
+    async def fetch_views(
+        self, views: ViewRepository[Any], view_ids: Sequence[str]
+    ) -> dict[str, tuple[object, object]]:
+        """The stored views of ``view_ids`` that exist, in one query."""
+        table, ids = self._table(views), list(view_ids)
+        if not ids:
+            return {}
+        marks = ", ".join(["%s"] * len(ids))
+        query = f"SELECT view_id, payload, version FROM {table} WHERE view_id IN ({marks})"  # noqa: S608 - a validated name
+
+        async def read(conn: asyncmy.Connection) -> dict[str, tuple[object, object]]:
+            cursor = conn.cursor()
+            await cursor.execute(query, ids)
+            rows: Sequence[tuple[Any, ...]] = await cursor.fetchall()
+            return {row[0].decode(): (row[1], row[2]) for row in rows}
+
+        return await self._run(f"load {len(ids)} views", read)
+
+    async def save_with_views(
+        self, lease: Lease, position: int, views: ViewRepository[Any], writes: Sequence[ViewWrite]
+    ) -> None:
+        """Save the checkpoint under the token and store the writes, in one transaction."""
+        table = self._table(views)
+        new = [w for w in writes if w.expected == 0]
+        changed = [w for w in writes if w.expected != 0]
+
+        async def body(cursor: Cursor) -> None:
+            if await cursor.execute(self.statements.save, (position, lease.name, lease.token)) != 1:
+                raise _Lost
+            if new:
+                await _insert_views(cursor, table, new)
+            if changed:
+                await _update_views(cursor, table, changed)
+
+        try:
+            await self._run(f"save views and checkpoint of {lease.name!r}", _transaction(body))
+        except _Lost:
+            raise await self._lost(lease) from None
+        except _Refused as refused:
+            write = refused.write
+            if write is None:  # a new view was stored meanwhile: name one of them
+                stored = await self.fetch_views(views, [w.view_id for w in new])
+                write = next((w for w in new if w.view_id in stored), new[0])
+            raise view_conflict(views, write) from None
+
+    async def reset_with_views(
+        self, name: str, views: Sequence[ViewRepository[Any]], position: int = 0
+    ) -> None:
+        """Delete the views and reset the checkpoint, in one transaction."""
+        check_lease_name(name)
+        clears = [f"DELETE FROM {self._table(each)}" for each in views]  # noqa: S608 - validated names
+
+        async def body(cursor: Cursor) -> None:
+            for clear in clears:
+                await cursor.execute(clear)
+            await cursor.execute(self.statements.reset, (name, position))
+
+        await self._run(f"reset {name!r} and its views", _transaction(body))
 
     async def create_schema(self) -> None:
         """Create both tables if missing, under the table's named lock (idempotent, safe
