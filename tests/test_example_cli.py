@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from cqrs import ConfigurationError
 from cqrs_conformance.plugin import unusable
 from examples.bank_account import preflight
 from examples.bank_account.__main__ import main
@@ -68,9 +69,9 @@ def as_a_user(monkeypatch):
     if os.geteuid() == 0:
 
         def access(path, mode):
-            return not mode & os.W_OK or bool(os.stat(path).st_mode & stat.S_IWUSR)
+            return not mode & os.W_OK or bool(Path(path).stat().st_mode & stat.S_IWUSR)
 
-        monkeypatch.setattr(preflight.os, "access", access)
+        monkeypatch.setattr(os, "access", access)
 
 
 @pytest.mark.parametrize("suffixes", [[""], ["-wal", "-shm"], ["", "-shm"]])
@@ -96,7 +97,7 @@ def test_serve_refuses_a_sqlite_database_in_a_read_only_directory(tmp_path, caps
     directory.chmod(0o555)
     try:
         url = f"sqlite:///{directory / 'bank.db'}"
-        with pytest.raises(preflight.ConfigurationError, match="directory .* is not writable"):
+        with pytest.raises(ConfigurationError, match=r"directory .* is not writable"):
             preflight.check_sqlite_files(url)
     finally:
         directory.chmod(0o755)
