@@ -10,7 +10,14 @@ is imported from a source tree that was never installed).
 import importlib.metadata as _metadata
 
 from cqrs.aggregate import Aggregate, AggregateClass
-from cqrs.checkpoints import CheckpointStore, Lease, MemoryCheckpoints, ParkedEvent
+from cqrs.checkpoints import (
+    CheckpointStore,
+    Lease,
+    MemoryCheckpoints,
+    ParkedEvent,
+    ViewCheckpointStore,
+    ViewWrite,
+)
 from cqrs.codec import Codec, MsgspecCodec, default_codec
 from cqrs.connection import connect, redact_url
 from cqrs.errors import (
@@ -35,9 +42,11 @@ from cqrs.projection import (
     ProjectionFailedError,
     ProjectionRunner,
     ProjectionStatus,
+    TransactionalProjection,
     ViewProjection,
 )
 from cqrs.query import EventSource, GenericQuery, Query, QueryReplay, View
+from cqrs.rebuild import SwitchableViews
 from cqrs.repository import (
     AsyncResource,
     BaseViewRepository,
@@ -57,7 +66,7 @@ from cqrs.repository import (
     validate_identifier,
 )
 from cqrs.store import AggregateContext, EventStore, PersistedEventStore
-from cqrs.subscription import LocalSignal, Subscription, WakeUps, WakeUpSource
+from cqrs.subscription import LocalSignal, SharedWakeUps, Subscription, WakeUps, WakeUpSource
 from cqrs.testing import AggregateResultValidator, AggregateTestExecutor, TestFramework
 from cqrs.upcasting import EventUpcaster, RawEvent, SemanticVersionEventUpcaster
 
@@ -112,14 +121,19 @@ __all__ = [
     "SemanticVersionEventUpcaster",
     "SerializedEvent",
     "SerializedSnapshot",
+    "SharedWakeUps",
     "Subscription",
+    "SwitchableViews",
     "TestFramework",
+    "TransactionalProjection",
     "UnexpectedError",
     "UserError",
     "View",
+    "ViewCheckpointStore",
     "ViewContext",
     "ViewProjection",
     "ViewRepository",
+    "ViewWrite",
     "WakeUpSource",
     "WakeUps",
     "check_batch",

@@ -480,6 +480,8 @@ class ProjectionRunner:
         ``save_interval``; without, it is saved now."""
         rows, ended = await feed.batch(ahead=ahead)
         if not rows:
+            if status.saved < status.checkpoint:  # the last full batch was the end
+                await self._save(lease, status)
             self._caught_up(status, feed)
             await self._notify()
             return None, ended
@@ -747,6 +749,20 @@ class ViewProjection(Generic[V]):
     def event_types(self) -> Collection[str] | None:
         """The event types it handles (None: all)."""
         return self._event_types
+
+    def renamed(self, name: str, view_repository: ViewRepository[V]) -> ViewProjection[V]:
+        """The same projection under another name, into other views: what a rebuild without
+        downtime runs next to this one (see :func:`cqrs.rebuild.rebuild`)."""
+        return ViewProjection(
+            name,
+            self._sources,
+            view_repository,
+            self.view_type,
+            key=self.key,
+            update=self.update,
+            event_types=self._event_types,
+            attempts=self.attempts,
+        )
 
     def commits_with(self, checkpoints: CheckpointStore) -> bool:
         """True if ``checkpoints`` keeps this projection's views in its own database (a

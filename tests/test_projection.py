@@ -12,6 +12,7 @@ from decimal import Decimal
 import pytest
 
 from cqrs import (
+    ConfigurationError,
     CqrsFramework,
     DatabaseConnectionError,
     LeaseLost,
@@ -20,6 +21,8 @@ from cqrs import (
 )
 from cqrs.checkpoints import MemoryCheckpoints
 from cqrs.projection import ProjectionFailedError, ProjectionRunner, ViewProjection
+from cqrs.rebuild import SwitchableViews, rebuild, reset_views
+from cqrs.repository import ViewContext
 from cqrs_memory import MemoryEventRepository
 from examples.bank_account.domain import (
     AccountOpened,
@@ -395,3 +398,221 @@ def test_view_writers_need_at_least_one_attempt(attempts):
         )
     with pytest.raises(ConfigurationError, match="at least 1"):
         GenericQuery(setup.totals, Totals, attempts=attempts)  # type: ignore[type-var]
+
+
+class CountingCheckpoints(MemoryCheckpoints):
+    """The reference checkpoint store, counting the checkpoint writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saves: list[int] = []
+
+    async def save(self, lease, position: int) -> None:
+        self.saves.append(position)
+        await super().save(lease, position)
+
+
+class Positions:
+    """A projection (not transactional) that records the positions it is handed."""
+
+    def __init__(self, setup: Setup, name: str = "positions") -> None:
+        self.name, self.sources, self.event_types = name, (setup.store,), None
+        self.seen: list[int] = []
+
+    async def handle(self, events) -> None:
+        self.seen.extend(e.position for e in events)
+
+
+async def saved(runner: ProjectionRunner, name: str, position: int) -> None:
+    async with asyncio.timeout(5):
+        while runner.status()[name].saved < position:  # noqa: ASYNC110 - polls a status
+            await asyncio.sleep(0.005)
+
+
+async def test_catching_up_saves_the_checkpoint_at_the_end_not_after_every_batch(setup):
+    last = await setup.activity(accounts=4, deposits=5)  # 28 events: 7 batches of 4
+    setup.checkpoints = CountingCheckpoints()
+    projection = Positions(setup)
+    runner = setup.runner([projection], batch_size=4, save_interval=60)
+    async with running(runner):
+        await runner.wait_for(last, timeout=5)
+        await saved(runner, "positions", last)
+        assert setup.checkpoints.saves == [last]  # when the read reached the end
+        more = await setup.bank.execute("acc-0", DepositMoney(Decimal(1)))
+        await runner.wait_for(more[-1].position, timeout=5)
+        await saved(runner, "positions", more[-1].position)
+        assert setup.checkpoints.saves == [last, more[-1].position]  # live: every batch
+    assert len(projection.seen) == len(set(projection.seen)) == 29
+
+
+async def test_with_save_interval_0_every_batch_is_saved(setup):
+    last = await setup.activity(accounts=4, deposits=5)
+    setup.checkpoints = CountingCheckpoints()
+    runner = setup.runner([Positions(setup)], batch_size=4, save_interval=0)
+    async with running(runner):
+        await runner.wait_for(last, timeout=5)
+        await saved(runner, "positions", last)
+    assert len(setup.checkpoints.saves) == 7
+    assert setup.checkpoints.saves[-1] == last
+
+
+async def test_a_graceful_stop_in_the_middle_of_a_catch_up_saves_what_was_applied(setup):
+    await setup.activity(accounts=4, deposits=5)
+    setup.checkpoints = CountingCheckpoints()
+    entered = asyncio.Event()
+    runners: list[ProjectionRunner] = []
+
+    class StopsAfterTwoBatches(Positions):
+        async def handle(self, events) -> None:
+            await super().handle(events)
+            if len(self.seen) >= 8:
+                runners[0].stop()
+                entered.set()
+
+    projection = StopsAfterTwoBatches(setup)
+    runners.append(setup.runner([projection], batch_size=4, save_interval=60))
+    await asyncio.wait_for(runners[0].run(), 5)
+    assert entered.is_set()
+    assert await setup.checkpoints.position("positions") == projection.seen[-1]
+    assert setup.checkpoints.saves == [projection.seen[-1]]
+
+
+async def test_a_failing_event_saves_the_checkpoint_right_before_it_even_when_deferred(setup):
+    await setup.activity(accounts=3, deposits=5)
+    setup.checkpoints = CountingCheckpoints()
+    events = [e async for e in setup.store.stream_all_events()]
+    poison = events[9].position  # in the third batch of 4
+
+    class Fails(Positions):
+        async def handle(self, batch) -> None:
+            if any(e.position == poison for e in batch):
+                raise ValueError("poison")
+            await super().handle(batch)
+
+    runner = setup.runner([Fails(setup)], batch_size=4, save_interval=60, attempts=1)
+    async with running(runner):
+
+        async def failed() -> bool:
+            return bool(runner.status()["positions"].state == "failed")
+
+        while not await failed():  # noqa: ASYNC110 - polls a status
+            await asyncio.sleep(0.01)
+    assert await setup.checkpoints.position("positions") == events[8].position
+
+
+def test_save_interval_must_be_a_number_of_seconds():
+    setup = Setup()
+    with pytest.raises(ValueError, match="save_interval"):
+        ProjectionRunner(setup.repository, setup.checkpoints, setup.projections(), save_interval=-1)
+
+
+async def test_view_projections_commit_with_the_checkpoints_of_their_own_database(setup):
+    totals = setup.projections()[0]
+    assert not totals.commits_with(setup.checkpoints)  # a separate store: two writes
+    assert totals.commits_with(setup.repository.checkpoint_store())
+    other = MemoryEventRepository()
+    await other.open()
+    assert not totals.commits_with(other.checkpoint_store())  # another database
+    with pytest.raises(ConfigurationError, match="cannot store its views"):
+        await totals.handle_and_save([], setup.checkpoints, None, 1)
+
+
+async def test_a_same_database_view_projection_is_one_commit_per_batch(setup):
+    last = await setup.activity(accounts=2)
+    checkpoints = setup.repository.checkpoint_store()
+    saves: list[int] = []
+    plain_save = checkpoints.save
+
+    async def save(lease, position):  # a checkpoint written on its own, not with the views
+        saves.append(position)
+        await plain_save(lease, position)
+
+    checkpoints.save = save
+    runner = ProjectionRunner(
+        setup.repository,
+        checkpoints,
+        setup.projections()[:1],
+        batch_size=3,
+        poll_interval=0.02,
+        retry_delay=0.001,
+    )
+    async with running(runner):
+        await runner.wait_for(last, timeout=5)
+    assert saves == []
+    assert await checkpoints.position("totals") == last
+    assert await setup.totals.load("all") == await expected_totals(setup)
+
+
+async def test_a_renamed_projection_writes_other_views_under_its_own_checkpoint(setup):
+    last = await setup.activity(accounts=1)
+    copy = setup.repository.view_repository(Totals, "totals_copy")
+    renamed = setup.projections()[0].renamed("totals-copy", copy)
+    assert renamed.name == "totals-copy"
+    runner = setup.runner([renamed])
+    async with running(runner):
+        await runner.wait_for(last, timeout=5)
+    assert await copy.load("all") == await expected_totals(setup)
+    assert await setup.totals.load("all") is None
+    assert await setup.checkpoints.position("totals") == 0
+
+
+async def test_a_reset_needs_views_in_the_checkpoints_database(setup):
+    with pytest.raises(ConfigurationError, match="delete them yourself"):
+        await reset_views(setup.checkpoints, setup.projections()[0])
+
+
+async def test_switchable_views_serve_the_current_views(setup):
+    copy = setup.repository.view_repository(Totals, "totals_copy")
+    await setup.totals.update_view(Totals(accounts=1), ViewContext("all", 0))
+    await copy.update_view(Totals(accounts=2), ViewContext("all", 0))
+    serving = SwitchableViews(setup.totals)
+    assert await serving.load("all") == Totals(accounts=1)
+    serving.switch(copy)
+    assert await serving.load("all") == Totals(accounts=2)
+    loaded = await serving.load_with_context("all")
+    assert loaded is not None
+    await serving.update_view(Totals(accounts=3), loaded[1])
+    assert await copy.load("all") == Totals(accounts=3)
+    with pytest.raises(ConfigurationError, match="itself"):
+        serving.switch(serving)
+
+
+async def test_a_rebuild_that_fails_raises_and_does_not_switch(setup):
+    await setup.activity(accounts=1)
+
+    class Broken(Positions):
+        async def handle(self, events) -> None:
+            raise ValueError("broken")
+
+    switched: list[bool] = []
+    with pytest.raises(RuntimeError, match="failed"):
+        await rebuild(
+            setup.repository,
+            setup.checkpoints,
+            Broken(setup, "broken"),
+            lambda: switched.append(True),
+            timeout=5,
+            attempts=1,
+            **FAST,
+        )
+    assert switched == []
+
+
+async def test_a_rebuild_that_cannot_catch_up_in_time_raises_timeout(setup):
+    await setup.activity(accounts=1)
+
+    class Slow(Positions):
+        async def handle(self, events) -> None:
+            await asyncio.sleep(10)
+
+    switched: list[bool] = []
+    with pytest.raises(TimeoutError):
+        await rebuild(
+            setup.repository,
+            setup.checkpoints,
+            Slow(setup, "slow"),
+            lambda: switched.append(True),
+            timeout=0.2,
+            **FAST,
+        )
+    assert switched == []

@@ -11,7 +11,13 @@ from datetime import UTC, datetime
 import pytest
 
 from cqrs import ConfigurationError, DatabaseConnectionError, SerializedEvent
-from cqrs.subscription import LocalSignal, PollingWakeUps, Subscription, WakeUpSource
+from cqrs.subscription import (
+    LocalSignal,
+    PollingWakeUps,
+    SharedWakeUps,
+    Subscription,
+    WakeUpSource,
+)
 from cqrs_memory import MemoryEventRepository
 
 
@@ -175,3 +181,65 @@ def test_a_signal_outlives_its_event_loop():
         return time.monotonic() - started
 
     assert asyncio.run(second()) < 5
+
+
+class ClosingSource:
+    """A pushing source (a LocalSignal's listener) that records being closed."""
+
+    def __init__(self, signal: LocalSignal) -> None:
+        self._listener = signal.listen()
+        self.waits = 0
+        self.closed = False
+
+    async def wait(self, timeout: float) -> None:  # noqa: ASYNC109
+        self.waits += 1
+        await self._listener.wait(timeout)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_shared_wake_ups_bring_one_push_to_every_listener():
+    signal = LocalSignal()
+    source = ClosingSource(signal)
+    shared = SharedWakeUps(source, poll_interval=30)
+    listeners = [shared.listen() for _ in range(3)]
+    await asyncio.sleep(0.01)  # the shared task waits on the source
+    signal.notify()
+    started = time.monotonic()
+    await asyncio.wait_for(asyncio.gather(*(w.wait(30) for w in listeners)), 5)
+    assert time.monotonic() - started < 1
+    await shared.close()
+    assert source.closed
+    assert source.waits >= 1
+
+
+async def test_shared_wake_ups_without_a_push_wait_each_listeners_timeout():
+    shared = SharedWakeUps(ClosingSource(LocalSignal()), poll_interval=30)
+    listener = shared.listen()
+    started = time.monotonic()
+    await listener.wait(0.1)
+    assert 0.09 < time.monotonic() - started < 2
+    await shared.close()
+    await shared.close()  # idempotent
+
+
+async def test_a_source_that_times_out_wakes_no_listener():
+    class Silent:
+        async def wait(self, timeout: float) -> None:  # noqa: ASYNC109
+            await asyncio.sleep(timeout)
+
+        async def close(self) -> None:
+            return None
+
+    shared = SharedWakeUps(Silent(), poll_interval=0.02)
+    listener = shared.listen()
+    started = time.monotonic()
+    await listener.wait(0.3)  # the source's timeouts are not pushes
+    assert time.monotonic() - started > 0.25
+    await shared.close()
+
+
+def test_shared_wake_ups_need_a_positive_poll_interval():
+    with pytest.raises(ConfigurationError, match="poll_interval"):
+        SharedWakeUps(PollingWakeUps(), poll_interval=0)

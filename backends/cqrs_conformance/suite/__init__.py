@@ -22,6 +22,7 @@ from cqrs_conformance.suite import (
     test_store_ids,
     test_stress,
     test_subscription,
+    test_view_batches,
     test_wake_ups,
 )
 
@@ -38,6 +39,7 @@ _MODULES: tuple[ModuleType, ...] = (
     test_store_ids,
     test_stress,
     test_subscription,
+    test_view_batches,
     test_wake_ups,
 )
 
