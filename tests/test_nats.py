@@ -566,3 +566,24 @@ async def test_an_event_failing_n_times_goes_to_the_dead_letter_subject(
         assert await views.load(account) == expected
     info = await client.jetstream().consumer_info(stream.name, "svc")
     assert info.num_ack_pending == 0
+
+
+# -- the benchmark ----------------------------------------------------------------------------
+
+
+def test_the_benchmark_runs_every_side_and_writes_json(tmp_path, capsys):
+    from benchmarks import nats_publish  # noqa: PLC0415 - only this test needs it
+
+    async def reachable() -> None:
+        await (await connect_or_skip()).close()
+
+    asyncio.run(reachable())
+    out = tmp_path / "rows.json"
+    args = ["--url", NATS_URL, "--events", "40", "--aggregates", "2", "--batch", "7"]
+    assert nats_publish.main([*args, "--runs", "1", "--json", str(out)]) == 0
+    rows = msgspec.json.decode(out.read_bytes())
+    assert {(row["workload"], row["side"]) for row in rows} == set(nats_publish.SIDES)
+    assert all(row["events"] == 40 and row["events_per_s"] > 0 for row in rows)
+    assert "bar: live >= 10,000 events/s end to end" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        nats_publish.parse_args(["--events", "5"])

@@ -15,12 +15,13 @@ duplicate window (a long outage, a checkpoint reset) does not duplicate either. 
 covers what a previous runner may have sent when the batch size is not made smaller
 across the restart; the duplicate window covers a stale runner still sending.
 
-Order: an aggregate's events are stored in their order. A batch is sent in rounds: each
-round sends the next event of every aggregate in the batch (up to ``max_in_flight``
+Order: an aggregate's events are stored in their order. A batch is sent in waves: each
+wave sends the next event of every aggregate in the batch (up to ``max_in_flight``
 messages in flight at once) and waits for their acknowledgements, so an aggregate's next
-event leaves only after the previous one is stored, while different aggregates go in
-parallel. Different aggregates' events may be stored in another order than their global
-positions.
+event leaves only after JetStream acknowledged the previous one (a message lost with a
+broken connection can never be overtaken by its successor), while different aggregates go
+side by side. Different aggregates' events may be stored in another order than their
+global positions.
 
 Outages: when NATS is unreachable the batch raises :class:`~cqrs_nats.BrokerUnavailableError`
 (a DatabaseConnectionError): the runner keeps the checkpoint and retries until NATS is
@@ -245,10 +246,13 @@ class JetStreamPublisher:
             headers = headers_for(envelope, event_type, version)
             if extra:
                 headers = {**extra, **headers}
-            subject = subject_for(self.prefix, *key)
-            lanes.setdefault(key, []).append(
-                _Outgoing(subject, data, headers, envelope.sequence, envelope.position)
-            )
+            lane = lanes.get(key)
+            if lane is None:
+                lane = lanes[key] = []
+                subject = subject_for(self.prefix, *key)
+            else:
+                subject = lane[0].subject
+            lane.append(_Outgoing(subject, data, headers, envelope.sequence, envelope.position))
         return lanes
 
     async def _wait_connected(self) -> None:

@@ -19,6 +19,7 @@ from cqrs import ConfigurationError
 __all__ = ["check_prefix", "escape_token", "subject_for", "unescape_token"]
 
 _SAFE = frozenset(chr(c) for c in range(0x21, 0x7F)) - frozenset(".*>%")
+_UNSAFE = re.compile(r"[^\x21-\x7e]|[.*>%]")
 _ESCAPED = re.compile(r"%([0-9A-F]{2})")
 
 
@@ -26,7 +27,7 @@ def escape_token(value: str) -> str:
     """``value`` as one subject token, escaped as the module describes."""
     if not value:
         return "%"
-    if all(char in _SAFE for char in value):
+    if _UNSAFE.search(value) is None:
         return value
     return "".join(
         char if char in _SAFE else "".join(f"%{byte:02X}" for byte in char.encode())
