@@ -10,6 +10,10 @@ import asyncio
 import contextlib
 import itertools
 import os
+import re
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,6 +43,7 @@ from cqrs_conformance.bank_account import (
     AccountOpened,
     BankAccount,
     BankAccountServices,
+    BankAccountView,
     CustomerDepositedMoney,
     DepositMoney,
     OpenAccount,
@@ -587,3 +592,69 @@ def test_the_benchmark_runs_every_side_and_writes_json(tmp_path, capsys):
     assert "bar: live >= 10,000 events/s end to end" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         nats_publish.parse_args(["--events", "5"])
+
+
+# -- the README's two processes ---------------------------------------------------------------
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_file(title: str) -> str:
+    readme = (ROOT / "README.md").read_text("utf-8")
+    found = re.search(rf'```python title="{re.escape(title)}"\n(.*?)```', readme, re.DOTALL)
+    assert found is not None, title
+    return found.group(1)
+
+
+def python(script: str, cwd: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-W", "error", script],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def test_the_readme_publisher_and_consumer_run_as_two_processes(client, stream, tmp_path):
+    for title in ("publish.py", "consume.py"):
+        code = readme_file(title).replace('"BANK"', f'"{stream.name}"')
+        code = code.replace('prefix="bank"', f'prefix="{stream.prefix}"')
+        (tmp_path / title).write_text(code.replace("nats://127.0.0.1:4222", NATS_URL), "utf-8")
+    bank = await Bank.open(tmp_path / "bank.db")
+    try:
+        await bank.activity(accounts=2, deposits=2)
+        expected: dict[str, BankAccountView] = {}
+        for envelope in await bank.envelopes():
+            expected.setdefault(envelope.aggregate_id, BankAccountView()).update(envelope)
+    finally:
+        await bank.repository.close()
+    processes = [python(title, tmp_path) for title in ("publish.py", "consume.py")]
+    try:
+        service = None
+
+        async def views_match() -> bool:
+            nonlocal service
+            if service is None:
+                if not (tmp_path / "service.db").exists():
+                    return False
+                service = await cqrs.connect(f"sqlite:///{tmp_path / 'service.db'}")
+            views = service.view_repository(BankAccountView, "accounts")
+            with contextlib.suppress(Exception):  # the table may not exist yet
+                return all([await views.load(a) == v for a, v in expected.items()])
+            return False
+
+        try:
+            await eventually(views_match, 30, "the consumer's views match the events")
+        finally:
+            if service is not None:
+                await service.close()
+    finally:
+        outputs = []
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+            outputs.append(process.communicate(timeout=30))
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err.decode()
+        assert b"Exception ignored" not in err, err.decode()
