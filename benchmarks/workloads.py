@@ -25,18 +25,21 @@ replay_10k      events/s      ``QueryReplay`` of 10,000 events (100 aggregates o
 catchup_10k     events/s      catch-up over 10,000 stored events (100 aggregates of 100)
                               from a new checkpoint table, one step per side: framework, a
                               ``ProjectionRunner`` with a no-op projection (``run()`` until
-                              its first read that finds nothing, by ``wait_for``; batches of
-                              the repository's ``page_size``, each read, decoded, handed over
-                              and checkpointed; one lease); raw, the same events read through
-                              the raw driver with the backend's own page statement and page
-                              size until a short page, undecoded (the backend's
-                              ``stream_all_events`` paging without the framework: the "raw
-                              stream speed" of DESIGN.md 7)
+                              the first read that reaches the end, by ``wait_for``; batches
+                              of the repository's ``page_size``, each read (the next one read
+                              while this one is handled), decoded and handed over, the
+                              checkpoint saved at the end; one lease); raw, the same events
+                              read through the raw driver with the backend's own page
+                              statement and page size until a short page, undecoded (the
+                              backend's ``stream_all_events`` paging without the framework;
+                              ``python -m benchmarks.catchup`` compares with the backend's
+                              own ``stream_all_events`` instead)
 view_upsert     events/s      a ``ViewProjection`` keyed by event (a view per event, so one
                               view write per event: a load and an insert) into a new view
-                              table in the events' database, over 500 stored events (5
-                              aggregates of 100), by ``run()`` as for ``catchup_10k``;
-                              framework only
+                              table in the events' database, over 2,000 stored events (20
+                              aggregates of 100), by ``run()`` as for ``catchup_10k``; each
+                              batch's views and checkpoint in one transaction; framework
+                              only
 ==============  ============  ===============================================================
 """
 
@@ -124,7 +127,7 @@ class Sizes:
     warmups: int = 1
     replay_events: int = REPLAY_AGGREGATES * REPLAY_EVENTS_EACH
     catchup_events: int = REPLAY_AGGREGATES * REPLAY_EVENTS_EACH
-    view_events: int = 500
+    view_events: int = 2_000
 
 
 class Side(Protocol):

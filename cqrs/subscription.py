@@ -125,7 +125,7 @@ class SharedWakeUps:
     projections): one LISTEN connection, one change stream, one ``data_version`` poller.
 
     ``source`` is the one listener (e.g. ``repository.wake_ups()``). A task started at the
-    first :meth:`listen` waits on it in a loop, at most ``poll_interval`` seconds a time,
+    first wait of a listener waits on it in a loop, at most ``poll_interval`` seconds a time,
     and every wake-up it gets before that bound reaches every listener. Listeners made by
     :meth:`listen` keep the :class:`WakeUps` contract: their own timeout bounds each wait,
     so a lost push only delays them by the poll interval. :meth:`close` stops the task and
@@ -143,10 +143,13 @@ class SharedWakeUps:
         self._closed = False
 
     def listen(self) -> WakeUps:
-        """A listener that sees the wake-ups from now on (starts the shared task)."""
+        """A listener that sees the wake-ups from now on; its first wait starts the shared
+        task (so a catch-up that never waits opens no connection)."""
+        return _SharedListener(self, self._signal.listen())
+
+    def _start(self) -> None:
         if self._task is None and not self._closed:
             self._task = asyncio.get_running_loop().create_task(self._pump())
-        return self._signal.listen()
 
     async def _pump(self) -> None:
         while True:
@@ -170,6 +173,18 @@ class SharedWakeUps:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._source.close()
+
+
+class _SharedListener:
+    def __init__(self, shared: SharedWakeUps, listener: WakeUps) -> None:
+        self._shared, self._listener = shared, listener
+
+    async def wait(self, timeout: float) -> None:  # noqa: ASYNC109 - the poll bound itself
+        self._shared._start()  # noqa: SLF001 - same module
+        await self._listener.wait(timeout)
+
+    async def close(self) -> None:
+        await self._listener.close()
 
 
 class Subscription:
