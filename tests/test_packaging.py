@@ -31,7 +31,8 @@ def test_importing_cqrs_imports_no_database_driver():
     code = (
         "import sys, cqrs, cqrs_memory, cqrs_conformance\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in "
-        "('aiosqlite', 'sqlite3', 'psycopg', 'psycopg_pool', 'pymongo', 'pydantic', 'pytest')]\n"
+        "('aiosqlite', 'sqlite3', 'psycopg', 'psycopg_pool', 'pymongo', 'asyncmy', 'pydantic',"
+        " 'pytest')]\n"
         "print(bad)\n"
     )
     output = subprocess.run(
@@ -47,7 +48,7 @@ async def test_connect_memory_is_an_async_context_manager_and_awaitable():
     await repository.close()
 
 
-@pytest.mark.parametrize("url", ["redis://localhost", "nonsense", "", "mysql://x/y"])
+@pytest.mark.parametrize("url", ["redis://localhost", "nonsense", "", "oracle://x/y"])
 def test_unknown_scheme_is_a_clear_error(url):
     with pytest.raises(ConfigurationError, match="unsupported database URL"):
         connect(url)
@@ -63,7 +64,7 @@ async def test_missing_backend_names_the_extra(monkeypatch):
 
 def test_every_builtin_scheme_is_registered_by_entry_point():
     installed = cqrs.connection.backends()
-    expected = {"memory", "sqlite", "postgresql", "postgres", "mongodb", "mongodb+srv"}
+    expected = {"memory", "sqlite", "postgresql", "postgres", "mongodb", "mongodb+srv", "mysql"}
     assert expected <= set(installed)
     for scheme in expected:
         assert installed[scheme].load().__name__ == "from_url"
@@ -101,7 +102,7 @@ def test_wheel_ships_the_packages_the_ddl_and_py_typed(tmp_path):
     suite = root / "backends" / "cqrs_conformance" / "suite"
     for path in sorted(suite.glob("test_*.py")):
         assert f"cqrs_conformance/suite/{path.name}" in names
-    for dialect in ("postgres", "sqlite"):
+    for dialect in ("postgres", "sqlite", "mysql"):
         for path in sorted((root / "sql" / dialect).rglob("*.sql")):
             packaged = f"cqrs/sql/{path.relative_to(root / 'sql').as_posix()}"
             assert packaged in names

@@ -133,12 +133,12 @@ def test_render_renames_tables_and_derived_names_only():
         renamed
         == 'CREATE INDEX "Orders_position_key" ON "Orders" (x); -- current_snapshot snapshots'
     )
-    for _, text in ddl_files("postgres"):
-        assert render(text, {"events": "events", "snapshots": "snapshots"}).replace('"', "") == (
-            text.replace('"', "")
+    for _, ddl in ddl_files("postgres"):
+        assert render(ddl, {"events": "events", "snapshots": "snapshots"}).replace('"', "") == (
+            ddl.replace('"', "")
         )
     with pytest.raises(ConfigurationError, match="invalid"):
-        render(text, {"events": "x" * 60})
+        render(text, {"events": "x" * 60})  # events_position_key would be 73 characters
 
 
 async def test_seed_database_upgrades_in_place_and_old_rows_still_load(tables):
