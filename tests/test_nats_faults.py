@@ -319,3 +319,40 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def example(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "examples.bank_account", *args],
+        cwd=HERE.parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def test_the_example_publishes_its_events_with_nats_url(server, tmp_path):
+    database = f"sqlite:///{tmp_path / 'bank.db'}"
+    demo = example("demo", "--database-url", database)
+    _, demo_err = demo.communicate(timeout=60)
+    assert demo.returncode == 0, demo_err.decode()
+    project = example("project", "--database-url", database, "--nats-url", server.url)
+    client = await connect_nats(server.url)
+    try:
+        js = client.jetstream()
+
+        async def published() -> bool:
+            with contextlib.suppress(Exception):  # the stream may not exist yet
+                return (await js.stream_info("BANK")).state.messages == 4
+            return False
+
+        try:
+            await eventually(published, 30, "the demo's 4 events are in stream BANK")
+        finally:
+            out, err = finish(project)
+        assert project.returncode == 0, err
+        assert "projection nats-publisher: stopped, checkpoint 4" in out
+        messages = await stored(client, "BANK")
+        assert {m.subject.rsplit(".", 1)[0] for m in messages} == {"bank.BankAccount"}
+        assert [m.headers["Cqrs-Sequence"] for m in messages] == ["1", "2", "3", "4"]
+    finally:
+        await client.close()

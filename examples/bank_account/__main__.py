@@ -21,7 +21,7 @@ from decimal import Decimal
 
 import msgspec
 
-from cqrs import CqrsError, UserError, redact_url
+from cqrs import CqrsError, ProjectionRunner, UserError, redact_url
 from examples.bank_account.auth import ENVIRONMENT_VARIABLE, ApiKeys, ApiKeysError
 from examples.bank_account.domain import DepositMoney, OpenAccount, WithdrawMoney, WriteCheck
 from examples.bank_account.observability import export_telemetry, instrument_app, setup_logging
@@ -63,11 +63,30 @@ async def demo(database_url: str) -> None:
         await service.close()
 
 
-async def project(database_url: str, *, batch_size: int, lease_ttl: float) -> None:
+async def project(
+    database_url: str, *, batch_size: int, lease_ttl: float, nats_url: str | None = None
+) -> None:
     """Run the bank's projections until SIGTERM/SIGINT; another process running the same
-    command stands by and takes over within the lease when this one stops or dies."""
+    command stands by and takes over within the lease when this one stops or dies. With
+    ``nats_url``, a publisher projection also sends every event to the JetStream stream
+    ``BANK`` (subjects ``bank.BankAccount.<account>``; needs the ``nats`` extra)."""
     service = await BankService.connect(database_url)
-    runner = service.projections.runner(batch_size=batch_size, lease_ttl=lease_ttl)
+    projections, nats = service.projections, None
+    if not nats_url:
+        runner = projections.runner(batch_size=batch_size, lease_ttl=lease_ttl)
+    else:
+        from cqrs_nats import JetStreamPublisher, connect_nats, ensure_stream  # noqa: PLC0415 - optional extra
+
+        nats = await connect_nats(nats_url)
+        await ensure_stream(nats, "BANK", prefix="bank")
+        publisher = JetStreamPublisher(nats, "BANK", [service.store], prefix="bank")
+        runner = ProjectionRunner(
+            projections.repository,
+            projections.checkpoints,
+            [*projections.projections, publisher],
+            batch_size=batch_size,
+            lease_ttl=lease_ttl,
+        )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, runner.stop)
@@ -75,6 +94,8 @@ async def project(database_url: str, *, batch_size: int, lease_ttl: float) -> No
     try:
         await runner.run()
     finally:
+        if nats is not None:
+            await nats.close()
         await service.close()
     for name, status in runner.status().items():
         print(f"projection {name}: {status.state}, checkpoint {status.checkpoint}")
@@ -100,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         "--lease-ttl", type=float, default=10.0, help="project: seconds before a takeover"
     )
     parser.add_argument(
+        "--nats-url",
+        help="project: also publish every event to NATS JetStream (stream BANK, subjects "
+        "bank.BankAccount.<account>), e.g. nats://127.0.0.1:4222",
+    )
+    parser.add_argument(
         "--project",
         action="store_true",
         help="serve: also run the projections in the server (e.g. for memory://)",
@@ -122,7 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     args.exporting = export_telemetry()  # OTLP when $OTEL_EXPORTER_OTLP_ENDPOINT is set
     if args.command == "project":
         return _run(
-            project(args.database_url, batch_size=args.batch_size, lease_ttl=args.lease_ttl)
+            project(
+                args.database_url,
+                batch_size=args.batch_size,
+                lease_ttl=args.lease_ttl,
+                nats_url=args.nats_url,
+            )
         )
     if args.command == "demo":
         return _run(demo(args.database_url))
