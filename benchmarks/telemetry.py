@@ -1,6 +1,6 @@
 """What OpenTelemetry costs a command: ``commit_1`` with and without it, side by side.
 
-``python -m benchmarks.telemetry [--backends memory,sqlite] [--commands 40]
+``python -m benchmarks.telemetry [--backends memory,sqlite] [--commands 40] [--hooks]
 [--repetitions 21] [--postgres-url URL] [--json PATH]``
 
 ``commit_1`` as in ``python -m benchmarks`` (load an aggregate of 10 events, handle
@@ -300,6 +300,62 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+_HOOK_PATH = """
+probe = telemetry.command(store, command, "a", None)
+if probe is None: pass
+loading = telemetry.span("load", "A")
+if loading is None: pass
+committing = telemetry.span("commit", "A")
+if committing is None: pass
+if probe is not None: pass
+if probe is not None: pass
+if probe is not None: pass
+if log.isEnabledFor(10): pass
+"""
+"""The telemetry calls and checks one command makes when nothing records (``absent``: the
+hooks are the no-op function; ``api``: they find no provider)."""
+
+
+def hook_costs(number: int = 100_000, repeat: int = 15) -> dict[str, float]:
+    """Nanoseconds per command of the hook path when nothing records (``absent``, ``api``)
+    and of one coroutine frame (the instrumented methods each add one), each the best of
+    ``repeat`` timings: a CPU cost small enough to drown in the noise of ``measure``."""
+    import logging  # noqa: PLC0415
+    import timeit  # noqa: PLC0415
+
+    names = {
+        "telemetry": telemetry,
+        "store": type("Store", (), {"aggregate_type": "A"})(),
+        "command": object(),
+        "log": logging.getLogger("cqrs.framework"),
+    }
+    costs: dict[str, float] = {}
+    empty = min(timeit.repeat("pass", number=number, repeat=repeat))
+    for side in ("absent", "api"):
+        with _mode(side, None):
+            best = min(timeit.repeat(_HOOK_PATH, number=number, repeat=repeat, globals=names))
+        costs[f"hooks_{side}_ns"] = round((best - empty) / number * 1e9, 1)
+
+    async def body() -> None:
+        return None
+
+    async def wrapped() -> None:
+        return await body()
+
+    async def frames() -> float:
+        best = {body: float("inf"), wrapped: float("inf")}
+        for _ in range(repeat):
+            for function in (body, wrapped):
+                began = time.perf_counter()
+                for _ in range(number // 2):
+                    await function()
+                best[function] = min(best[function], time.perf_counter() - began)
+        return (best[wrapped] - best[body]) / (number // 2) * 1e9
+
+    costs["frame_ns"] = round(asyncio.run(frames()), 1)
+    return costs
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.telemetry", description=__doc__.split("\n\n")[0]
@@ -314,6 +370,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--repetitions", type=int, default=21, help="counted rounds")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     parser.add_argument("--json", type=Path, help="write the rows to this file")
+    parser.add_argument(
+        "--hooks",
+        action="store_true",
+        help="instead: time the hook path of one command when nothing records (ns)",
+    )
     return parser
 
 
@@ -323,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(options.backends) - {"memory", "sqlite", "postgres"}
     if unknown:
         _parser().error(f"unknown backend(s): {', '.join(sorted(unknown))}")
+    if options.hooks:
+        print(json.dumps(hook_costs()))
+        return 0
     rows = asyncio.run(run(options))
     print(markdown(rows))
     if options.json is not None:

@@ -775,3 +775,11 @@ async def test_the_overhead_benchmark_runs_every_side(otel):
     cqrs = await bank()
     await cqrs.execute("acc-1", OpenAccount("acc-1"))
     assert otel.named("execute OpenAccount")
+
+
+def test_the_hook_cost_benchmark_runs():
+    from benchmarks import telemetry as bench  # noqa: PLC0415
+
+    costs = bench.hook_costs(number=200, repeat=2)
+    assert set(costs) == {"hooks_absent_ns", "hooks_api_ns", "frame_ns"}
+    assert telemetry.command is not telemetry._off  # restored
