@@ -69,7 +69,7 @@ __all__ = [
 
 V = TypeVar("V")
 
-logger = logging.getLogger("cqrs.projection")
+logger = logging.getLogger("cqrs.projections")
 
 State = Literal["starting", "running", "standby", "stopped", "failed"]
 
@@ -218,7 +218,7 @@ class ProjectionRunner:
     hands at most that much again to the next runner, which at-least-once delivery allows.
 
     Failures: a ``DatabaseConnectionError`` is retried until the database is back (logged on
-    ``cqrs.projection``); any other error from decoding or ``handle`` retries the batch up to
+    ``cqrs.projections``); any other error from decoding or ``handle`` retries the batch up to
     ``attempts`` times with a growing delay; after that, ``on_failure="stop"`` (the default)
     marks the projection failed (:class:`ProjectionFailedError` in its status) while the
     others go on, and ``"park"`` hands the batch over event by event, parks each event that
