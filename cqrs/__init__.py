@@ -67,6 +67,7 @@ from cqrs.repository import (
 )
 from cqrs.store import AggregateContext, EventStore, PersistedEventStore
 from cqrs.subscription import LocalSignal, SharedWakeUps, Subscription, WakeUps, WakeUpSource
+from cqrs.tagged import TaggedCodec
 from cqrs.testing import AggregateResultValidator, AggregateTestExecutor, TestFramework
 from cqrs.upcasting import EventUpcaster, RawEvent, SemanticVersionEventUpcaster
 
@@ -124,6 +125,7 @@ __all__ = [
     "SharedWakeUps",
     "Subscription",
     "SwitchableViews",
+    "TaggedCodec",
     "TestFramework",
     "TransactionalProjection",
     "UnexpectedError",

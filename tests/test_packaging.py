@@ -21,7 +21,7 @@ def test_all_is_sorted_and_complete():
     public = {name for name in dir(cqrs) if not name.startswith("_")}
     modules = {"aggregate", "codec", "connection", "ddl", "errors", "events", "framework"}
     modules |= {"factories", "query", "repository", "store", "testing", "upcasting"}
-    modules |= {"checkpoints", "projection", "rebuild", "subscription", "telemetry"}
+    modules |= {"checkpoints", "projection", "rebuild", "subscription", "tagged", "telemetry"}
     assert public - modules == set(cqrs.__all__)
     for name in cqrs.__all__:
         assert getattr(cqrs, name).__doc__, f"{name} has no docstring"
