@@ -179,6 +179,9 @@ async def test_bad_ids_and_parameters_are_422(client, method, path):
 async def test_unrouted_paths_and_wrong_methods_are_json(client):
     missing = await client.get("/nowhere")
     assert (missing.status_code, missing.json()["error"]) == (404, "not found")
+    for path in ("/accounts/", "/accounts", "/accounts/A1/"):
+        response = await client.post(path, json={"DepositMoney": {"amount": 1}})
+        assert (response.status_code, response.json()["error"]) == (404, "not found")
     wrong = await client.delete("/accounts/A1")
     assert (wrong.status_code, wrong.json()["error"]) == (405, "method not allowed")
     assert wrong.headers["Allow"] == "GET, POST"

@@ -19,12 +19,12 @@ from examples.bank_account.models import ID_PATTERN
 from examples.bank_account.service import BankService
 
 KEY = "fuzz-key-0123456789abcdef"
-EXAMPLES = 2000 if os.environ.get("CQRS_TEST_STRESS") == "1" else 150
+EXAMPLES = 1000 if os.environ.get("CQRS_TEST_STRESS") == "1" else 150
 
 text = st.text(st.characters(exclude_categories=["Cs"]), max_size=80)
 hostile_ids = st.one_of(
     text,
-    st.sampled_from(["\x00", "A\x00", "a" * 65, "-a", ".", "..", "%00", "a/b", "é", "A\n1"]),
+    st.sampled_from(["", "\x00", "A\x00", "a" * 65, "-a", ".", "..", "%00", "a/b", "é", "A\n1"]),
     st.text(min_size=65, max_size=300),
 ).filter(lambda s: re.fullmatch(ID_PATTERN, s) is None)
 numbers = st.one_of(

@@ -131,7 +131,7 @@ def map_case(context, case):
 
 
 def test_schemathesis_finds_no_failure(database_url, tmp_path):
-    examples = "300" if STRESS else "25"
+    examples = "150" if STRESS else "25"
     (tmp_path / "bank_hooks.py").write_text(HOOKS)
     with serving(database_url, tmp_path / "serve.log") as server:
         run = subprocess.run(
@@ -195,7 +195,7 @@ def stored_keys(path: Path) -> list[str]:
 async def test_a_killed_server_loses_no_acknowledged_command_and_honours_keys(tmp_path):
     path = tmp_path / "bank.db"
     server = Server(f"sqlite:///{path}", tmp_path / "serve.log")
-    total = 2000 if STRESS else 300
+    total = 1000 if STRESS else 300
     keys = [f"deposit-{n}" for n in range(total)]
     account = f"{server.url}/accounts/crash"
     acknowledged: set[str] = set()

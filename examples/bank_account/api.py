@@ -529,6 +529,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        redirect_slashes=False,  # "/accounts/" is no account: 404, not a redirect
     )
     app.state.service = service
     app.state.api_keys = None if insecure_no_auth else api_keys
