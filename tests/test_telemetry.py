@@ -29,6 +29,7 @@ from cqrs import (
     AggregateConflict,
     ConfigurationError,
     CqrsFramework,
+    DatabaseConnectionError,
     PersistedEventStore,
     QueryReplay,
     Retry,
@@ -783,3 +784,53 @@ def test_the_hook_cost_benchmark_runs():
     costs = bench.hook_costs(number=200, repeat=2)
     assert set(costs) == {"hooks_absent_ns", "hooks_api_ns", "frame_ns"}
     assert telemetry.command is not telemetry._off  # restored
+
+
+class Flaky(MemoryEventRepository):
+    """Fails the next ``failures`` reads of the global stream like a lost server."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+
+    async def stream_all_events(self, aggregate_type, after_position=None):
+        if self.failures:
+            self.failures -= 1
+            raise DatabaseConnectionError("server gone")
+        async for item in super().stream_all_events(aggregate_type, after_position):
+            yield item
+
+
+async def test_reconnects_are_counted_and_said_once(otel, caplog):
+    repository = Flaky()
+    await repository.open()
+    store = PersistedEventStore(repository, BankAccount)
+    await CqrsFramework(store, services=BankAccountServices()).execute(
+        "acc-1", OpenAccount("acc-1")
+    )
+    tracer = telemetry.settings.tracer_provider.get_tracer("test")  # type: ignore[union-attr]
+    projection = Recording("totals", store, tracer)
+    runner = ProjectionRunner(
+        repository, MemoryCheckpoints(), [projection], poll_interval=0.01, retry_delay=0.001
+    )
+    repository.failures = 2
+    with caplog.at_level(logging.INFO, logger="cqrs.projections"):
+        task = asyncio.create_task(runner.run())
+        try:
+            await runner.wait_for(1, timeout=5)
+        finally:
+            runner.stop()
+            await task
+    assert projection.seen == [1]
+    assert otel.points("cqrs.subscription.reconnects") == {(("cqrs.consumer", "totals"),): 1}
+    messages = [r.getMessage() for r in caplog.records if r.name == "cqrs.projections"]
+    assert sum("lost its database" in m for m in messages) == 2
+    assert messages.count("projection 'totals' reached its database again") == 1
+
+    repository.failures = 1
+    subscription = Subscription(repository, poll_interval=0.01, max_retry_delay=0.01)
+    try:
+        assert (await asyncio.wait_for(anext(aiter(subscription)), 5)).position == 1
+    finally:
+        await subscription.close()
+    assert otel.points("cqrs.subscription.reconnects")[(("cqrs.consumer", "subscription"),)] == 1
