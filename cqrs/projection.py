@@ -13,7 +13,10 @@ checkpoint was saved hands that batch to the next runner again, so handlers use 
 envelope's ``event_id`` (or its ``position``) to be idempotent. :class:`ViewProjection`
 does that for you: each view records the position of the last event applied to it, and
 events at or below it are skipped, so every event takes effect on a view exactly once even
-across crashes, restarts and a stale runner.
+across crashes, restarts and a stale runner. When its views are in the events' database
+(the checkpoint store is a :class:`~cqrs.checkpoints.ViewCheckpointStore`), a batch's view
+changes and its checkpoint are also one transaction, checked against the fencing token:
+one read of the views and one commit per batch.
 """
 
 from __future__ import annotations
@@ -708,7 +711,11 @@ class ViewProjection(Generic[V]):
     is the position of the last event applied to it, so an event at or below it is skipped:
     a batch handed over again after a crash, or written by a stale runner, changes nothing
     twice. Views go to any :class:`~cqrs.repository.ViewRepository`, in the events' database
-    or elsewhere.
+    or elsewhere. In the events' database (a view repository made by the repository whose
+    checkpoint store the runner uses), a runner hands each batch to :meth:`handle_and_save`:
+    the views the batch changes are read at once, changed in memory and written with the
+    checkpoint in one transaction; elsewhere, :meth:`handle` writes each view on its own and
+    the runner saves the checkpoint after.
     """
 
     def __init__(
