@@ -1,23 +1,24 @@
 """Integration events on NATS JetStream: events/s from commit to JetStream acknowledgement.
 
 ``python -m benchmarks.nats_publish [--url nats://127.0.0.1:4222] [--events 20000]
-[--aggregates 200] [--batch 1000] [--runs 5] [--quick] [--json PATH]``
+[--aggregates 200] [--per-commit 10] [--batch 1000] [--runs 5] [--quick] [--json PATH]``
 
-The event store is SQLite (a new file per run); the events are the bank account's, ten per
-commit (an account opened with nine deposits), over ``--aggregates`` accounts. Each run
-uses a new stream (deleted afterwards). Rows, medians of ``--runs`` runs, side by side:
+The event store is SQLite (a new file per run); the events are the bank account's,
+``--per-commit`` per commit (an account opened with deposits), about ``--aggregates``
+accounts at a time. Each run uses a new stream (deleted afterwards). Rows, medians of
+``--runs`` runs, the sides interleaved:
 
-- ``live`` (framework): 8 writers commit ``--events`` events while a
-  :class:`~cqrs.ProjectionRunner` runs the :class:`~cqrs_nats.JetStreamPublisher` (batches
-  of ``--batch``); from the first commit to the checkpoint passing the last event, i.e.
-  every event acknowledged by JetStream: the end-to-end rate (the bar: 10,000 events/s).
-- ``commit only``: the same commits with no publisher: the ceiling ``live`` can reach.
+- ``live`` (framework): a writer process (8 concurrent writers, as an application) commits
+  ``--events`` events while this process's :class:`~cqrs.ProjectionRunner` runs the
+  :class:`~cqrs_nats.JetStreamPublisher` (batches of ``--batch``); from the go to the
+  writer to the checkpoint passing its last event, i.e. every event acknowledged by
+  JetStream: the end-to-end rate (aim: 10,000 events/s).
+- ``commit only``: the same writer process with no publisher: the ceiling of ``live``.
 - ``backlog`` (framework): the publisher catching up on ``--events`` events already
   committed: read, decode, encode, publish, wait for the acks, checkpoint.
-- ``backlog`` (raw): nats-py alone publishing the same messages (subjects, headers and
-  bodies built beforehand, not timed), 1,000 acknowledgements in flight, no order kept.
+- ``backlog`` (raw nats-py): nats-py alone publishing the same messages (subjects, headers
+  and bodies built beforehand, not timed), 1,000 acknowledgements in flight, no order kept.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,6 @@ BAR = 10_000.0
 """events/s, commit to JetStream acknowledgement (issue 17)."""
 
 WRITERS = 8
-EVENTS_PER_COMMIT = 10
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class Row:
 
 @dataclass
 class Setup:
+    path: Path
     repository: PersistedEventRepository
     store: PersistedEventStore[Any, Any, Any, Any]
     app: CqrsFramework[Any, Any, Any]
@@ -69,18 +70,62 @@ class Setup:
     prefix: str
 
 
-async def _commit(setup: Setup, events: int, aggregates: int) -> None:
-    """``events`` events, ten per commit, by 8 writers over new accounts."""
-    commits = events // EVENTS_PER_COMMIT
+async def _commit(setup: Setup, events: int, aggregates: int, per_commit: int) -> None:
+    """``events`` events, ``per_commit`` per commit, by 8 writers over new accounts, about
+    ``aggregates`` of them at a time."""
+    commits = events // per_commit
     per_account = max(1, commits // max(1, aggregates))
     names = iter(range(commits))
 
     async def writer() -> None:
         for number in names:
             account = f"acc-{number // per_account}-{number}"
-            await setup.app.execute(account, open_command(account, EVENTS_PER_COMMIT))
+            await setup.app.execute(account, open_command(account, per_commit))
 
     await asyncio.gather(*(writer() for _ in range(WRITERS)))
+
+
+async def _writer_process(options: argparse.Namespace) -> None:
+    """``--writer PATH``: commit the events into PATH when a line comes on stdin; print
+    ``ready`` before and ``done LAST_POSITION`` after."""
+    repository = await _sqlite(Path(options.writer))
+    try:
+        store: PersistedEventStore[Any, Any, Any, Any] = PersistedEventStore(
+            repository, BenchAccount
+        )
+        app: CqrsFramework[Any, Any, Any] = CqrsFramework(store, (), BankAccountServices())
+        setup = Setup(Path(options.writer), repository, store, app, "", "")
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+        await _commit(setup, options.events, options.aggregates, options.per_commit)
+        print(f"done {await _last(setup)}", flush=True)
+    finally:
+        await repository.close()
+
+
+async def _commit_elsewhere(setup: Setup, options: argparse.Namespace) -> tuple[int, float]:
+    """Commit from a writer process (as an application would); return the last position
+    and the time from the go to the writer's last commit."""
+    command = [sys.executable, "-m", "benchmarks.nats_publish", "--writer", str(setup.path)]
+    command += ["--events", str(options.events), "--aggregates", str(options.aggregates)]
+    command += ["--per-commit", str(options.per_commit)]
+    writer = await asyncio.create_subprocess_exec(
+        *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    stdin, stdout = writer.stdin, writer.stdout
+    if stdin is None or stdout is None or (await stdout.readline()).strip() != b"ready":
+        msg = "the writer process did not start"
+        raise RuntimeError(msg)
+    started = time.perf_counter()
+    stdin.write(b"go\n")
+    await stdin.drain()
+    done = (await stdout.readline()).split()
+    elapsed = time.perf_counter() - started
+    await writer.wait()
+    if done[:1] != [b"done"]:
+        msg = f"the writer process failed: {done!r}"
+        raise RuntimeError(msg)
+    return int(done[1]), elapsed
 
 
 async def _last(setup: Setup) -> int:
@@ -101,8 +146,8 @@ async def live(setup: Setup, options: argparse.Namespace, client: Any) -> tuple[
     task = asyncio.create_task(runner.run())
     try:
         started = time.perf_counter()
-        await _commit(setup, options.events, options.aggregates)
-        await runner.wait_for(await _last(setup), timeout=600)
+        last, _ = await _commit_elsewhere(setup, options)
+        await runner.wait_for(last, timeout=600)
         elapsed = time.perf_counter() - started
     finally:
         runner.stop()
@@ -115,13 +160,12 @@ async def commit_only(
     options: argparse.Namespace,
     client: Any,  # noqa: ARG001 - the same signature as the other sides
 ) -> tuple[int, float]:
-    started = time.perf_counter()
-    await _commit(setup, options.events, options.aggregates)
-    return options.events, time.perf_counter() - started
+    _, elapsed = await _commit_elsewhere(setup, options)
+    return options.events, elapsed
 
 
 async def backlog(setup: Setup, options: argparse.Namespace, client: Any) -> tuple[int, float]:
-    await _commit(setup, options.events, options.aggregates)
+    await _commit(setup, options.events, options.aggregates, options.per_commit)
     await setup.repository.checkpoint_store("bench_projections").create_schema()
     runner = _runner(setup, client, options)
     last = await _last(setup)
@@ -137,7 +181,7 @@ async def backlog(setup: Setup, options: argparse.Namespace, client: Any) -> tup
 
 
 async def raw(setup: Setup, options: argparse.Namespace, client: Any) -> tuple[int, float]:
-    await _commit(setup, options.events, options.aggregates)
+    await _commit(setup, options.events, options.aggregates, options.per_commit)
     codec = setup.store.codec
     messages = [
         (
@@ -178,9 +222,8 @@ async def _once(
             repository, BenchAccount
         )
         app: CqrsFramework[Any, Any, Any] = CqrsFramework(store, (), BankAccountServices())
-        events, seconds = await measure(
-            Setup(repository, store, app, stream, prefix), options, client
-        )
+        setup = Setup(workdir / f"{tag}.db", repository, store, app, stream, prefix)
+        events, seconds = await measure(setup, options, client)
         return events / seconds
     finally:
         with contextlib.suppress(Exception):
@@ -234,6 +277,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--url", default="nats://127.0.0.1:4222", help="NATS server")
     parser.add_argument("--events", type=int, default=20_000, help="events per run (20000)")
     parser.add_argument("--aggregates", type=int, default=200, help="accounts (200)")
+    parser.add_argument("--per-commit", type=int, default=10, help="events per commit (10)")
+    parser.add_argument("--writer", metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1000, help="runner batch size (1000)")
     parser.add_argument("--runs", type=int, default=5, help="runs per side; medians (5)")
     parser.add_argument("--quick", action="store_true", help="2,000 events, 2 runs")
@@ -241,14 +286,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     options = parser.parse_args(argv)
     if options.quick:
         options.events, options.runs = 2_000, 2
-    if options.events < EVENTS_PER_COMMIT or options.runs < 1:
-        parser.error("--events must be at least 10 and --runs at least 1")
+    if not 1 <= options.per_commit <= options.events or options.runs < 1:
+        parser.error("need 1 <= --per-commit <= --events, and --runs at least 1")
     return options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the table (and write JSON); 0 on success."""
     options = parse_args(argv)
+    if options.writer:
+        asyncio.run(_writer_process(options))
+        return 0
     rows = asyncio.run(run(options))
     print(table(rows))
     if options.json:

@@ -658,3 +658,86 @@ async def test_the_readme_publisher_and_consumer_run_as_two_processes(client, st
     for process, (_, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err.decode()
         assert b"Exception ignored" not in err, err.decode()
+
+
+# -- the surface ------------------------------------------------------------------------------
+
+
+def test_all_is_sorted_complete_and_documented():
+    import cqrs_nats  # noqa: PLC0415 - the module itself is under test
+
+    def isort(name: str) -> tuple[int, str]:  # constants, classes, functions (ruff's order)
+        return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
+
+    assert list(cqrs_nats.__all__) == sorted(cqrs_nats.__all__, key=isort)
+    modules = {"consumer", "messages", "publisher", "streams", "subjects"}
+    public = {name for name in dir(cqrs_nats) if not name.startswith("_")} - modules
+    assert public == set(cqrs_nats.__all__)
+    for name in cqrs_nats.__all__:
+        assert getattr(cqrs_nats, name).__doc__, f"{name} has no docstring"
+
+
+@pytest.mark.parametrize(
+    ("options", "culprit"),
+    [({"max_in_flight": 0}, "max_in_flight"), ({"ack_timeout": 0}, "ack_timeout")],
+)
+def test_bad_publisher_options_are_named(options, culprit):
+    with pytest.raises(ConfigurationError, match=culprit):
+        JetStreamPublisher(None, "S", [], **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "culprit"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"dead_letter_after": 0}, "dead_letter_after"),
+        ({"ack_wait": 0}, "ack_wait"),
+    ],
+)
+def test_bad_consumer_options_are_named(options, culprit, bank):
+    projection = ViewProjection("p", [bank.store], None, Totals, key=str, update=update)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=culprit):
+        JetStreamConsumer(None, "S", "d", projection, **options)  # type: ignore[arg-type]
+
+
+def test_a_message_without_the_headers_names_what_is_missing():
+    with pytest.raises(cqrs.DeserializationError, match="no 'Cqrs-Aggregate-Type' header"):
+        serialized_event(b"{}", {"Nats-Msg-Id": "x"})
+    headers = {
+        "Nats-Msg-Id": str(uuid.uuid4()),
+        "Cqrs-Aggregate-Type": "A",
+        "Cqrs-Aggregate-Id": "a%2E1",
+        "Cqrs-Sequence": "two",
+        "Cqrs-Event-Type": "E",
+        "Cqrs-Event-Version": "1.0",
+        "Cqrs-Position": "3",
+        "Cqrs-Timestamp": "2026-01-01T00:00:00+00:00",
+    }
+    with pytest.raises(cqrs.DeserializationError, match="malformed header"):
+        serialized_event(b"{}", headers)
+    assert serialized_event(b"{}", {**headers, "Cqrs-Sequence": "2"}).aggregate_id == "a.1"
+
+
+async def test_events_a_consumer_does_not_handle_are_acknowledged_unhandled(
+    client, stream, bank, service
+):
+    await bank.activity(accounts=2, deposits=2)
+    envelopes = await publish_all(client, stream, bank)
+    seen: list[str] = []
+    store = PersistedEventStore(service, BankAccount)
+
+    class DepositsOnly:
+        name, sources, event_types = "deposits", (store,), {"CustomerDepositedMoney"}
+
+        async def handle(self, events) -> None:
+            seen.extend(type(e.payload).__name__ for e in events)
+
+    consumer = JetStreamConsumer(client, stream.name, "svc", DepositsOnly(), prefix=stream.prefix)
+
+    async def settled() -> bool:
+        status = consumer.status()
+        return status.applied + status.ignored == len(envelopes)
+
+    await consume(consumer, settled)
+    assert seen == ["CustomerDepositedMoney"] * 4
+    assert (consumer.status().applied, consumer.status().ignored) == (4, 2)

@@ -41,7 +41,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from cqrs import DatabaseConnectionError, EventEnvelope, Projection
+from cqrs import ConfigurationError, DatabaseConnectionError, EventEnvelope, Projection
 from cqrs.checkpoints import check_lease_name
 from cqrs_nats.messages import serialized_event
 from cqrs_nats.streams import NETWORK_ERRORS, BrokerUnavailableError
@@ -100,13 +100,13 @@ class JetStreamConsumer:
         check_lease_name(durable, "durable consumer name")
         if not isinstance(batch_size, int) or batch_size < 1:
             msg = f"batch_size must be a positive int, not {batch_size!r}"
-            raise ValueError(msg)
+            raise ConfigurationError(msg)
         if not isinstance(dead_letter_after, int) or dead_letter_after < 1:
             msg = f"dead_letter_after must be a positive int, not {dead_letter_after!r}"
-            raise ValueError(msg)
+            raise ConfigurationError(msg)
         if not ack_wait > 0 or not fetch_timeout > 0 or not retry_delay >= 0:
             msg = "ack_wait and fetch_timeout must be > 0, retry_delay >= 0"
-            raise ValueError(msg)
+            raise ConfigurationError(msg)
         self.client = client
         self.stream = stream
         self.durable = durable
@@ -118,6 +118,7 @@ class JetStreamConsumer:
         self.dead_letter_subject = dead_letter_subject
         self.dead_letter_after = dead_letter_after
         self.retry_delay = float(retry_delay)
+        self._decoders = {source.aggregate_type: source for source in projection.sources}
         self._status = ConsumerStatus()
         self._subscription: JetStreamContext.PullSubscription | None = None
         self._acked: OrderedDict[str, None] = OrderedDict()
@@ -254,9 +255,8 @@ class JetStreamConsumer:
             row = serialized_event(message.data, headers)
         except Exception as error:  # noqa: BLE001 - dead-lettered like a failing handler
             return error
-        decoders = {source.aggregate_type: source for source in self.projection.sources}
         types = self.projection.event_types
-        decoder = decoders.get(row.aggregate_type)
+        decoder = self._decoders.get(row.aggregate_type)
         if decoder is None or (types is not None and row.event_type not in types):
             return None
         try:

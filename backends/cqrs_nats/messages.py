@@ -107,7 +107,7 @@ def serialized_event(data: bytes, headers: Mapping[str, str] | None) -> Serializ
             int(headers["Cqrs-Position"]),
         )
     except KeyError as error:
-        msg = f"a NATS message has no {error.args[0]} header: not an event of cqrs_nats"
+        msg = f"a NATS message has no {error.args[0]!r} header: not an event of cqrs_nats"
         raise DeserializationError(msg) from error
     except ValueError as error:
         msg = f"a NATS message has a malformed header ({error}); headers: {dict(headers)}"

@@ -33,10 +33,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import nats.errors
 import nats.js.errors
@@ -46,6 +46,7 @@ from nats.js.client import JetStreamContext
 
 from cqrs import (
     Codec,
+    ConfigurationError,
     CqrsError,
     EventDecoder,
     EventEnvelope,
@@ -64,8 +65,15 @@ logger = logging.getLogger("cqrs.nats")
 
 Key = tuple[str, str]
 
-Mapper = Callable[[EventEnvelope[Any]], IntegrationEvent | None]
-"""Makes the integration event to publish of a committed event, or None to publish none."""
+
+class Mapper(Protocol):
+    """A function that makes the integration event to publish of a committed event, or
+    returns None to publish nothing for it. It runs for every event handed to the
+    publisher, again when a batch is retried: keep it pure."""
+
+    def __call__(self, envelope: EventEnvelope[Any], /) -> IntegrationEvent | None:
+        """The integration event of ``envelope``, or None."""
+        ...
 
 
 class PublishRefusedError(CqrsError):
@@ -139,10 +147,10 @@ class JetStreamPublisher:
         self._name = check_lease_name(name)
         if not isinstance(max_in_flight, int) or max_in_flight < 1:
             msg = f"max_in_flight must be a positive int, not {max_in_flight!r}"
-            raise ValueError(msg)
+            raise ConfigurationError(msg)
         if not ack_timeout > 0:
             msg = f"ack_timeout must be > 0 seconds, not {ack_timeout!r}"
-            raise ValueError(msg)
+            raise ConfigurationError(msg)
         self.client = client
         self.stream = stream
         self.prefix = check_prefix(prefix)
