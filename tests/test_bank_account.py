@@ -23,6 +23,7 @@ from examples.bank_account.domain import (
     MAX_BALANCE,
     AccountOpened,
     BankAccount,
+    BankAccountCommand,
     BankAccountError,
     BankAccountServices,
     BankAccountView,
@@ -101,7 +102,7 @@ async def test_amounts_within_the_rules_are_taken_as_given(account, amount):
 async def test_arithmetic_is_exact_whatever_the_ambient_decimal_context(account):
     # With the default 28 digits, 0.5 onto 10**27 used to leave the balance unchanged.
     near_max = CustomerDepositedMoney(MAX_BALANCE - D("0.5"), MAX_BALANCE - D("0.5"))
-    with decimal.localcontext(prec=3, traps=[]):
+    with decimal.localcontext(decimal.Context(prec=3)):
         result = await account.given([OPENED, near_max]).when(DepositMoney(D("0.5")))
         result.then_expect_events([CustomerDepositedMoney(D("0.5"), MAX_BALANCE)])
         spent = await account.given([OPENED, near_max]).when(WriteCheck("7", D("0.01")))
@@ -129,13 +130,15 @@ async def test_the_balance_is_always_the_sum_of_the_ledger(steps):
     store = PersistedEventStore(await memory(), BankAccount, snapshot_every=4)
     cqrs = CqrsFramework(store, (), BankAccountServices())
     await cqrs.execute("A1", OpenAccount("A1"))
-    with decimal.localcontext(prec=5, traps=[]):  # the ambient context plays no part
+    with decimal.localcontext(decimal.Context(prec=5)):  # the ambient context plays no part
         for kind, amount in steps:
-            command = {
-                "deposit": DepositMoney(amount),
-                "withdraw": WithdrawMoney(amount, "ATM-1"),
-                "check": WriteCheck("1", amount),
-            }[kind]
+            command: BankAccountCommand
+            if kind == "deposit":
+                command = DepositMoney(amount)
+            elif kind == "withdraw":
+                command = WithdrawMoney(amount, "ATM-1")
+            else:
+                command = WriteCheck("1", amount)
             try:
                 await cqrs.execute("A1", command)
             except UserError:
