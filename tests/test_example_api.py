@@ -100,6 +100,12 @@ async def test_the_demo_scenario_over_http(client):
         (b"{not json", 400, "malformed JSON"),
         (b"[" * 100_000 + b"]" * 100_000, 413, "larger than"),
         (b"[" * 5_000 + b"]" * 5_000, 400, "nested too deeply"),
+        (b'{"DepositMoney": {"amount": ' + b"[" * 1_000 + b"]" * 1_000 + b"}}", 400, "deeply"),
+        (
+            b'{"DepositMoney": {"amount": ' + b"[" * 100 + b"]" * 100 + b"}}",
+            422,
+            "DepositMoney.amount: must be a JSON number",
+        ),
         (b"[1, 2]", 422, "naming exactly one command"),
         (b'{"A": {}, "B": {}}', 422, "naming exactly one command"),
         (b'{"CloseAccount": {}}', 422, "unknown command 'CloseAccount'"),
@@ -304,3 +310,34 @@ async def test_cross_account_views_from_the_projections_run_by_the_server(backen
         assert status["bank_atms"]["state"] == "running"
         missing = await client.get("/atms/ATM-9")
         assert (missing.status_code, "error" in missing.json()) == (404, True)
+
+
+async def test_the_openapi_document_describes_every_command_and_error():
+    app = app_over(await BankService.over(await memory()))
+    async with http(app) as client:
+        schema = (await client.get("/openapi.json")).json()
+        docs = await client.get("/docs")
+        asset = await client.get("/docs/assets/swagger-ui-bundle.js")
+    post = schema["paths"]["/accounts/{account_id}"]["post"]
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    assert [ref["$ref"].rsplit("/", 1)[1] for ref in body["oneOf"]] == [
+        "OpenAccountBody",
+        "DepositMoneyBody",
+        "WithdrawMoneyBody",
+        "WriteCheckBody",
+    ]
+    deposit = schema["components"]["schemas"]["DepositMoneyFields"]
+    assert deposit["additionalProperties"] is False
+    assert deposit["properties"]["amount"]["maximum"] == 1_000_000_000
+    assert {"200", "400", "401", "404", "409", "413", "415", "422", "503"} <= set(post["responses"])
+    error = post["responses"]["409"]["content"]["application/json"]["schema"]["$ref"]
+    assert error.endswith("/ErrorBody")
+    assert [p["name"] for p in post["parameters"]] == ["account_id", "Idempotency-Key"]
+    events = schema["paths"]["/accounts/{account_id}/events"]["get"]
+    assert {p["name"] for p in events["parameters"]} == {"account_id", "after", "limit"}
+    # The docs page works offline: its scripts and styles are served by the app itself.
+    assert docs.status_code == 200
+    assert "/docs/assets/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower()
+    assert "https://" not in docs.text
+    assert (asset.status_code, len(asset.content) > 100_000) == (200, True)
