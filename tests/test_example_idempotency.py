@@ -11,7 +11,7 @@ import httpx
 from cqrs import CqrsFramework
 from examples.bank_account.api import create_app
 from examples.bank_account.auth import ApiKeys
-from examples.bank_account.domain import DepositMoney
+from examples.bank_account.domain import DepositMoney, OpenAccount
 from examples.bank_account.idempotency import KEY, KEY_RETENTION, REQUEST_HASH, request_hash
 from examples.bank_account.service import BankService
 
@@ -155,3 +155,15 @@ async def test_the_index_forgets_keys_after_the_retention(backend):
     )
     index.update(later)
     assert index.keys == {}
+
+
+async def test_a_view_that_missed_its_update_is_brought_up_to_date_when_read(backend):
+    service = await bank(backend)
+    # A process that committed and died before updating the views.
+    bare = CqrsFramework(service.store, [], service.cqrs.services)
+    await bare.execute("p1/A1", OpenAccount("A1"))
+    await bare.execute("p1/A1", DepositMoney(Decimal(9)))
+    async with client(service) as http:
+        view = await http.get("/accounts/A1")
+    assert (view.status_code, view.json()["balance"]) == (200, 9)
+    assert (await service.views.load_with_context("p1/A1")) is not None

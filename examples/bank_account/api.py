@@ -270,7 +270,7 @@ async def execute(
 @router.get("/accounts/{account_id}", response_model=AccountView, summary="An account's view")
 async def view(account_id: AccountId, bank: Service, principal: Caller) -> Response:
     """The account's view, or 404."""
-    found = await bank.views.load(principal.aggregate_id(account_id))
+    found = await bank.account_view(principal.aggregate_id(account_id))
     if found is None:
         raise _not_found(account_id)
     found.account_id = account_id

@@ -155,6 +155,19 @@ class BankService:
                     logger.exception("updating the views after a replayed command failed")
         return outcome
 
+    async def account_view(self, aggregate_id: str) -> BankAccountView | None:
+        """The account's view, or None when the account has no events. A view that missed
+        its update (a process died between a commit and the view's update) is brought up to
+        date from the events first."""
+        loaded = await self.views.load_with_context(aggregate_id)
+        version = 0 if loaded is None else loaded[1].version
+        missed = await self.store.load_events(aggregate_id, version)
+        if not missed:
+            return None if loaded is None else loaded[0]
+        for query in self.view_queries:
+            await query.dispatch(aggregate_id, missed)
+        return await self.views.load(aggregate_id)
+
     async def close(self) -> None:
         """Close the repository."""
         await self.repository.close()
