@@ -29,6 +29,7 @@ import random
 import socket
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +62,7 @@ from cqrs.repository import (
 from cqrs.subscription import PollingWakeUps, SharedWakeUps, WakeUps, WakeUpSource
 
 __all__ = [
+    "AggregatePartition",
     "EventDecoder",
     "Projection",
     "ProjectionFailedError",
@@ -68,6 +70,8 @@ __all__ = [
     "ProjectionStatus",
     "TransactionalProjection",
     "ViewProjection",
+    "partition_of",
+    "partitions",
 ]
 
 V = TypeVar("V")
@@ -499,6 +503,8 @@ class ProjectionRunner:
             if row.aggregate_type in decoders
             and (event_types is None or row.event_type in event_types)
         ]
+        if isinstance(projection, AggregatePartition):
+            wanted = [row for row in wanted if projection.accepts(row.aggregate_id)]
         position = rows[-1].position
         saved = bool(wanted) and await telemetry.within(  # a span per batch when tracing
             telemetry.batch(projection.name, wanted),
@@ -741,6 +747,8 @@ class ViewProjection(Generic[V]):
         self.key = key
         self.update = update
         self.attempts = attempts
+        self.partition: tuple[int, int] | None = None
+        """``(index, count)`` for one of :meth:`partitions`, else None."""
 
     @property
     def name(self) -> str:
@@ -770,6 +778,23 @@ class ViewProjection(Generic[V]):
             event_types=self._event_types,
             attempts=self.attempts,
         )
+
+    def partitions(self, count: int) -> list[ViewProjection[V]]:
+        """The projection split in ``count`` partitions named ``<name>.<i>of<count>``, each
+        with its own checkpoint and lease: run them in one runner, or spread them over
+        processes to share the view writes. Partition ``i`` keeps the views whose id
+        :func:`partition_of` gives ``i``, so each view is written by one partition only, in
+        global order, and the views equal those of the whole projection. Every partition
+        reads and decodes every event (keys are computed from envelopes)."""
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            msg = f"a projection splits into a positive number of partitions, not {count!r}"
+            raise ConfigurationError(msg)
+        parts = []
+        for index in range(count):
+            part = self.renamed(f"{self._name}.{index}of{count}", self.view_repository)
+            part.partition = (index, count)
+            parts.append(part)
+        return parts
 
     def commits_with(self, checkpoints: CheckpointStore) -> bool:
         """True if ``checkpoints`` keeps this projection's views in its own database (a
@@ -844,6 +869,9 @@ class ViewProjection(Generic[V]):
                 continue
             for view_id in keys:
                 by_view.setdefault(view_id, []).append(envelope)
+        if self.partition is not None:
+            index, count = self.partition
+            return {k: v for k, v in by_view.items() if partition_of(k, count) == index}
         return by_view
 
     async def _apply(self, view_id: str, envelopes: list[EventEnvelope[Any]]) -> None:
@@ -886,3 +914,62 @@ def _decode_row(
         msg = f"{where} does not decode: its payload is {type(payload).__name__}, not JSON"
         raise DeserializationError(msg)
     return decode_view(views.codec, payload, views.view_type, where), version
+
+
+def partition_of(key: str, count: int) -> int:
+    """The partition (0 to ``count - 1``) of a view id or aggregate id: a stable hash (CRC-32
+    of its UTF-8 bytes), the same in every process and Python version."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % count
+
+
+def partitions(projection: Projection, count: int) -> list[Projection]:
+    """``projection`` split in ``count`` partitions, each with its own name
+    (``<name>.<i>of<count>``), checkpoint and lease, so up to ``count`` runners (in any
+    processes) share its work. A :class:`ViewProjection` splits by view id
+    (:meth:`ViewProjection.partitions`); any other projection by aggregate id: partition
+    ``i`` is handed, in global order, the events of the aggregates whose id
+    :func:`partition_of` gives ``i`` (so each aggregate's events in their order), and the
+    others are neither decoded nor handed over. The partitions share ``projection``'s
+    ``handle``: when several run in one process, it must allow concurrent calls."""
+    if isinstance(projection, ViewProjection):
+        return list(projection.partitions(count))
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        msg = f"a projection splits into a positive number of partitions, not {count!r}"
+        raise ConfigurationError(msg)
+    return [AggregatePartition(projection, index, count) for index in range(count)]
+
+
+class AggregatePartition:
+    """Partition ``index`` of ``count`` of ``projection`` by aggregate id (see
+    :func:`partitions`): a projection named ``<name>.<index>of<count>``."""
+
+    def __init__(self, projection: Projection, index: int, count: int) -> None:
+        if not 0 <= index < count:
+            msg = f"partition {index!r} is not one of 0 to {count - 1}"
+            raise ConfigurationError(msg)
+        self.projection = projection
+        self.index, self.count = index, count
+        self._name = check_lease_name(f"{projection.name}.{index}of{count}")
+
+    @property
+    def name(self) -> str:
+        """``<name>.<index>of<count>``."""
+        return self._name
+
+    @property
+    def sources(self) -> Sequence[EventDecoder]:
+        """The whole projection's sources."""
+        return self.projection.sources
+
+    @property
+    def event_types(self) -> Collection[str] | None:
+        """The whole projection's event types."""
+        return self.projection.event_types
+
+    def accepts(self, aggregate_id: str) -> bool:
+        """True for the aggregates of this partition."""
+        return partition_of(aggregate_id, self.count) == self.index
+
+    async def handle(self, events: Sequence[EventEnvelope[Any]]) -> None:
+        """Hand this partition's events to the projection."""
+        await self.projection.handle(events)

@@ -20,7 +20,14 @@ from cqrs import (
     SerializedEvent,
 )
 from cqrs.checkpoints import MemoryCheckpoints
-from cqrs.projection import ProjectionFailedError, ProjectionRunner, ViewProjection
+from cqrs.projection import (
+    AggregatePartition,
+    ProjectionFailedError,
+    ProjectionRunner,
+    ViewProjection,
+    partition_of,
+    partitions,
+)
 from cqrs.rebuild import SwitchableViews, rebuild, reset_views
 from cqrs.repository import ViewContext
 from cqrs_memory import MemoryEventRepository
@@ -616,3 +623,89 @@ async def test_a_rebuild_that_cannot_catch_up_in_time_raises_timeout(setup):
             **FAST,
         )
     assert switched == []
+
+
+async def test_partitions_of_a_view_projection_give_the_views_of_the_whole(setup):
+    last = await setup.activity(accounts=5, deposits=3)
+    whole = setup.projections()[1]  # balances, a view per account
+    parts = whole.partitions(3)
+    assert [p.name for p in parts] == ["balances.0of3", "balances.1of3", "balances.2of3"]
+    runners = [setup.runner([part], owner=f"r{n}") for n, part in enumerate(parts)]
+    tasks = [asyncio.create_task(r.run()) for r in runners]
+    try:
+        for runner in runners:
+            await runner.wait_for(last, timeout=5)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for number in range(5):
+        events = await setup.store.load_events(f"acc-{number}")
+        expected = Balance()
+        for envelope in events:
+            update_balance(expected, envelope)
+        assert await setup.balances.load(f"acc-{number}") == expected
+    for part in parts:
+        assert await setup.checkpoints.position(part.name) == last
+    assert await setup.checkpoints.position("balances") == 0
+
+
+async def test_a_view_projection_partition_writes_only_its_views(setup):
+    last = await setup.activity(accounts=6, deposits=1)
+    part = setup.projections()[1].partitions(2)[0]
+    runner = setup.runner([part])
+    async with running(runner):
+        await runner.wait_for(last, timeout=5)
+    for number in range(6):
+        view_id = f"acc-{number}"
+        stored = await setup.balances.load(view_id)
+        assert (stored is not None) == (partition_of(view_id, 2) == 0), view_id
+
+
+async def test_aggregate_partitions_hand_each_aggregate_to_one_partition_in_order(setup):
+    last = await setup.activity(accounts=6, deposits=2)
+    inner = Positions(setup, "positions")
+    by_partition: dict[str, list[tuple[str, int]]] = {}
+
+    class Recording:
+        name, sources, event_types = inner.name, inner.sources, inner.event_types
+
+        async def handle(self, events) -> None:
+            raise AssertionError("the partitions call the projection, not this")
+
+    parts = partitions(Recording(), 2)
+    assert [p.name for p in parts] == ["positions.0of2", "positions.1of2"]
+
+    class Into:
+        def __init__(self, part_name: str) -> None:
+            self.part_name = part_name
+            self.name, self.sources, self.event_types = "x", inner.sources, None
+
+        async def handle(self, events) -> None:
+            by_partition.setdefault(self.part_name, []).extend(
+                (e.aggregate_id, e.sequence) for e in events
+            )
+
+    wrapped = [AggregatePartition(Into(p.name), n, 2) for n, p in enumerate(parts)]
+    runner = setup.runner(wrapped)
+    async with running(runner):
+        await runner.wait_for(last, timeout=5)
+    seen = [pair for pairs in by_partition.values() for pair in pairs]
+    assert len(seen) == len(set(seen)) == last  # every event once
+    for name, pairs in by_partition.items():
+        index = int(name.split(".")[1].split("of")[0])
+        assert {partition_of(aggregate, 2) for aggregate, _ in pairs} == {index}
+        for aggregate in {a for a, _ in pairs}:
+            sequences = [s for a, s in pairs if a == aggregate]
+            assert sequences == sorted(sequences) == list(range(1, len(sequences) + 1))
+
+
+def test_partitions_are_checked():
+    setup = Setup()
+    with pytest.raises(ConfigurationError, match="positive number of partitions"):
+        partitions(setup.projections()[0], 0)
+    with pytest.raises(ConfigurationError, match="positive number of partitions"):
+        partitions(Positions(setup), True)
+    with pytest.raises(ConfigurationError, match="not one of 0 to 1"):
+        AggregatePartition(Positions(setup), 2, 2)
+    assert partition_of("acc-1", 7) == partition_of("acc-1", 7) < 7

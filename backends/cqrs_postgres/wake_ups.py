@@ -25,6 +25,7 @@ the poll interval.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from typing import Any
@@ -161,6 +162,12 @@ class PostgresWakeUps:
             self._retry_at = loop.time() + min(MAX_RETRY_DELAY, 0.1 * 2**self._failures)
             self._lose("cannot connect to", error)
             return False
+        except BaseException:
+            # Cancelled while connecting (the runner stops): the new connection goes too.
+            if conn is not None:
+                with contextlib.suppress(BaseException):
+                    await conn.close()
+            raise
         self._conn, self._failures = conn, 0
         if self._lost:
             self._lost = False

@@ -217,3 +217,17 @@ async def test_a_runner_shares_one_listener_among_its_projections(bank):
     assert repository.listeners == 1
     expected = [e.position async for e in bank.store.stream_all_events()]
     assert all(p.seen == expected for p in projections)
+
+
+async def test_partitions_run_by_two_runners_give_the_views_of_a_replay(bank):
+    last = await bank.activity(accounts=4)
+    parts = bank.projection().partitions(2)
+    runners = [bank.runner(part, owner=f"part-{n}", batch_size=3) for n, part in enumerate(parts)]
+    async with running(runners[0]), running(runners[1]):
+        for runner in runners:
+            await runner.wait_for(last, timeout=20)
+        states = {r.status()[p.name].state for r, p in zip(runners, parts, strict=True)}
+        assert states == {"running"}
+    await bank.assert_views_equal_a_replay()
+    for part in parts:
+        assert await bank.checkpoints.position(part.name) == last
