@@ -254,6 +254,63 @@ async def test_consumer_killed_before_ack_gets_the_events_again_and_applies_them
         await repository.close()
 
 
+async def test_a_consumer_pauses_while_nats_is_down_and_resumes_by_itself(server, bank, tmp_path):
+    stream = Stream.new()
+    client = await connect_nats(server.url)
+    service = await cqrs.connect(f"sqlite:///{tmp_path / 'service.db'}")
+    try:
+        await ensure_stream(client, stream.name, prefix=stream.prefix)
+        await bank.activity(accounts=2, deposits=2)
+        publisher = JetStreamPublisher(
+            client, stream.name, [bank.store], prefix=stream.prefix, ack_timeout=1
+        )
+        await publisher.handle(await bank.envelopes())
+        projection, views = account_views(service, "totals", "totals")
+        await views.create_schema()
+        consumer = JetStreamConsumer(
+            client,
+            stream.name,
+            "svc",
+            projection,
+            prefix=stream.prefix,
+            fetch_timeout=0.2,
+            retry_delay=0.05,
+        )
+        task = asyncio.create_task(consumer.run())
+        try:
+
+            async def applied(count: int) -> bool:
+                return consumer.status().applied == count
+
+            await eventually(lambda: applied(6), 20, "the consumer applied the first events")
+            server.stop()
+
+            async def paused() -> bool:
+                return consumer.status().state == "paused"
+
+            await eventually(paused, 20, "the consumer says it is paused")
+            server.start()
+            more = await bank.app.execute("acc-0", DepositMoney(Decimal(3)))
+
+            async def published() -> bool:
+                with contextlib.suppress(cqrs.DatabaseConnectionError):
+                    await publisher.handle(more)
+                    return True
+                return False
+
+            await eventually(published, 30, "NATS took the new event after its restart")
+            await eventually(lambda: applied(7), 30, "the consumer applied the new event")
+            assert consumer.status().state == "running"
+        finally:
+            consumer.stop()
+            await asyncio.wait_for(task, 10)
+        for account, expected in expected_totals(await bank.envelopes()).items():
+            assert await views.load(account) == expected
+    finally:
+        await service.close()
+        await client.close()
+
+
 # -- the processes ----------------------------------------------------------------------------
 
 

@@ -155,9 +155,14 @@ class JetStreamConsumer:
         BrokerUnavailableError while NATS is unreachable."""
         subscription = await self._subscribe()
         try:
+            if not self.client.is_connected:
+                raise nats.errors.ConnectionReconnectingError
             messages = await subscription.fetch(self.batch_size, timeout=self.fetch_timeout)
-        except nats.errors.TimeoutError:
-            return 0
+        except nats.errors.TimeoutError as error:
+            if self.client.is_connected:
+                return 0  # nothing new
+            msg = f"NATS unreachable (reconnecting): {error!r}"
+            raise BrokerUnavailableError(msg) from error
         except (*NETWORK_ERRORS, nats.errors.Error) as error:
             msg = f"cannot fetch from JetStream consumer {self.durable!r}: {error!r}"
             raise BrokerUnavailableError(msg) from error
