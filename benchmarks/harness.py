@@ -36,6 +36,7 @@ from typing import Any
 from benchmarks.targets import (
     MemoryTarget,
     MongoTarget,
+    MysqlTarget,
     PostgresTarget,
     SqliteTarget,
     Target,
@@ -81,6 +82,7 @@ FULL = Sizes(
 
 DEFAULT_BACKENDS = ("memory", "sqlite", "postgres")
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
 
 
 @dataclass
@@ -327,6 +329,8 @@ def _targets(options: argparse.Namespace, prefix: str) -> list[Target]:
             targets.append(PostgresTarget(options.postgres_url, prefix))
         elif name == "mongodb":
             targets.append(MongoTarget(options.mongodb_url, prefix))
+        elif name == "mysql":
+            targets.append(MysqlTarget(options.mysql_url, prefix))
     return targets
 
 
@@ -538,8 +542,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backends",
         default=",".join(DEFAULT_BACKENDS),
-        help="comma-separated: memory,sqlite,postgres,mongodb (default: memory,sqlite,postgres;"
-        " mongodb needs --mongodb-url)",
+        help="comma-separated: memory,sqlite,postgres,mongodb,mysql (default: memory,sqlite,"
+        "postgres; mongodb needs --mongodb-url)",
     )
     parser.add_argument(
         "--workloads", default=",".join(WORKLOADS), help="comma-separated workload ids"
@@ -548,6 +552,11 @@ def _parser() -> argparse.ArgumentParser:
         "--postgres-url",
         default=os.environ.get("CQRS_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
         help="default: $CQRS_TEST_POSTGRES_URL or " + DEFAULT_POSTGRES_URL,
+    )
+    parser.add_argument(
+        "--mysql-url",
+        default=os.environ.get("CQRS_TEST_MYSQL_URL", DEFAULT_MYSQL_URL),
+        help="MySQL or MariaDB; default: $CQRS_TEST_MYSQL_URL or " + DEFAULT_MYSQL_URL,
     )
     parser.add_argument(
         "--mongodb-url",
@@ -568,7 +577,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = _parser()
     options = parser.parse_args(argv)
     options.backends = [name.strip() for name in options.backends.split(",") if name.strip()]
-    unknown = set(options.backends) - {"memory", "sqlite", "postgres", "mongodb"}
+    unknown = set(options.backends) - {"memory", "sqlite", "postgres", "mongodb", "mysql"}
     if unknown:
         parser.error(f"unknown backend(s): {', '.join(sorted(unknown))}")
     if "mongodb" in options.backends and not options.mongodb_url:

@@ -11,11 +11,22 @@ import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from benchmarks.workloads import Side
 
-__all__ = ["MemoryTarget", "MongoTarget", "PostgresTarget", "SqliteTarget", "Target", "version"]
+if TYPE_CHECKING:
+    import asyncmy
+
+__all__ = [
+    "MemoryTarget",
+    "MongoTarget",
+    "MysqlTarget",
+    "PostgresTarget",
+    "SqliteTarget",
+    "Target",
+    "version",
+]
 
 SHORT = {
     "commit_1": "c1",
@@ -277,6 +288,98 @@ class PostgresTarget:
                         sql.Identifier(schema), sql.Identifier(table)
                     )
                 )
+
+
+class MysqlTarget:
+    """Tables named ``<run prefix>_<workload>_<side>_*`` in the database of ``url`` (MySQL
+    or MariaDB). Framework and raw only (``eventsourcing`` has no MySQL persistence)."""
+
+    name = "mysql"
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._names = _Names()
+
+    async def _connect(self) -> asyncmy.Connection:
+        import asyncmy  # noqa: PLC0415
+
+        from cqrs_mysql import parse_url  # noqa: PLC0415
+
+        return await asyncmy.connect(**parse_url(self.url).connect_kwargs(3))
+
+    async def unavailable(self) -> str | None:
+        try:
+            import asyncmy  # noqa: F401, PLC0415
+
+            import cqrs_mysql  # noqa: F401, PLC0415
+        except ImportError as error:
+            return f"the MySQL backend is not importable: {error}"
+        try:
+            conn = await self._connect()
+        except Exception as error:  # noqa: BLE001 - any failure to connect is the reason
+            return f"MySQL is unreachable: {error}"
+        await conn.ensure_closed()
+        return None
+
+    def sides(self, workload: str, snapshot_every: int | None) -> list[Side]:
+        from benchmarks.framework import FrameworkSide  # noqa: PLC0415
+        from benchmarks.raw_mysql import RawMysqlSide  # noqa: PLC0415
+        from cqrs_mysql import from_url  # noqa: PLC0415
+
+        base = f"{self.prefix}_{self._names(workload)}"
+        url = self.url
+        return [
+            FrameworkSide(
+                lambda: from_url(
+                    url, events_table=f"{base}_fw_events", snapshots_table=f"{base}_fw_snapshots"
+                ),
+                snapshot_every=snapshot_every,
+                view_table=lambda table: f"{base}_fw_{table}",
+            ),
+            RawMysqlSide(
+                url,
+                f"{base}_raw_events",
+                f"{base}_raw_snapshots",
+                view_prefix=f"{base}_raw_",
+                snapshot_every=snapshot_every,
+            ),
+        ]
+
+    async def describe(self) -> dict[str, object]:
+        conn = await self._connect()
+        try:
+            cursor = conn.cursor()
+            await cursor.execute(
+                "SELECT VERSION(), @@innodb_flush_log_at_trx_commit, @@sync_binlog, @@log_bin"
+            )
+            row = await cursor.fetchone()
+        finally:
+            await conn.ensure_closed()
+        server, flush, sync_binlog, log_bin = row or (None, None, None, None)
+        return {
+            "mysql_server": server,
+            "mysql_settings": {
+                "innodb_flush_log_at_trx_commit": flush,
+                "sync_binlog": sync_binlog,
+                "log_bin": log_bin,
+            },
+            "asyncmy": version("asyncmy"),
+        }
+
+    async def cleanup(self) -> None:
+        conn = await self._connect()
+        try:
+            cursor = conn.cursor()
+            await cursor.execute(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = DATABASE() AND table_name LIKE %s",
+                (f"{self.prefix}\\_%",),
+            )
+            for (table,) in await cursor.fetchall():
+                await cursor.execute(f"DROP TABLE IF EXISTS `{table}`")
+        finally:
+            await conn.ensure_closed()
 
 
 class MongoTarget:

@@ -207,6 +207,8 @@ class Connections:
         except TimeoutError as error:
             msg = f"no free connection to {describe(self.config)} within {self.timeout:g} s"
             raise DatabaseConnectionError(msg) from error
+        except RuntimeError as error:  # asyncmy: the pool was closed while this waited
+            raise not_open(self.owner) from error
         try:
             yield conn
         except asyncmy.errors.MySQLError:

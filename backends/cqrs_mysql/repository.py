@@ -71,8 +71,20 @@ def _utc(moment: datetime) -> datetime:
     return moment
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC)
+class _Aware:
+    """Makes the session's naive UTC timestamps aware, reusing the last result: the events of
+    one commit share a timestamp, and ``replace`` is the costliest step of building a row."""
+
+    __slots__ = ("_aware", "_naive")
+
+    def __init__(self) -> None:
+        self._naive: datetime | None = None
+        self._aware = datetime.min.replace(tzinfo=UTC)
+
+    def __call__(self, moment: datetime) -> datetime:
+        if moment != self._naive:
+            self._naive, self._aware = moment, moment.replace(tzinfo=UTC)
+        return self._aware
 
 
 def _name(value: bytes | str) -> str:
@@ -198,6 +210,7 @@ class MysqlEventRepository(AsyncResource):
         params = (aggregate_type, aggregate_id, after, (1 << 63) - 1 if limit is None else limit)
         await cursor.execute(self.statements.one_aggregate, params)
         rows: Sequence[tuple[Any, ...]] = await cursor.fetchall()
+        aware = _Aware()
         return [
             SerializedEvent(
                 aggregate_type,
@@ -207,7 +220,7 @@ class MysqlEventRepository(AsyncResource):
                 event_version,
                 payload,
                 metadata,
-                _aware(timestamp),
+                aware(timestamp),
                 event_id,
                 position,
             )
@@ -259,6 +272,7 @@ class MysqlEventRepository(AsyncResource):
                 else:
                     await cursor.execute(statements.all_of_type, (aggregate_type, after, size))
                 rows: Sequence[tuple[Any, ...]] = await cursor.fetchall()
+                aware = _Aware()
                 return [
                     SerializedEvent(
                         _name(kind),
@@ -268,7 +282,7 @@ class MysqlEventRepository(AsyncResource):
                         event_version,
                         payload,
                         metadata,
-                        _aware(timestamp),
+                        aware(timestamp),
                         event_id,
                         position,
                     )
