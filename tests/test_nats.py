@@ -55,6 +55,7 @@ from cqrs_nats import (
     IntegrationEvent,
     JetStreamConsumer,
     JetStreamPublisher,
+    PublishRefusedError,
     StreamSettingsError,
     check_stream,
     connect_nats,
@@ -741,3 +742,32 @@ async def test_events_a_consumer_does_not_handle_are_acknowledged_unhandled(
     await consume(consumer, settled)
     assert seen == ["CustomerDepositedMoney"] * 4
     assert (consumer.status().applied, consumer.status().ignored) == (4, 2)
+
+
+async def test_a_mapper_returning_something_else_is_named(client, stream, bank):
+    await ensure_stream(client, stream.name, prefix=stream.prefix)
+    await bank.activity(accounts=1, deposits=1)
+    publisher = JetStreamPublisher(
+        client,
+        stream.name,
+        [bank.store],
+        prefix=stream.prefix,
+        mapper=lambda envelope: {"not": "an IntegrationEvent"},  # type: ignore[arg-type]
+    )
+    with pytest.raises(TypeError, match=r"mapper returned \{'not'.*BankAccount 'acc-0' sequence 1"):
+        await publisher.handle(await bank.envelopes())
+
+
+async def test_a_message_nats_refuses_is_not_taken_for_an_outage(client, stream, bank):
+    await ensure_stream(client, stream.name, prefix=stream.prefix)
+    await bank.activity(accounts=1, deposits=1)
+    publisher = JetStreamPublisher(
+        client,
+        stream.name,
+        [bank.store],
+        prefix=stream.prefix,
+        mapper=lambda envelope: IntegrationEvent("E", b"{}", headers={"bad key:": "x"}),
+    )
+    with pytest.raises(PublishRefusedError, match="NATS refused a message"):
+        await publisher.handle(await bank.envelopes())
+    assert publisher.status().state != "paused"

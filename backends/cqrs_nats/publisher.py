@@ -200,7 +200,7 @@ class JetStreamPublisher:
         """Publish the batch and return once JetStream stored every message (or had it
         already); raise BrokerUnavailableError while NATS is unreachable, PublishRefusedError when
         JetStream refuses a message."""
-        lanes = self._lanes(events)
+        lanes, dropped = self._lanes(events)
         try:
             await self._wait_connected()
             if not self._checked:
@@ -227,13 +227,18 @@ class JetStreamPublisher:
         if self._status.state == "paused":
             logger.info("publisher %r resumed", self._name)
         self._suspect = suspect
+        self._status.dropped += dropped
         self._status.state, self._status.paused_since, self._status.error = "publishing", None, None
         if events:
             self._status.position = events[-1].position
 
-    def _lanes(self, events: Sequence[EventEnvelope[Any]]) -> dict[Key, list[_Outgoing]]:
-        """The messages of the batch, one lane per aggregate, each in sequence order."""
+    def _lanes(
+        self, events: Sequence[EventEnvelope[Any]]
+    ) -> tuple[dict[Key, list[_Outgoing]], int]:
+        """The messages of the batch, one lane per aggregate, each in sequence order, and
+        how many events the mapper dropped."""
         lanes: dict[Key, list[_Outgoing]] = {}
+        dropped = 0
         encode, mapper = self.codec.encode, self.mapper
         for envelope in events:
             extra: dict[str, str] = {}
@@ -242,10 +247,18 @@ class JetStreamPublisher:
                 version = event_version_of(envelope.payload)
                 data = encode(envelope.payload)
             else:
-                mapped = mapper(envelope)
-                if mapped is None:
-                    self._status.dropped += 1
+                result: object = mapper(envelope)  # checked: a user's function
+                if result is None:
+                    dropped += 1
                     continue
+                if not isinstance(result, IntegrationEvent):
+                    msg = (
+                        f"the mapper returned {result!r} for event {envelope.event_id} "
+                        f"({envelope.aggregate_type} {envelope.aggregate_id!r} sequence "
+                        f"{envelope.sequence}); expected an IntegrationEvent or None"
+                    )
+                    raise TypeError(msg)
+                mapped = result
                 event_type, version = mapped.event_type, mapped.event_version
                 payload = mapped.payload
                 data = bytes(payload) if isinstance(payload, bytes | bytearray) else encode(payload)
@@ -261,7 +274,7 @@ class JetStreamPublisher:
             else:
                 subject = lane[0].subject
             lane.append(_Outgoing(subject, data, headers, envelope.sequence, envelope.position))
-        return lanes
+        return lanes, dropped
 
     async def _wait_connected(self) -> None:
         """Wait up to ack_timeout for the client to be connected (it reconnects itself)."""
@@ -328,9 +341,12 @@ class JetStreamPublisher:
             raise PublishRefusedError(msg) from error
         except nats.js.errors.NoStreamResponseError as error:
             raise self._no_stream(wave[0].subject) from error
-        except (*NETWORK_ERRORS, nats.errors.Error) as error:
+        except NETWORK_ERRORS as error:
             msg = f"NATS did not acknowledge {len(wave)} message(s) in time: {error!r}"
             raise BrokerUnavailableError(msg) from error
+        except nats.errors.Error as error:  # a bad header, a message too large...
+            msg = f"NATS refused a message to {wave[0].subject!r}: {error!r}"
+            raise PublishRefusedError(msg) from error
         finally:
             _settle(futures)
         status = self._status
