@@ -341,3 +341,15 @@ async def test_the_openapi_document_describes_every_command_and_error():
     assert "cdn" not in docs.text.lower()
     assert "https://" not in docs.text
     assert (asset.status_code, len(asset.content) > 100_000) == (200, True)
+
+
+async def test_a_closed_repository_is_a_500_not_the_clients_fault(caplog):
+    service = await BankService.over(await memory())
+    transport = httpx.ASGITransport(app=app_over(service), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://b", headers=AUTH1) as c:
+        await post(c, "A1", {"OpenAccount": {"account_id": "A1"}})
+        await service.close()
+        with caplog.at_level(logging.ERROR, logger="examples.bank_account"):
+            broken = await c.get("/accounts/A1")
+    assert (broken.status_code, broken.json()["error"]) == (500, "internal error")
+    assert "is not open" in caplog.text

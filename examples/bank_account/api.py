@@ -45,6 +45,7 @@ from starlette.exceptions import HTTPException
 
 from cqrs import (
     AggregateConflict,
+    CqrsError,
     DatabaseConnectionError,
     EventEnvelope,
     UserError,
@@ -414,6 +415,8 @@ async def _unavailable(request: Request, error: Exception) -> Response:
 async def _bad_input(request: Request, error: Exception) -> Response:
     # Input the core refuses (ValueError naming the culprit): its message names only what the
     # client sent, but is logged rather than echoed, like every other internal message.
+    if isinstance(error, CqrsError):  # ConfigurationError, NotOpenError: ours, not the client's
+        return await _internal(request, error)
     logger.info("[%s] refused: %s", request_id(request), error)
     return _error(request, 422, "the request was refused as invalid")
 
