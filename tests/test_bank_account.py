@@ -223,3 +223,28 @@ async def test_a_failing_service_is_a_bug_not_a_refusal():
     assert isinstance(caught.value.__cause__, RuntimeError)
     with pytest.raises(UserError, match="funds not available"):
         await cqrs.execute("A1", WriteCheck("1", D(6)))
+
+
+def test_the_projections_sum_money_exactly_whatever_the_ambient_context():
+    from datetime import UTC, datetime  # noqa: PLC0415
+    from uuid import uuid4  # noqa: PLC0415
+
+    from cqrs import EventEnvelope  # noqa: PLC0415
+    from examples.bank_account.projections import (  # noqa: PLC0415
+        AtmActivity,
+        DailyTotals,
+        update_atm,
+        update_daily,
+    )
+
+    amounts = [MAX_AMOUNT, D("0.01"), D("0.01")]
+    atm, day = AtmActivity(), DailyTotals()
+    with decimal.localcontext(decimal.Context(prec=3)):
+        for sequence, amount in enumerate(amounts, 1):
+            event = CustomerWithdrewCash(amount, D(0), "ATM-1")
+            envelope = EventEnvelope(
+                "BankAccount", "A1", sequence, event, {}, datetime.now(UTC), uuid4(), sequence
+            )
+            update_atm(atm, envelope)
+            update_daily(day, envelope)
+    assert atm.total == day.withdrawals == D("1000000000.02")

@@ -25,6 +25,7 @@ from cqrs import (
 )
 from cqrs.projection import EventDecoder
 from examples.bank_account.domain import (
+    MONEY_CONTEXT,
     CustomerDepositedMoney,
     CustomerWithdrewCash,
     CustomerWroteCheck,
@@ -51,7 +52,7 @@ def update_atm(view: AtmActivity, envelope: EventEnvelope[Any]) -> None:
     if isinstance(event, CustomerWithdrewCash):
         view.atm_id = event.atm_id
         view.withdrawals += 1
-        view.total += event.amount
+        view.total = MONEY_CONTEXT.add(view.total, event.amount)
         if envelope.aggregate_id not in view.accounts:
             view.accounts.append(envelope.aggregate_id)
 
@@ -81,11 +82,11 @@ def update_daily(view: DailyTotals, envelope: EventEnvelope[Any]) -> None:
     view.day = day_key(envelope)
     view.events += 1
     if isinstance(event, CustomerDepositedMoney):
-        view.deposits += event.amount
+        view.deposits = MONEY_CONTEXT.add(view.deposits, event.amount)
     elif isinstance(event, CustomerWithdrewCash):
-        view.withdrawals += event.amount
+        view.withdrawals = MONEY_CONTEXT.add(view.withdrawals, event.amount)
     elif isinstance(event, CustomerWroteCheck):
-        view.checks += event.amount
+        view.checks = MONEY_CONTEXT.add(view.checks, event.amount)
 
 
 def day_key(envelope: EventEnvelope[Any]) -> str:
