@@ -262,3 +262,15 @@ def test_copy_of_100k_events_sqlite_to_postgres(tmp_path, postgres_db):
     assert report["source_count"] == report["target_count"] == 100_000
     assert _count(postgres_db) == 100_000
     assert dump(postgres_db) == dump(source)
+
+
+def test_the_copy_benchmark_runs_its_three_sides(tmp_path, postgres_db):
+    from benchmarks import copy_throughput  # noqa: PLC0415 - only this test
+
+    path = tmp_path / "rows.json"
+    options = ["--events", "600", "--port-only-events", "100", "--rounds", "1"]
+    copy_throughput.main([*options, "--postgres-url", postgres_db, "--json", str(path)])
+    rows = json.loads(path.read_text())
+    assert {row["side"] for row in rows} == {"copy", "copy+verify", "copy_port_only", "raw"}
+    assert all(row["events_per_second"] > 0 for row in rows)
+    assert next(row for row in rows if row["side"] == "raw")["ratio_raw"] == 1.0

@@ -14,8 +14,10 @@ and are recognized by their event ids and skipped (``persist`` and ``import_even
 idempotent by event id), so nothing is stored twice. A second copy into the same target
 from the same source takes the lease over and the first one stops.
 
-Snapshots: for each aggregate of a chunk the source's snapshot is read and written with that
-aggregate's events if it does not go beyond them (a snapshot is never ahead of its events).
+Snapshots: when an aggregate is first seen in a run, its snapshot in the source is read; it
+is written with the chunk whose events reach its ``last_sequence`` (read once more then), so
+a snapshot is never ahead of its events and is read at most twice per aggregate. A snapshot
+the source takes after that (it is being written to) is not copied: snapshots are a cache.
 
 The end: counts and a checksum (:class:`Checksum`) of the source's and the target's streams
 (of ``aggregate_type``, if given) are compared; they differ when the target held other
@@ -185,6 +187,7 @@ async def copy_events(
     target_url: str,
     aggregate_type: str | None = None,
     chunk_size: int = 5000,
+    checkpoint_table: str = COPY_TABLE,
     on_total: Callable[[int | None], None] | None = None,
     on_progress: Progress | None = None,
     on_verify: Callable[[int | None], None] | None = None,
@@ -192,10 +195,11 @@ async def copy_events(
     """Copy from ``source`` to ``target`` (both open, the target's schema created) and
     verify; see the module docstring. ``on_total`` gets the number of events to copy (None
     if the source cannot count them) and ``on_progress`` the events handled; ``on_verify``
-    is called when the verification starts, with the events it reads on each side.
+    is called when the verification starts, with the events it reads on each side. The
+    checkpoint is kept in the target's ``checkpoint_table``.
     Raises CopyError when the target holds a different event at a copied event's place or
     another copy took over."""
-    checkpoints = target.checkpoint_store(COPY_TABLE)
+    checkpoints = target.checkpoint_store(checkpoint_table)
     await checkpoints.create_schema()
     name = copy_name(source_url, aggregate_type)
     lease = await checkpoints.acquire(name, f"cqrs copy on {socket.gethostname()}", _LEASE_TTL)
@@ -311,18 +315,30 @@ class _Writer:
         self.source = source
         self.target = target
         self._limit = asyncio.Semaphore(16)
+        # Per aggregate seen in this run: the last_sequence of the source's snapshot still to
+        # be written with the events that reach it (0: none to write). A snapshot is read
+        # when its aggregate is first seen and again when its events reach it, so at most
+        # twice per aggregate, and only sequences are kept in memory.
+        self._due: dict[tuple[str, str], int] = {}
 
     async def write(self, chunk: Sequence[SerializedEvent]) -> tuple[int, int]:
         """Store the chunk; (events newly stored, snapshots sent)."""
         last: dict[tuple[str, str], int] = {}
         for event in chunk:
             last[(event.aggregate_type, event.aggregate_id)] = event.sequence
-        found = await asyncio.gather(*(self._snapshot(key) for key in last))
-        snapshots = {
-            (s.aggregate_type, s.aggregate_id): s
-            for s in found
-            if s is not None and s.last_sequence <= last[(s.aggregate_type, s.aggregate_id)]
-        }
+        due = self._due
+        wanted = [key for key, seq in last.items() if key not in due or 0 < due[key] <= seq]
+        snapshots: dict[tuple[str, str], SerializedSnapshot] = {}
+        for key, snapshot in zip(
+            wanted, await asyncio.gather(*(self._snapshot(key) for key in wanted)), strict=True
+        ):
+            if snapshot is None:
+                due[key] = 0
+            elif snapshot.last_sequence <= last[key]:
+                snapshots[key] = snapshot
+                due[key] = 0
+            else:  # ahead of what is copied so far: read again when the events reach it
+                due[key] = snapshot.last_sequence
         target = self.target
         if isinstance(target, ImportsEvents):
             written = await target.import_events(chunk, list(snapshots.values()))
