@@ -657,6 +657,7 @@ def test_all_is_sorted_complete_and_documented():
     modules = {
         "checkpoints",
         "factories",
+        "operations",
         "repository",
         "rows",
         "statements",
@@ -842,3 +843,30 @@ async def test_a_listener_on_a_missing_file_waits_its_timeout_then_finds_it(tmp_
     assert len(messages) == 2
     assert "cannot open a read connection" in messages[0]
     assert "reconnected" in messages[1]
+
+
+def test_a_refused_sqlite_url_is_named_without_its_password():
+    with pytest.raises(ConfigurationError) as caught:
+        from_url("sqlite:///bank.db?password=secret")
+    assert "secret" not in str(caught.value)
+    assert "password=***" in str(caught.value)
+
+
+async def test_a_connection_that_met_a_read_only_database_is_replaced(tmp_path, caplog):
+    """SQLite decides at open whether a connection may write: once it met a read-only
+    database it stays read-only after the file is writable again. The repository reconnects
+    and tries once more, so writes work again without a restart (query_only stands in for
+    a file that was read-only: root ignores file permissions)."""
+    repository = SqliteEventRepository(tmp_path / "store.db")
+    await repository.open()
+    try:
+        await repository.create_schema()
+        await repository.run(lambda c: c.execute("PRAGMA query_only = ON").fetchall())
+        with caplog.at_level(logging.WARNING, "cqrs.backends.sqlite"):
+            positions = await repository.persist(rows("acc-1", 1, 1), None)
+        assert len(positions) == 1
+        assert "was read-only; reconnected" in caplog.text
+        assert [e.sequence for e in await repository.get_events("T", "acc-1")] == [1]
+        assert await repository.run(lambda c: c.execute("PRAGMA query_only").fetchone()[0]) == 0
+    finally:
+        await repository.close()

@@ -11,6 +11,7 @@ standard library.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -57,6 +58,8 @@ _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 _CONFLICT_CODES = frozenset(
     {sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE}
 )
+_log = logging.getLogger("cqrs.backends.sqlite")
+
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _UNUSABLE_CODES = {
     sqlite3.SQLITE_CANTOPEN: "cannot be opened",
@@ -214,7 +217,30 @@ class SqliteEventRepository(AsyncResource):
         connection, executor = self._connection, self._executor
         if connection is None or executor is None:
             raise not_open(f"SQLite repository {self.path} ({self.events_table})")
-        return await self._call(executor, lambda: fn(connection), context)
+        return await self._call(executor, lambda: self._run_on_thread(fn), context)
+
+    def _run_on_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        # On the worker thread. A connection that met a read-only database stays read-only
+        # after the file becomes writable again (SQLite decides at open), so on
+        # SQLITE_READONLY it is replaced by a fresh one and ``fn`` runs once more: nothing
+        # was written by the refused attempt, and if the file is still read-only the second
+        # attempt raises the same error, which names the file.
+        connection = self._connection
+        if connection is None:  # closed while this call waited in the queue
+            raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+        try:
+            return fn(connection)
+        except sqlite3.Error as error:
+            code = getattr(error, "sqlite_errorcode", None)
+            if code is None or code & 0xFF != sqlite3.SQLITE_READONLY or self.path == MEMORY:
+                raise
+        fresh = self._connect()
+        self._connection = fresh
+        connection.close()
+        _log.warning(
+            "SQLite database %s was read-only; reconnected to it and tried once more", self.path
+        )
+        return fn(fresh)
 
     # -- schema -------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from cqrs.connection import redact_url
 from cqrs.errors import ConfigurationError
 from cqrs_sqlite.repository import MEMORY, SqliteEventRepository
 
@@ -27,24 +28,25 @@ def from_url(url: str) -> SqliteEventRepository:
     ``snapshots_table``; e.g. ``sqlite:///bank.db?synchronous=NORMAL``. Anything else
     raises ConfigurationError.
     """
+    shown = redact_url(url)
     parts = urlsplit(url)
     if parts.scheme.lower() != "sqlite":
-        raise ConfigurationError(f"not a sqlite:// URL: {url!r}")
+        raise ConfigurationError(f"not a sqlite:// URL: {shown!r}")
     if parts.netloc not in ("", MEMORY) or parts.fragment:
         msg = (
-            f"invalid SQLite URL {url!r}: use sqlite:///relative.db, sqlite:////absolute.db "
+            f"invalid SQLite URL {shown!r}: use sqlite:///relative.db, sqlite:////absolute.db "
             "or sqlite://:memory:"
         )
         raise ConfigurationError(msg)
     path = unquote(parts.path[1:]) if parts.path.startswith("/") else unquote(parts.path)
     if parts.netloc == MEMORY or path in ("", MEMORY):
         if parts.netloc == MEMORY and path:
-            raise ConfigurationError(f"invalid SQLite URL {url!r}: nothing may follow :memory:")
+            raise ConfigurationError(f"invalid SQLite URL {shown!r}: nothing may follow :memory:")
         path = MEMORY
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
     unknown = set(options) - _OPTIONS
     if unknown:
-        msg = f"unknown option(s) {sorted(unknown)} in {url!r}; known: {sorted(_OPTIONS)}"
+        msg = f"unknown option(s) {sorted(unknown)} in {shown!r}; known: {sorted(_OPTIONS)}"
         raise ConfigurationError(msg)
     try:
         busy_timeout = float(options.get("busy_timeout", "5"))
@@ -58,4 +60,4 @@ def from_url(url: str) -> SqliteEventRepository:
     except ConfigurationError:
         raise
     except ValueError as error:
-        raise ConfigurationError(f"invalid SQLite URL {url!r}: {error}") from error
+        raise ConfigurationError(f"invalid SQLite URL {shown!r}: {error}") from error
