@@ -771,3 +771,32 @@ async def test_a_message_nats_refuses_is_not_taken_for_an_outage(client, stream,
     with pytest.raises(PublishRefusedError, match="NATS refused a message"):
         await publisher.handle(await bank.envelopes())
     assert publisher.status().state != "paused"
+
+
+async def test_a_consumer_started_before_its_stream_waits_for_it(client, stream, bank, service):
+    projection, views = account_views(service, "totals", "totals")
+    await views.create_schema()
+    consumer = JetStreamConsumer(
+        client, stream.name, "svc", projection, prefix=stream.prefix, retry_delay=0.01
+    )
+    with pytest.raises(StreamSettingsError, match=f"stream '{stream.name}' does not exist"):
+        await consumer.run_once()
+    task = asyncio.create_task(consumer.run())
+    try:
+
+        async def paused() -> bool:
+            status = consumer.status()
+            return status.state == "paused" and stream.name in (status.error or "")
+
+        await eventually(paused, 10, "the consumer says it waits for the stream")
+        await bank.activity(accounts=1, deposits=1)
+        envelopes = await publish_all(client, stream, bank)
+
+        async def applied() -> bool:
+            return consumer.status().applied == len(envelopes)
+
+        await eventually(applied, 20, "the consumer applied the events")
+        assert consumer.status().state == "running"
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, 10)

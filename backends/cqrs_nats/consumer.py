@@ -44,7 +44,7 @@ from nats.js.client import JetStreamContext
 from cqrs import ConfigurationError, DatabaseConnectionError, EventEnvelope, Projection
 from cqrs.checkpoints import check_lease_name
 from cqrs_nats.messages import serialized_event
-from cqrs_nats.streams import NETWORK_ERRORS, BrokerUnavailableError
+from cqrs_nats.streams import NETWORK_ERRORS, BrokerUnavailableError, StreamSettingsError
 from cqrs_nats.subjects import check_prefix
 
 __all__ = ["ConsumerStatus", "JetStreamConsumer"]
@@ -134,25 +134,33 @@ class JetStreamConsumer:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Fetch, apply and acknowledge until :meth:`stop` or cancellation; NATS outages
-        and database outages pause it (status ``paused``) and it resumes by itself."""
+        """Fetch, apply and acknowledge until :meth:`stop` or cancellation; NATS outages,
+        database outages and a stream that does not exist yet pause it (status ``paused``,
+        ``error`` says why) and it resumes by itself. Any other error marks it ``failed``
+        and is raised."""
         self._stopping.clear()
-        while not self._stopping.is_set():
-            try:
-                await self.run_once()
-            except DatabaseConnectionError as error:
-                await self._pause(error)
-            else:
-                if self._status.state == "paused":
-                    logger.info("consumer %r resumed", self.durable)
-                self._status.state, self._status.error = "running", None
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self.run_once()
+                except (DatabaseConnectionError, StreamSettingsError) as error:
+                    await self._pause(error)  # a stream not created yet may come
+                else:
+                    if self._status.state == "paused":
+                        logger.info("consumer %r resumed", self.durable)
+                    self._status.state, self._status.error = "running", None
+        except Exception as error:
+            self._status.state, self._status.error = "failed", repr(error)
+            raise
+        finally:
+            await self._unsubscribe()
         self._status.state = "stopped"
-        await self._unsubscribe()
 
     async def run_once(self) -> int:
         """Fetch one batch (waiting up to ``fetch_timeout`` for it), apply it and
         acknowledge it; return how many messages it settled (0: none came). Raise
-        BrokerUnavailableError while NATS is unreachable."""
+        BrokerUnavailableError while NATS is unreachable, StreamSettingsError when the
+        stream does not exist."""
         subscription = await self._subscribe()
         try:
             if not self.client.is_connected:
@@ -187,6 +195,9 @@ class JetStreamConsumer:
                 self.filter_subject, durable=self.durable, stream=self.stream, config=config
             )
             info = await subscription.consumer_info()
+        except nats.js.errors.NotFoundError as error:
+            msg = f"JetStream stream {self.stream!r} does not exist: create it with ensure_stream()"
+            raise StreamSettingsError(msg) from error
         except (*NETWORK_ERRORS, nats.errors.Error) as error:
             msg = f"cannot open JetStream consumer {self.durable!r} on {self.stream!r}: {error!r}"
             raise BrokerUnavailableError(msg) from error
