@@ -3,20 +3,18 @@
 The body is the event's payload as JSON (the codec's encoding of the current, upcast
 version), or the payload of the integration event a mapper made of it. The headers:
 
-=====================  ================================================================
-``Nats-Msg-Id``        the event id: JetStream drops a second message with the same id
-                       within the stream's duplicate window
-``Cqrs-Event-Type``    the event type (of the integration event, when mapped)
-``Cqrs-Event-Version`` its version
-``Cqrs-Aggregate-Type`` the aggregate type, escaped as in :mod:`cqrs_nats.subjects`
-``Cqrs-Aggregate-Id``  the aggregate id, escaped the same way
-``Cqrs-Sequence``      the event's sequence in its aggregate (1-based)
-``Cqrs-Position``      the event's global position in the event store
-``Cqrs-Timestamp``     when it was committed (ISO 8601, UTC)
-``Cqrs-Metadata``      the event's metadata as a JSON object
-``traceparent``        the W3C trace context, copied from the event's metadata when
-``tracestate``         it has these keys
-=====================  ================================================================
+- ``Nats-Msg-Id``: the event id (JetStream drops a second message with the same id within
+  the stream's duplicate window);
+- ``Cqrs-Event-Type``, ``Cqrs-Event-Version``: the event type and version (those of the
+  integration event, when mapped);
+- ``Cqrs-Aggregate-Type``, ``Cqrs-Aggregate-Id``: the aggregate, escaped as in
+  :mod:`cqrs_nats.subjects`;
+- ``Cqrs-Sequence``: the event's sequence in its aggregate (1-based);
+- ``Cqrs-Position``: its global position in the event store;
+- ``Cqrs-Timestamp``: when it was committed (ISO 8601, UTC);
+- ``Cqrs-Metadata``: the event's metadata as a JSON object (absent when empty);
+- ``traceparent``, ``tracestate``: the W3C trace context, copied from the event's metadata
+  when it has these keys.
 """
 
 from __future__ import annotations
