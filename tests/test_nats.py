@@ -800,3 +800,13 @@ async def test_a_consumer_started_before_its_stream_waits_for_it(client, stream,
     finally:
         consumer.stop()
         await asyncio.wait_for(task, 10)
+
+
+async def test_a_stream_that_does_not_capture_the_subjects_is_refused(client, stream, bank):
+    await ensure_stream(client, stream.name, subjects=[f"{stream.prefix}.Other.*"])
+    await bank.activity(accounts=1, deposits=1)
+    publisher = JetStreamPublisher(client, stream.name, [bank.store], prefix=stream.prefix)
+    with pytest.raises(
+        StreamSettingsError, match=rf"do not capture '{stream.prefix}\.BankAccount\.\*'"
+    ):
+        await publisher.handle(await bank.envelopes())

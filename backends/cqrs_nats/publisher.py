@@ -57,7 +57,7 @@ from cqrs import (
 from cqrs.checkpoints import check_lease_name
 from cqrs_nats.messages import IntegrationEvent, headers_for
 from cqrs_nats.streams import NETWORK_ERRORS, BrokerUnavailableError, check_stream
-from cqrs_nats.subjects import check_prefix, subject_for
+from cqrs_nats.subjects import check_prefix, escape_token, subject_for
 
 __all__ = ["JetStreamPublisher", "Mapper", "PublishRefusedError", "PublisherStatus"]
 
@@ -204,8 +204,15 @@ class JetStreamPublisher:
         try:
             await self._wait_connected()
             if not self._checked:
+                subjects = [
+                    f"{self.prefix}.{escape_token(source.aggregate_type)}.*"
+                    for source in self._sources
+                ]
                 await check_stream(
-                    self.client, self.stream, min_duplicate_window=self.min_duplicate_window
+                    self.client,
+                    self.stream,
+                    subjects=subjects,
+                    min_duplicate_window=self.min_duplicate_window,
                 )
                 self._checked = True
             suspect = self._suspect
