@@ -307,6 +307,10 @@ def events_tail(  # noqa: PLR0917 - Typer passes the options
 # -- stats ----------------------------------------------------------------------------------
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}" + ("" if number == 1 else "s")
+
+
 def _size(size: int | None) -> str:
     if size is None:
         return "unknown"
@@ -395,9 +399,10 @@ def copy(
                 task = progress.add_task("copying", total=None)
                 verifying: list[TaskID] = []
 
-                def on_verify(_total: int | None) -> None:
+                def on_verify(total: int | None) -> Callable[[int], None]:
                     progress.update(task, description="copied")
-                    verifying.append(progress.add_task("verifying", total=None))
+                    verifying.append(progress.add_task("verifying", total=total))
+                    return lambda n: progress.advance(verifying[0], n)
 
                 report = await copy_events(
                     source,
@@ -411,7 +416,8 @@ def copy(
                     on_verify=on_verify,
                 )
                 for extra in verifying:
-                    progress.update(extra, total=1, completed=1)
+                    done = next(t.completed for t in progress.tasks if t.id == extra)
+                    progress.update(extra, total=done or 1, completed=done or 1)
         _show_copy(output, report)
         return EXIT_OK if report.equal else EXIT_FAILURE
 
@@ -465,8 +471,9 @@ def verify(
             output.emit_json({"database": output.url(url), **report.as_dict()})
         else:
             output.print(
-                f"{output.url(url)}: {report.events:,} events, {report.aggregates:,} "
-                f"aggregates, {report.snapshots:,} snapshots checked"
+                f"{output.url(url)}: {_count(report.events, 'event')}, "
+                f"{_count(report.aggregates, 'aggregate')}, "
+                f"{_count(report.snapshots, 'snapshot')} checked"
             )
             if report.ok:
                 output.print("no damage found")

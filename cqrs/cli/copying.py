@@ -111,8 +111,10 @@ async def checksum_of(
     checksum = Checksum()
     async for event in repository.stream_all_events(aggregate_type):
         checksum.add(event)
-        if progress is not None:
-            progress(1)
+        if progress is not None and checksum.count % 1000 == 0:
+            progress(1000)
+    if progress is not None and checksum.count % 1000:
+        progress(checksum.count % 1000)
     return checksum
 
 
@@ -190,12 +192,13 @@ async def copy_events(
     checkpoint_table: str = COPY_TABLE,
     on_total: Callable[[int | None], None] | None = None,
     on_progress: Progress | None = None,
-    on_verify: Callable[[int | None], None] | None = None,
+    on_verify: Callable[[int | None], Progress | None] | None = None,
 ) -> CopyReport:
     """Copy from ``source`` to ``target`` (both open, the target's schema created) and
     verify; see the module docstring. ``on_total`` gets the number of events to copy (None
     if the source cannot count them) and ``on_progress`` the events handled; ``on_verify``
-    is called when the verification starts, with the events it reads on each side. The
+    is called when the verification starts, with the number of events it reads (None if
+    unknown), and may return a progress callback for them. The
     checkpoint is kept in the target's ``checkpoint_table``.
     Raises CopyError when the target holds a different event at a copied event's place or
     another copy took over."""
@@ -254,18 +257,20 @@ async def _verify(  # noqa: PLR0917 - one private caller
     target: PersistedEventRepository,
     aggregate_type: str | None,
     copied: Checksum | None,
-    on_verify: Callable[[int | None], None] | None,
+    on_verify: Callable[[int | None], Progress | None] | None,
 ) -> None:
+    progress = None
     if on_verify is not None:
-        on_verify(report.read if copied is not None else None)
+        progress = on_verify(report.read if copied is not None else None)
     if copied is None:
         source_sum, target_sum = await asyncio.gather(
-            checksum_of(source, aggregate_type), checksum_of(target, aggregate_type)
+            checksum_of(source, aggregate_type, progress),
+            checksum_of(target, aggregate_type, progress),
         )
     else:
-        # The source was read whole by this run: its checksum is the one just computed,
-        # unless events were committed to it meanwhile (they are read now).
-        target_sum = await checksum_of(target, aggregate_type)
+        # The source was read whole by this run: the checksum of what it read is the
+        # source's (events committed to it since are not in the target either).
+        target_sum = await checksum_of(target, aggregate_type, progress)
         source_sum = copied
     report.source_count, report.source_checksum = source_sum.count, source_sum.hexdigest()
     report.target_count, report.target_checksum = target_sum.count, target_sum.hexdigest()

@@ -64,6 +64,8 @@ def _secrets(url: str) -> set[str]:
 class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
+        if speed is None and task.finished and task.elapsed:
+            speed = task.completed / task.elapsed
         return Text("-" if speed is None else f"{speed:,.0f} events/s", style="progress.data.speed")
 
 
