@@ -41,7 +41,7 @@ from cqrs.repository import (
     stored_positions,
     validate_identifier,
 )
-from cqrs_postgres import operations
+from cqrs_postgres import _operations as operations
 from cqrs_postgres.checkpoints import PostgresCheckpointStore
 from cqrs_postgres.connection import (
     DEFAULT_MAX_SIZE,

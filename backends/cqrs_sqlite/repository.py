@@ -39,7 +39,7 @@ from cqrs.repository import (
     stored_positions,
 )
 from cqrs.subscription import LocalSignal, WakeUps
-from cqrs_sqlite import operations
+from cqrs_sqlite import _operations as operations
 from cqrs_sqlite.rows import all_rows, event_rows, stream_rows
 from cqrs_sqlite.statements import SqliteStatements
 from cqrs_sqlite.wake_ups import SqliteWakeUps
