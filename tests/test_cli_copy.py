@@ -274,3 +274,51 @@ def test_the_copy_benchmark_runs_its_three_sides(tmp_path, postgres_db):
     assert {row["side"] for row in rows} == {"copy", "copy+verify", "copy_port_only", "raw"}
     assert all(row["events_per_second"] > 0 for row in rows)
     assert next(row for row in rows if row["side"] == "raw")["ratio_raw"] == 1.0
+
+
+def _event(aggregate_id: str, sequence: int, event_id: uuid.UUID | None = None) -> SerializedEvent:
+    return SerializedEvent(
+        "Account",
+        aggregate_id,
+        sequence,
+        "Deposited",
+        "1.0",
+        f'{{"n": {sequence}}}',
+        "{}",
+        datetime(2025, 1, 1, 0, 0, sequence, tzinfo=UTC),
+        event_id or uuid.uuid4(),
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def import_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'import.db'}"
+    return request.getfixturevalue("postgres_db")
+
+
+async def test_import_events_is_atomic_ordered_and_idempotent_by_event_id(import_url):
+    async with cqrs.connect(import_url) as repository:
+        importer = repository.import_events  # type: ignore[attr-defined]
+        a1, a2, b1 = _event("a", 1), _event("a", 2), _event("b", 1)
+        snapshot = cqrs.SerializedSnapshot("Account", "a", '{"s": 2}', 2, 1)
+        assert await importer([a1, b1, a2], [snapshot]) == 3
+        stored = [e async for e in repository.stream_all_events(None)]
+        assert [(e.aggregate_id, e.sequence) for e in stored] == [("a", 1), ("b", 1), ("a", 2)]
+        assert (await repository.get_snapshot("Account", "a")).last_sequence == 2  # type: ignore[union-attr]
+        # Again, and overlapping with new events: only the new ones are stored.
+        a3 = _event("a", 3)
+        assert await importer([a1, a2, a3], []) == 1
+        older = cqrs.SerializedSnapshot("Account", "a", '{"s": 1}', 1, 1)
+        assert await importer([], [older]) == 0
+        assert (await repository.get_snapshot("Account", "a")).last_sequence == 2  # type: ignore[union-attr]
+        before = [e async for e in repository.stream_all_events(None)]
+        assert len(before) == 4
+        # Another event at a stored place, or a gap: nothing of the batch is stored.
+        with pytest.raises(cqrs.AggregateConflict, match=r"another event id|other ids"):
+            await importer([_event("c", 1), _event("a", 3)], [])
+        with pytest.raises(cqrs.AggregateConflict, match="gap"):
+            await importer([_event("c", 1), _event("b", 3)], [])
+        with pytest.raises(ValueError, match="sequence order"):
+            await importer([_event("c", 1), _event("c", 3)], [])
+        assert [e async for e in repository.stream_all_events(None)] == before
