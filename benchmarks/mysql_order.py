@@ -42,8 +42,9 @@ _PLAIN = """CREATE TABLE {table} (position bigint AUTO_INCREMENT PRIMARY KEY,
   event_id char(36) NOT NULL, UNIQUE KEY (aggregate_type, aggregate_id, sequence))
   CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"""
 
-_PLAIN_COMMIT = """SET @cqrs_follows := (SELECT COALESCE(max(sequence), 0) FROM {table}
-  WHERE aggregate_type = %s AND aggregate_id = %s) = %s;
+_PLAIN_COMMIT = """SELECT COALESCE(max(sequence), 0) INTO @cqrs_last FROM {table}
+  WHERE aggregate_type = %s AND aggregate_id = %s;
+SET @cqrs_follows := @cqrs_last = %s;
 START TRANSACTION;
 INSERT INTO {table} (aggregate_type, aggregate_id, sequence, event_type, event_version,
   payload, metadata, timestamp, event_id)

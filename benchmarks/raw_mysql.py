@@ -167,6 +167,7 @@ class RawMysqlSide(RawSide):
 async def _written(cursor: Cursor, count: int) -> None:
     """Read the commit query's results as the backend does; raise unless it wrote ``count``
     rows."""
+    await cursor.nextset()  # the check's SET
     await cursor.nextset()  # START TRANSACTION
     await cursor.nextset()  # the counter
     await cursor.nextset()  # the rows

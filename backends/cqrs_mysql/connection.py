@@ -186,41 +186,58 @@ class Connections:
         session) is found broken only when used; only operations that are safe to repeat
         come here: reads, and writes that recognize their own earlier success.
         """
-        conn: asyncmy.Connection | None = None
+        pool, conn = await self._acquire()
         try:
-            async with self._connection() as conn:
-                return await operation(conn)
+            result = await operation(conn)
         except (asyncmy.errors.MySQLError, OSError) as error:
-            if conn is None or conn.connected:
+            _give_back(pool, conn, error)
+            if conn.connected:
                 raise translate(error, what) from error
-        async with self.borrow(what) as conn:
-            return await (again or operation)(conn)
+        except BaseException as error:
+            _give_back(pool, conn, error)
+            raise
+        else:
+            pool.release(conn)
+            return result
+        async with self.borrow(what) as fresh:
+            return await (again or operation)(fresh)
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncmy.Connection]:
+        pool, conn = await self._acquire()
+        try:
+            yield conn
+        except BaseException as error:
+            _give_back(pool, conn, error)
+            raise
+        pool.release(conn)
+
+    async def _acquire(self) -> tuple[Pool, asyncmy.Connection]:
         pool = self.pool
         if pool is None:
             raise not_open(self.owner)
         try:
+            if pool.freesize:  # one is free: no wait to bound (and no timer to set)
+                return pool, await pool.acquire()
             async with asyncio.timeout(self.timeout):
-                conn = await pool.acquire()
+                return pool, await pool.acquire()
         except TimeoutError as error:
             msg = f"no free connection to {describe(self.config)} within {self.timeout:g} s"
             raise DatabaseConnectionError(msg) from error
         except RuntimeError as error:  # asyncmy: the pool was closed while this waited
             raise not_open(self.owner) from error
-        try:
-            yield conn
-        except asyncmy.errors.MySQLError:
-            if conn.connected and conn.get_transaction_status():
-                conn.close()  # a transaction left open: the pool would discard it anyway
-            raise
-        except BaseException:
-            # Cancelled or failed half-way through a reply: the connection cannot be reused.
-            conn.close()
-            raise
-        finally:
-            pool.release(conn)
+
+
+def _give_back(pool: Pool, conn: asyncmy.Connection, error: BaseException) -> None:
+    """Return a connection whose operation raised ``error``: closed (so the pool drops it)
+    if it may be out of step with the server, i.e. unless the server refused a statement
+    and no transaction was left open."""
+    if not isinstance(error, asyncmy.errors.MySQLError) or (
+        conn.connected and conn.get_transaction_status()
+    ):
+        # Cancelled or failed half-way through a reply, or a transaction left open.
+        conn.close()
+    pool.release(conn)
 
 
 def translate(error: BaseException, what: str) -> AggregateError:

@@ -7,10 +7,11 @@ transaction ends, so positions are handed out in commit order: the next commit g
 numbers only after the previous one is visible, and a reader that saw position ``p`` can
 never see a smaller one appear later. Readers take no lock and are never held back.
 
-The cost: commits to one events table are serialized for the time between raising the
-counter and the end of COMMIT (one statement's work on the server: the commit is a single
-round trip, see :meth:`MysqlStatements.persist`), which bounds the rate of concurrent
-commits; see the README's MySQL numbers. Readers and per-aggregate loads are not affected.
+The cost: commits to one events table are serialized from raising the counter to the end
+of COMMIT (the commit is a single round trip, see
+:meth:`~cqrs_mysql.statements.MysqlStatements.persist`, so no network wait is inside), which
+bounds the rate of concurrent commits: measured with ``python -m benchmarks.mysql_order``,
+see docs/backends.md. Readers and per-aggregate loads are not affected.
 """
 
 from __future__ import annotations
@@ -401,6 +402,7 @@ async def _commit(
     cursor = conn.cursor()
     try:
         await cursor.execute(query, params)
+        await cursor.nextset()  # the check's SET
         await cursor.nextset()  # START TRANSACTION
         await cursor.nextset()  # the counter
         last = cursor.lastrowid

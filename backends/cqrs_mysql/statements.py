@@ -17,7 +17,9 @@ _COLUMNS = (
 )
 
 # A commit, sent as one query (several statements, one round trip):
-# 1. whether the batch follows the stored last sequence, read before any lock;
+# 1. whether the batch follows the stored last sequence, read before any lock (SELECT ... INTO
+#    is a plain consistent read, where SET @v := (SELECT ...) would take shared locks that
+#    deadlock with other commits' inserts);
 # 2. the counter row raised by the batch's size, which locks it until COMMIT: commits take
 #    positions one after another, each after the previous one is visible, so a reader that
 #    saw position p can never see a smaller one appear later. LAST_INSERT_ID(expr) hands the
@@ -28,8 +30,9 @@ _COLUMNS = (
 #    the client rolls back). Either is then told apart from a retry of this very batch by
 #    its event ids.
 _CHECK = (
-    "SET @cqrs_follows := (SELECT COALESCE(max(sequence), 0) FROM {events} "
-    "WHERE aggregate_type = %s AND aggregate_id = %s) = %s"
+    "SELECT COALESCE(max(sequence), 0) INTO @cqrs_last FROM {events} "
+    "WHERE aggregate_type = %s AND aggregate_id = %s;\n"
+    "SET @cqrs_follows := @cqrs_last = %s"
 )
 _TAKE = (
     "UPDATE {counter} SET position = LAST_INSERT_ID(position + {count}) "
@@ -87,7 +90,7 @@ class MysqlStatements:
       the batch's type, id and ``first sequence - 1``; then per event its type, id,
       sequence, event_type, event_version, payload, metadata, timestamp (UTC) and event_id;
       then, with a snapshot, its type, id, last_sequence, version and payload. Its results,
-      in order: the check, START TRANSACTION, the counter (lastrowid: the batch's last
+      in order: the check (two), START TRANSACTION, the counter (lastrowid: the batch's last
       position), the rows (row count: the batch's size, or 0 if it does not follow the stored
       last sequence), the snapshot, COMMIT;
     - ``one_aggregate``: an aggregate's events after a sequence (type, id, after, limit);
