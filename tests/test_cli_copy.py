@@ -60,6 +60,9 @@ def test_copy_postgres_to_mongodb_keeps_everything_in_order(tmp_path, postgres_d
     assert result.exit_code == 0, result.stderr
     assert "verified: equal" in result.stdout
     assert dump(mongo_db) == dump(postgres_db) == dump(source)
+    checked = invoke("verify", "--database-url", mongo_db)
+    assert checked.exit_code == 0
+    assert "150/150" in checked.stderr  # the store counted its events for the progress bar
 
 
 def test_a_second_run_copies_only_what_is_new(tmp_path):

@@ -393,6 +393,18 @@ class MongoEventRepository(AsyncResource):
         (usable once this repository is open; call the store's ``create_schema()``)."""
         return MongoCheckpointStore(table, self)
 
+    async def count_events(self, aggregate_type: str | None, after_position: int | None) -> int:
+        """How many events of ``aggregate_type`` (every type for None) are stored after
+        ``after_position``: an optional method for operator tools (``cqrs.cli.capabilities``),
+        not part of the port."""
+        query: Document = {"_id": {"$gt": after_position or 0}}
+        if aggregate_type is not None:
+            query["aggregate_type"] = aggregate_type
+        try:
+            return await self._collection(self.events_collection).count_documents(query)
+        except (PyMongoError, BSONError) as error:
+            raise translate(error, f"counting events in {self.events_collection}") from error
+
 
 def from_url(url: str, *, page_size: int = PAGE_SIZE) -> MongoEventRepository:
     """An unopened repository for ``mongodb://`` / ``mongodb+srv://`` URLs that creates its
