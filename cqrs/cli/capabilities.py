@@ -2,7 +2,8 @@
 
 The storage port (:class:`~cqrs.repository.PersistedEventRepository`) stays as it is: every
 command works on any backend through it, and a backend may add these methods, found by name,
-to make a command faster or tell more. The SQLite and PostgreSQL backends have all four.
+to make a command faster or tell more. The SQLite and PostgreSQL backends have all four,
+the MongoDB backend ``count_events``.
 
 - ``schema_status() -> (applied, pending)``: the DDL files recorded as applied and those
   ``create_schema()`` would apply (``cqrs schema status``; without it the backend is said to
