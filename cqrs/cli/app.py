@@ -75,14 +75,18 @@ def require_url(url: str | None, option: str = "--database-url") -> str:
     return url
 
 
-def run(output: Output, work: Callable[[], Coroutine[Any, Any, int]]) -> None:
+def run(
+    output: Output, work: Callable[[], Coroutine[Any, Any, int]], *, interrupt_ok: bool = False
+) -> None:
     """Run a command's coroutine and exit with its code; errors become one scrubbed line
-    on stderr: ConfigurationError and ValueError exit 2, other cqrs errors exit 1."""
+    on stderr: ConfigurationError and ValueError exit 2, other cqrs errors exit 1. Ctrl-C
+    exits 1 (interrupted), or 0 with ``interrupt_ok`` (the way to end ``--follow``)."""
     try:
         with output.logging():
             code = asyncio.run(work())
     except KeyboardInterrupt:
-        code = EXIT_OK
+        output.note("interrupted")
+        code = EXIT_OK if interrupt_ok else EXIT_FAILURE
     except (ConfigurationError, ValueError) as error:
         output.error(str(error))
         code = EXIT_USAGE
@@ -301,7 +305,7 @@ def events_tail(  # noqa: PLR0917 - Typer passes the options
         await _opened(url, tail)
         return EXIT_OK
 
-    run(output, work)
+    run(output, work, interrupt_ok=follow)
 
 
 # -- stats ----------------------------------------------------------------------------------

@@ -260,8 +260,7 @@ async def collect_stats(
             stats = report.types[event.aggregate_type] = TypeStats(first_position=event.position)
         stats.events += 1
         stats.last_position = event.position
-        if event.sequence == 1 or (event.aggregate_type, event.aggregate_id) not in aggregates:
-            aggregates.add((event.aggregate_type, event.aggregate_id))
+        aggregates.add((event.aggregate_type, event.aggregate_id))
         report.head = event.position
         batch += 1
         if progress is not None and batch == 1000:  # noqa: PLR2004 - progress granularity

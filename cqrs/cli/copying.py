@@ -31,13 +31,13 @@ import hashlib
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cqrs.checkpoints import CheckpointStore, Lease
 from cqrs.cli.capabilities import ImportsEvents, count_events
 from cqrs.connection import redact_url
-from cqrs.errors import AggregateConflict, CqrsError
+from cqrs.errors import AggregateConflict, CqrsError, LeaseLost
 from cqrs.repository import PersistedEventRepository, SerializedEvent, SerializedSnapshot
 
 __all__ = [
@@ -132,7 +132,13 @@ def copy_name(source_url: str, aggregate_type: str | None) -> str:
 
 @dataclass
 class CopyReport:
-    """What a copy did and what its verification found."""
+    """What a copy did and what its verification found.
+
+    ``read``: source events this run handled; ``written``: those it stored (through
+    ``persist`` alone, a run of events found stored already counts as written, since
+    ``persist`` does not tell); ``snapshots``: snapshots sent with them; ``seconds``: the
+    copy without the verification; the counts and checksums: both sides' streams (of
+    ``aggregate_type``) after the copy."""
 
     source: str
     target: str
@@ -146,7 +152,6 @@ class CopyReport:
     target_count: int = 0
     source_checksum: str = ""
     target_checksum: str = ""
-    notes: list[str] = field(default_factory=list)
 
     @property
     def equal(self) -> bool:
@@ -241,8 +246,6 @@ async def copy_events(
 
 
 async def _save(checkpoints: CheckpointStore, lease: Lease, position: int) -> None:
-    from cqrs.errors import LeaseLost  # noqa: PLC0415 - only here
-
     try:
         await checkpoints.save(lease, position)
         await checkpoints.renew(lease, _LEASE_TTL)
