@@ -231,6 +231,16 @@ def test_projections_as_a_process(seeded):
         "counts_by_type": 0,
         "opened_orders": 0,
     }
+    listed = cli("projections", "list", SPEC, "--database-url", seeded, env=env)
+    assert "opened_orders  (ViewProjection)  reads Order: Opened; checkpoint " in listed.stdout
+    reset = cli("projections", "reset", SPEC, "--yes", "--database-url", seeded, env=env)
+    assert reset.returncode == 0
+    assert "opened_orders: views cleared, checkpoint 0" in reset.stderr
+    rebuilt = cli("projections", "rebuild", SPEC, "--yes", "--database-url", seeded, env=env)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "counts_by_type: stopped at 300" in rebuilt.stdout
+    views = _views(seeded)
+    assert {key: view.events if view else 0 for key, view in views.items()} == _expected(seeded)
 
 
 def test_every_command_as_a_process(seeded, tmp_path):

@@ -218,10 +218,11 @@ def list_projections(
         if output.json:
             output.emit_json(rows)
         for row in rows if not output.json else ():
-            events = row["event_types"] or "every event"
+            chosen: list[str] = row["event_types"] or ["every event"]  # type: ignore[assignment]
+            types: list[str] = row["types"]  # type: ignore[assignment]
             output.print(
-                f"{row['name']}  ({row['kind']})  reads {', '.join(row['types'])}: {events}; "  # type: ignore[arg-type]
-                f"checkpoint {row['checkpoint']}"
+                f"{row['name']}  ({row['kind']})  reads {', '.join(types)}: "
+                f"{', '.join(chosen)}; checkpoint {row['checkpoint']}"
             )
         return EXIT_OK
 
