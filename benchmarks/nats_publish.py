@@ -19,6 +19,7 @@ accounts at a time. Each run uses a new stream (deleted afterwards). Rows, media
 - ``backlog`` (raw nats-py): nats-py alone publishing the same messages (subjects, headers
   and bodies built beforehand, not timed), 1,000 acknowledgements in flight, no order kept.
 """
+
 from __future__ import annotations
 
 import argparse
