@@ -79,6 +79,7 @@ async def test_both_snapshot_options_at_once_are_refused():
 def test_every_backends_factories_have_identical_signatures():
     import cqrs_memory  # noqa: PLC0415
     import cqrs_mongodb  # noqa: PLC0415
+    import cqrs_mysql  # noqa: PLC0415
     import cqrs_postgres  # noqa: PLC0415
     import cqrs_sqlite  # noqa: PLC0415
 
@@ -92,6 +93,7 @@ def test_every_backends_factories_have_identical_signatures():
         (cqrs_sqlite, "sqlite"),
         (cqrs_postgres, "postgres"),
         (cqrs_mongodb, "mongodb"),
+        (cqrs_mysql, "mysql"),
     ]:
         for suffix, signature in expected.items():
             name = f"{prefix}_{suffix}"
