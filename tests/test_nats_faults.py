@@ -50,6 +50,22 @@ from cqrs_nats import (
 HERE = Path(__file__)
 
 
+class SlowPublisher(JetStreamPublisher):
+    """Pauses ``wave_delay`` seconds before each wave of messages, so that a fault lands in
+    the middle of a batch on a fast machine too."""
+
+    wave_delay = 0.0
+
+    async def _publish_wave(self, js, wave) -> None:
+        await asyncio.sleep(self.wave_delay)
+        await super()._publish_wave(js, wave)
+
+
+def slow(publisher: SlowPublisher, delay: float) -> SlowPublisher:
+    publisher.wave_delay = delay
+    return publisher
+
+
 class NatsServer:
     """A nats-server of the test's own, on a free port, with its own storage directory."""
 
@@ -142,7 +158,7 @@ async def test_publisher_sigkilled_mid_batch_then_restarted_stores_each_event_on
         last = await bank.activity(accounts=20, deposits=29)
         assert last == 600
         args = ["publish", str(tmp_path / "events.db"), server.url, stream.name, stream.prefix]
-        first = child(*args, "--max-in-flight", "1")
+        first = child(*args, "--max-in-flight", "1", "--wave-delay", "0.003")
         js = client.jetstream()
 
         async def some_published() -> bool:
@@ -178,8 +194,16 @@ async def test_nats_restarted_while_publishing_loses_nothing(server, bank):
     try:
         await ensure_stream(client, stream.name, prefix=stream.prefix)
         await bank.activity(accounts=10, deposits=29)
-        publisher = JetStreamPublisher(
-            client, stream.name, [bank.store], prefix=stream.prefix, max_in_flight=1, ack_timeout=1
+        publisher = slow(
+            SlowPublisher(
+                client,
+                stream.name,
+                [bank.store],
+                prefix=stream.prefix,
+                max_in_flight=1,
+                ack_timeout=1,
+            ),
+            0.005,
         )
         runner = bank.runner(publisher, batch_size=50)
         js = client.jetstream()
@@ -318,12 +342,15 @@ async def publish(options: argparse.Namespace) -> dict[str, object]:
     bank = await Bank.open(Path(options.database))
     client = await connect_nats(options.url)
     try:
-        publisher = JetStreamPublisher(
-            client,
-            options.stream,
-            [bank.store],
-            prefix=options.prefix,
-            max_in_flight=options.max_in_flight,
+        publisher = slow(
+            SlowPublisher(
+                client,
+                options.stream,
+                [bank.store],
+                prefix=options.prefix,
+                max_in_flight=options.max_in_flight,
+            ),
+            options.wave_delay,
         )
         runner = bank.runner(publisher, batch_size=1000, lease_ttl=1.0)
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, runner.stop)
@@ -368,6 +395,7 @@ def main() -> None:
     for name in ("database", "url", "stream", "prefix"):
         parser.add_argument(name)
     parser.add_argument("--max-in-flight", type=int, default=1000)
+    parser.add_argument("--wave-delay", type=float, default=0.0)
     parser.add_argument("--kill-after-commit", action="store_true")
     options = parser.parse_args()
     role = publish if options.role == "publish" else consume
