@@ -810,3 +810,34 @@ async def test_a_stream_that_does_not_capture_the_subjects_is_refused(client, st
         StreamSettingsError, match=rf"do not capture '{stream.prefix}\.BankAccount\.\*'"
     ):
         await publisher.handle(await bank.envelopes())
+
+
+async def test_a_consumer_skips_an_event_id_it_acknowledged_before(client, stream, bank, service):
+    await ensure_stream(client, stream.name, prefix=stream.prefix, duplicate_window=0.1)
+    await bank.activity(accounts=1, deposits=1)
+    envelopes = await bank.envelopes()
+    options = {"prefix": stream.prefix, "min_duplicate_window": 0.1}
+    first = JetStreamPublisher(client, stream.name, [bank.store], **options)
+    await first.handle(envelopes)
+    await asyncio.sleep(0.3)  # past the window: the same events are stored a second time
+    again = JetStreamPublisher(client, stream.name, [bank.store], **options)
+    again._suspect = False  # no look-up either: a publisher that knows nothing
+    await again.handle(envelopes)
+    assert len(await stored(client, stream.name)) == 4
+    seen: list[str] = []
+    store = PersistedEventStore(service, BankAccount)
+
+    class Spy:
+        name, sources, event_types = "spy", (store,), None
+
+        async def handle(self, events) -> None:
+            seen.extend(str(e.event_id) for e in events)
+
+    consumer = JetStreamConsumer(client, stream.name, "svc", Spy(), prefix=stream.prefix)
+
+    async def settled() -> bool:
+        return consumer.status().applied + consumer.status().ignored == 4
+
+    await consume(consumer, settled)
+    assert sorted(seen) == sorted(str(e.event_id) for e in envelopes)  # each once
+    assert consumer.status().ignored == 2

@@ -222,8 +222,9 @@ class JetStreamConsumer:
                 await subscription.unsubscribe()
 
     async def _apply(self, messages: list[Msg]) -> None:
+        batch: set[str] = set()  # an id twice in one batch: the second is a duplicate
         events: list[tuple[Msg, EventEnvelope[Any] | Exception | None]] = [
-            (message, self._decode(message)) for message in messages
+            (message, self._decode(message, batch)) for message in messages
         ]
         wanted = [(m, e) for m, e in events if isinstance(e, EventEnvelope)]
         if len(wanted) == len([e for _, e in events if e is not None]):
@@ -261,12 +262,16 @@ class JetStreamConsumer:
             return
         self._failures = 0
 
-    def _decode(self, message: Msg) -> EventEnvelope[Any] | Exception | None:
-        """The message's event, None to acknowledge it unhandled, or the decoding error."""
+    def _decode(self, message: Msg, batch: set[str]) -> EventEnvelope[Any] | Exception | None:
+        """The message's event, None to acknowledge it unhandled (a duplicate of an event
+        acknowledged before or earlier in ``batch``, or not for the projection), or the
+        decoding error."""
         headers = message.headers or {}
         event_id = headers.get("Nats-Msg-Id", "")
-        if event_id in self._acked:
+        if event_id in self._acked or event_id in batch:
             return None
+        if event_id:
+            batch.add(event_id)
         try:
             row = serialized_event(message.data, headers)
         except Exception as error:  # noqa: BLE001 - dead-lettered like a failing handler
