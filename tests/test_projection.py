@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import ClassVar
 
+import msgspec
 import pytest
 
 from cqrs import (
     ConfigurationError,
     CqrsFramework,
     DatabaseConnectionError,
+    DeserializationError,
     LeaseLost,
     PersistedEventStore,
     SerializedEvent,
@@ -30,6 +34,7 @@ from cqrs.projection import (
 )
 from cqrs.rebuild import SwitchableViews, rebuild, reset_views
 from cqrs.repository import ViewContext
+from cqrs.upcasting import SemanticVersionEventUpcaster
 from cqrs_memory import MemoryEventRepository
 from examples.bank_account.domain import (
     AccountOpened,
@@ -709,3 +714,87 @@ def test_partitions_are_checked():
     with pytest.raises(ConfigurationError, match="not one of 0 to 1"):
         AggregatePartition(Positions(setup), 2, 2)
     assert partition_of("acc-1", 7) == partition_of("acc-1", 7) < 7
+
+
+def stored_rows() -> list[SerializedEvent]:
+    """Rows as backends read them: text event ids (SQLite) and UUIDs (PostgreSQL), metadata
+    empty or not, and a deposit stored at an older version that an upcaster renames."""
+    when = datetime(2026, 1, 2, tzinfo=UTC)
+    ids = [uuid.UUID(int=n) for n in range(1, 5)]
+    return [
+        SerializedEvent("BankAccount", "a", 1, "AccountOpened", "1.0", '{"account_id":"a"}',
+                        "{}", when, str(ids[0]), 1),
+        SerializedEvent("BankAccount", "a", 2, "CustomerDepositedMoney", "0.9",
+                        b'{"amt":"5.00","balance":"5.00"}', b'{"k":"v"}', when, ids[1], 2),
+        SerializedEvent("BankAccount", "a", 3, "CustomerDepositedMoney", "1.0",
+                        '{"amount":"1.00","balance":"6.00"}', b"{}", when, str(ids[2]), 3),
+        SerializedEvent("BankAccount", "a", 4, "CustomerDepositedMoney", "0.9",
+                        '{"amt":"2.00","balance":"8.00"}', "{}", when, str(ids[3]).upper(), 4),
+    ]  # fmt: skip
+
+
+def renamed_amount(payload: dict) -> dict:
+    return {"amount": payload.pop("amt"), **payload}
+
+
+def test_decode_all_gives_what_decode_gives_row_by_row():
+    store = PersistedEventStore(MemoryEventRepository(), BankAccount).with_upcasters(
+        [SemanticVersionEventUpcaster("CustomerDepositedMoney", "1.0", renamed_amount)]
+    )
+    rows = stored_rows()
+    envelopes = store.decode_all(rows)
+    assert envelopes == [store.decode(row) for row in rows]
+    assert [e.payload.amount for e in envelopes[1:]] == [Decimal(5), Decimal(1), Decimal(2)]
+    assert [e.event_id for e in envelopes] == [uuid.UUID(int=n) for n in range(1, 5)]
+    assert envelopes[1].metadata == {"k": "v"}
+    assert store.decode_all([]) == []
+
+
+@pytest.mark.parametrize(
+    ("index", "change", "error"),
+    [
+        (2, {"payload": '{"amount":"x"}'}, DeserializationError),
+        (2, {"event_type": "Nope"}, DeserializationError),
+        (1, {"metadata": b"[1]"}, DeserializationError),
+        (3, {"event_id": "not-a-uuid"}, ValueError),
+    ],
+)
+def test_decode_all_raises_the_error_of_the_first_row_that_does_not_decode(index, change, error):
+    store = PersistedEventStore(MemoryEventRepository(), BankAccount).with_upcasters(
+        [SemanticVersionEventUpcaster("CustomerDepositedMoney", "1.0", renamed_amount)]
+    )
+    rows = stored_rows()
+    rows[index] = msgspec.structs.replace(rows[index], **change)
+    with pytest.raises(error) as row_by_row:
+        store.decode(rows[index])
+    with pytest.raises(error) as page:
+        store.decode_all(rows)
+    assert str(page.value) == str(row_by_row.value)
+
+
+class OtherAccount(BankAccount):
+    aggregate_type: ClassVar[str] = "OtherAccount"
+
+
+class RowByRow:
+    """An EventDecoder with no decode_all: the runner decodes its events one by one."""
+
+    def __init__(self, store: PersistedEventStore) -> None:
+        self.aggregate_type, self.store = store.aggregate_type, store
+
+    def decode(self, row: SerializedEvent):
+        return self.store.decode(row)
+
+
+async def test_a_runner_decodes_with_any_event_decoder_and_with_several_sources(setup):
+    last = await setup.activity(accounts=2, deposits=3)
+    other = PersistedEventStore(setup.repository, OtherAccount)
+    await CqrsFramework(other, (), BankAccountServices()).execute("o-1", OpenAccount("o-1"))
+    one, several = Positions(setup, "one"), Positions(setup, "several")
+    one.sources = (RowByRow(setup.store),)
+    several.sources = (setup.store, other)
+    runner = setup.runner([one, several], batch_size=3)
+    async with running(runner):
+        await runner.wait_for(last + 1, timeout=5)
+    assert one.seen == list(range(1, last + 1))
+    assert several.seen == list(range(1, last + 2))
