@@ -7,7 +7,9 @@ For each backend, ``--events`` events (aggregates of 100) are stored in new tabl
 round runs, one after the other in one process: ``stream`` (the repository's
 ``stream_all_events`` of the aggregate type, rows left undecoded: the "raw stream_all_events
 speed" of issue 13), ``stream+decode`` (the same, each row decoded to an envelope by the
-store: what any consumer of decoded events pays at least) and ``runner`` (a
+store: what any consumer of decoded events pays at least), ``stream+decode_all`` (the rows
+gathered in pages of ``page_size`` and each page decoded with ``decode_all``, as the runner
+does: its floor) and ``runner`` (a
 :class:`~cqrs.ProjectionRunner` with a no-op projection catching up from a new checkpoint, as
 ``catchup_10k`` in ``python -m benchmarks``). The order rotates each round. The table gives
 the median events/s of each and their ratios to ``stream``; ``--json`` writes the rows.
@@ -43,12 +45,42 @@ _BEYOND = 2**62
 async def measure(
     repository: PersistedEventRepository, events: int, rounds: int
 ) -> dict[str, float]:
-    """Median events/s of ``stream``, ``stream+decode`` and ``runner`` on ``repository``
-    (open, schema created, empty)."""
+    """Median events/s of ``stream``, ``stream+decode``, ``stream+decode_all`` and
+    ``runner`` on ``repository`` (open, schema created, empty)."""
     store = PersistedEventStore(repository, BenchAccount)
     app: CqrsFramework[Any, Any, Any] = CqrsFramework(store, services=BankAccountServices())
     for index in range(max(events // 100, 1)):
         await app.execute(f"cu-{index}", open_command(f"cu-{index}", 100), expected_version=0)
+    size: int = getattr(repository, "page_size", 500)
+    stores = []
+    for index in range(rounds + 1):  # a new checkpoint table per round, made untimed
+        checkpoints = repository.checkpoint_store(f"cp_{secrets.token_hex(3)}_{index}")
+        await checkpoints.create_schema()
+        stores.append(checkpoints)
+
+    async def runner() -> int:
+        checkpoints = stores.pop()
+        projection = NoOpProjection("catchup", store)
+        running = ProjectionRunner(
+            repository, checkpoints, [projection], owner="bench", batch_size=size
+        )
+        task = asyncio.create_task(running.run())
+        try:
+            await running.wait_for(_BEYOND, timeout=600)
+        finally:
+            running.stop()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return projection.handled
+
+    return await _alternate({**_streams(repository, store, size), "runner": runner}, rounds)
+
+
+def _streams(
+    repository: PersistedEventRepository, store: PersistedEventStore[Any, Any, Any, Any], size: int
+) -> dict[str, Callable[[], Awaitable[int]]]:
+    """The ways of reading the stream without a runner: raw, decoded row by row, and
+    decoded a page (``size`` rows) at a time."""
     kind = store.aggregate_type
 
     async def stream() -> int:
@@ -64,37 +96,20 @@ async def measure(
             count += 1
         return count
 
-    stores = []
-    for index in range(rounds + 1):  # a new checkpoint table per round, made untimed
-        checkpoints = repository.checkpoint_store(f"cp_{secrets.token_hex(3)}_{index}")
-        await checkpoints.create_schema()
-        stores.append(checkpoints)
+    async def stream_and_decode_pages() -> int:
+        count, page = 0, []
+        async for row in repository.stream_all_events(kind, 0):
+            page.append(row)
+            if len(page) == size:
+                count += len(store.decode_all(page))
+                page = []
+        return count + len(store.decode_all(page))
 
-    async def runner() -> int:
-        checkpoints = stores.pop()
-        projection = NoOpProjection("catchup", store)
-        running = ProjectionRunner(
-            repository,
-            checkpoints,
-            [projection],
-            owner="bench",
-            batch_size=getattr(repository, "page_size", 500),
-        )
-        task = asyncio.create_task(running.run())
-        try:
-            await running.wait_for(_BEYOND, timeout=600)
-        finally:
-            running.stop()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        return projection.handled
-
-    ways: dict[str, Callable[[], Awaitable[int]]] = {
+    return {
         "stream": stream,
         "stream+decode": stream_and_decode,
-        "runner": runner,
+        "stream+decode_all": stream_and_decode_pages,
     }
-    return await _alternate(ways, rounds)
 
 
 async def _alternate(
@@ -153,6 +168,7 @@ async def run(options: argparse.Namespace) -> list[dict[str, object]]:
                     "events": options.events,
                     **{name: round(value, 1) for name, value in medians.items()},
                     "ratio_decode": round(medians["stream+decode"] / base, 3),
+                    "ratio_decode_all": round(medians["stream+decode_all"] / base, 3),
                     "ratio_runner": round(medians["runner"] / base, 3),
                 }
             )
@@ -189,12 +205,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     options = parser.parse_args(argv)
     rows = asyncio.run(run(options))
-    print("| backend | stream | stream+decode | runner | decode/stream | runner/stream |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| backend | stream | stream+decode | stream+decode_all | runner "
+        "| decode/stream | decode_all/stream | runner/stream |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(
             f"| {row['backend']} | {row['stream']:,.0f} | {row['stream+decode']:,.0f} "
-            f"| {row['runner']:,.0f} | {row['ratio_decode']:.2f} | {row['ratio_runner']:.2f} |"
+            f"| {row['stream+decode_all']:,.0f} | {row['runner']:,.0f} "
+            f"| {row['ratio_decode']:.2f} | {row['ratio_decode_all']:.2f} "
+            f"| {row['ratio_runner']:.2f} |"
         )
     if options.json:
         Path(options.json).write_text(json.dumps(rows, indent=2) + "\n")
