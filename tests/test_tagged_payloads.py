@@ -287,3 +287,21 @@ def test_rust_stream_fixture_is_serde_shaped():
     for row in RUST_STREAM:
         assert list(json.loads(row.payload)) == [row.event_type]
     assert {AccountOpened, CustomerDepositedMoney, CustomerWithdrewCash} <= set(CODEC.tags)
+
+
+async def test_streams_and_batch_decoding_read_the_tagged_events_too():
+    repository = await rust_repository()
+    store = PersistedEventStore(repository, BankAccount, codec=CODEC)
+    framework = CqrsFramework(store, (), BankAccountServices())
+    await framework.execute("acc", DepositMoney(Decimal(1)))
+    streamed = [envelope.payload async for envelope in store.stream_all_events()]
+    rows = await repository.get_events("BankAccount", "acc")
+    batch = [envelope.payload for envelope in store.decode_all(rows)]
+    expected = [
+        AccountOpened("acc"),
+        CustomerDepositedMoney(Decimal(200), Decimal(200)),
+        CustomerWithdrewCash(Decimal(50), Decimal(150), "atm-1"),
+        CustomerDepositedMoney(Decimal(1), Decimal(151)),
+    ]
+    assert streamed == expected
+    assert batch == expected
