@@ -19,7 +19,11 @@ Idempotence: delivery is at least once. A message redelivered after its effect w
 committed (the consumer died before its acknowledgement, or the acknowledgement was lost)
 carries the same event id and position, so handlers can tell: a ViewProjection skips events
 at or below a view's version, which makes views keyed within one aggregate exactly once
-(per-aggregate order is kept from the event store to the consumer). The consumer also
+(per-aggregate order is kept from the event store to the consumer). Events of *different*
+aggregates may arrive out of global order, so do not feed a view that several aggregates
+update (totals per day, say) through a ViewProjection here: its skip-at-or-below-version
+rule would drop an earlier event that arrives after a later one; make such a handler
+idempotent by event id instead, or run that view over the event store. The consumer also
 skips event ids it acknowledged recently itself. For the order to hold after a crash, a
 consumer that starts and finds messages still unacknowledged waits ``ack_wait`` for their
 redelivery before it reads on, and at most ``batch_size`` messages are outstanding.
