@@ -216,6 +216,11 @@ class ProjectionRunner:
     late a commit is noticed when nothing pushes a wake-up; all projections share one
     listener of the repository (:class:`~cqrs.subscription.SharedWakeUps`).
 
+    Reading: while a batch is decoded (a page at once, with the source's ``decode_all``
+    when it has one) and handed over, the next batch is read. A repository whose reads are
+    Python work of this process rather than a server's (SQLite's worker thread) sets
+    ``reads_in_background = False``; the next read then starts once the batch is decoded.
+
     Checkpoints: a projection that commits with its checkpoint
     (:class:`TransactionalProjection`, e.g. a :class:`ViewProjection` whose views are in the
     checkpoint store's database) saves it with every batch, in the same transaction. Any
@@ -286,6 +291,7 @@ class ProjectionRunner:
             p.name: isinstance(p, TransactionalProjection) and p.commits_with(checkpoints)
             for p in projections
         }
+        self._read_early = getattr(repository, "reads_in_background", True) is not False
         self._stopping = asyncio.Event()
         self._progress = asyncio.Condition()
         telemetry.watch(self)  # the projection lag gauges, when metrics are configured
@@ -483,9 +489,12 @@ class ProjectionRunner:
         """Read, apply and checkpoint the next batch of ``feed``; return the new checkpoint
         (None when there was nothing to read) and whether the read reached the end of the
         stream. With ``ahead`` (in :meth:`run`), the batch after it is read while this one
-        is handed over (from when it is decoded: see :class:`_Feed`), and a checkpoint that is
-        not saved with the batch may wait for ``save_interval``; without, it is saved now."""
+        is decoded and handed over (only handed over when the repository's reads are not in
+        the background: see :class:`_Feed`), and a checkpoint that is not saved with the
+        batch may wait for ``save_interval``; without, it is saved now."""
         rows, ended = await feed.batch()
+        if ahead and self._read_early:
+            await feed.read_ahead()
         if not rows:
             if status.saved < status.checkpoint:  # the last full batch was the end
                 await self._save(lease, status)
@@ -496,19 +505,7 @@ class ProjectionRunner:
         status.head = max(status.head, rows[-1].position)
         status.behind_since = rows[0].timestamp
         decoders = {source.aggregate_type: source for source in projection.sources}
-        event_types = projection.event_types
-        if event_types is None and feed.only is not None:
-            wanted = rows  # one aggregate type read, every event of it wanted
-        elif event_types is None:
-            wanted = [row for row in rows if row.aggregate_type in decoders]
-        else:
-            wanted = [
-                row
-                for row in rows
-                if row.event_type in event_types and row.aggregate_type in decoders
-            ]
-        if isinstance(projection, AggregatePartition):
-            wanted = [row for row in wanted if projection.accepts(row.aggregate_id)]
+        wanted = _wanted(projection, decoders, rows, one_type=feed.only is not None)
         position = rows[-1].position
         decoded = feed.read_ahead if ahead else None
         if not wanted and decoded is not None:
@@ -670,12 +667,13 @@ class _Feed:
     batches), and, when asked (:meth:`read_ahead`), the next batch read while the caller
     hands this one over.
 
-    The runner asks once a batch is decoded, not as soon as it arrives: decoding is Python
-    work in this process, and so is most of a read by a backend that reads on a thread of
-    this process (SQLite's worker builds each row under the GIL), so reading during decoding
-    only makes the two take turns on the GIL (measured: slower than not reading ahead).
-    Started after decoding, the read overlaps what the projection awaits (its own writes,
-    the checkpoint) on every backend, and a server's query otherwise waits for nothing."""
+    The runner asks as soon as a batch arrives when a database server answers the read
+    while this process works (the default), so the query overlaps decoding and handling.
+    A repository whose reads are Python work of this process says so with
+    ``reads_in_background = False`` (SQLite: its worker thread builds each row under the
+    GIL): reading while decoding would only make the two take turns on the GIL (measured:
+    slower than not reading ahead at all), so the runner asks once the batch is decoded,
+    and the read overlaps only what the projection awaits (its own writes, the checkpoint)."""
 
     def __init__(
         self,
@@ -745,6 +743,27 @@ class _Feed:
         if close is not None:
             with contextlib.suppress(Exception):
                 await close()
+
+
+def _wanted(
+    projection: Projection,
+    decoders: dict[str, EventDecoder],
+    rows: list[SerializedEvent],
+    *,
+    one_type: bool,
+) -> list[SerializedEvent]:
+    """The rows ``projection`` is handed: of its sources' types (all of them when the
+    stream was read for its ``one_type``), of its event types, and of its partition."""
+    event_types = projection.event_types
+    if event_types is None:
+        wanted = rows if one_type else [row for row in rows if row.aggregate_type in decoders]
+    else:
+        wanted = [
+            row for row in rows if row.event_type in event_types and row.aggregate_type in decoders
+        ]
+    if isinstance(projection, AggregatePartition):
+        return [row for row in wanted if projection.accepts(row.aggregate_id)]
+    return wanted
 
 
 def _decode(decoders: dict[str, EventDecoder], rows: list[SerializedEvent]) -> list[Any]:

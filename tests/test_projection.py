@@ -798,3 +798,53 @@ async def test_a_runner_decodes_with_any_event_decoder_and_with_several_sources(
         await runner.wait_for(last + 1, timeout=5)
     assert one.seen == list(range(1, last + 1))
     assert several.seen == list(range(1, last + 2))
+
+
+class LoggedReads(MemoryEventRepository):
+    """A memory repository that logs each event it streams."""
+
+    def __init__(self, log: list[tuple[str, int]]) -> None:
+        super().__init__()
+        self.log = log
+
+    async def stream_all_events(self, aggregate_type, after_position=None):
+        async for row in super().stream_all_events(aggregate_type, after_position):
+            self.log.append(("read", row.position))
+            yield row
+
+
+class LoggedDecodes:
+    def __init__(self, store: PersistedEventStore, log: list[tuple[str, int]]) -> None:
+        self.aggregate_type, self.store, self.log = store.aggregate_type, store, log
+
+    def decode(self, row: SerializedEvent):
+        return self.store.decode(row)
+
+    def decode_all(self, rows):
+        self.log.append(("decoded", rows[-1].position))
+        return self.store.decode_all(rows)
+
+
+@pytest.mark.parametrize("in_background", [True, False])
+async def test_the_next_batch_is_read_before_decoding_unless_reads_are_not_in_the_background(
+    in_background,
+):
+    log: list[tuple[str, int]] = []
+    repository = LoggedReads(log)
+    if not in_background:
+        repository.reads_in_background = False
+    await repository.open()
+    store = PersistedEventStore(repository, BankAccount)
+    bank = CqrsFramework(store, (), BankAccountServices())
+    await bank.execute("a", OpenAccount("a"))
+    for amount in range(1, 6):
+        await bank.execute("a", DepositMoney(Decimal(amount)))
+    projection = Positions(Setup())
+    projection.sources = (LoggedDecodes(store, log),)
+    runner = ProjectionRunner(repository, MemoryCheckpoints(), [projection], batch_size=2, **FAST)
+    async with running(runner):
+        await runner.wait_for(6, timeout=5)
+    assert projection.seen == [1, 2, 3, 4, 5, 6]
+    first_decode = log.index(("decoded", 2))
+    assert (log.index(("read", 3)) < first_decode) is in_background
+    assert log.index(("read", 3)) < log.index(("decoded", 4))

@@ -109,6 +109,10 @@ class SqliteEventRepository(AsyncResource):
     ``statements`` holds the SQL it runs (:class:`~cqrs_sqlite.statements.SqliteStatements`).
     """
 
+    reads_in_background = False
+    """A read builds its rows on the worker thread under this process's GIL, so a projection
+    runner reads the next batch once it has decoded one, not while (see ``ProjectionRunner``)."""
+
     def __init__(
         self,
         path: str | os.PathLike[str] = MEMORY,
