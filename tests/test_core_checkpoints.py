@@ -202,3 +202,12 @@ def test_view_conflict_names_the_view_its_table_and_the_version_expected():
     assert str(view_conflict(Views(), new)) == (  # type: ignore[arg-type]
         "view 'acc-2' in account_views was stored by another writer first (none was loaded)"
     )
+
+
+def test_view_conflict_names_views_without_a_table_by_themselves():
+    class Unnamed:
+        def __str__(self) -> str:
+            return "<views>"
+
+    error = view_conflict(Unnamed(), ViewWrite("v", b"{}", 2, 1))  # type: ignore[arg-type]
+    assert str(error) == "view 'v' in <views> is no longer at version 1"

@@ -21,7 +21,10 @@ from cqrs.projection import (
     ProjectionRunner,
     ProjectionStatus,
     ViewProjection,
+    partitions,
 )
+from cqrs.rebuild import SwitchableViews
+from cqrs.repository import ViewContext
 from cqrs_memory import MemoryEventRepository
 
 
@@ -357,3 +360,32 @@ async def test_views_are_written_once_per_key_and_events_at_or_below_a_view_are_
     await made.checkpoints.reset("totals")
     assert await made.run_once() == 5
     assert await views.load("x1") == Seen([1])
+
+
+async def test_any_projection_splits_by_aggregate_into_named_partitions(repository):
+    whole = Recorder("whole", [Decoder("A")])
+    one = partitions(whole, 1)
+    assert [p.name for p in one] == ["whole.0of1"]
+    made = runner(repository, one)
+    assert await made.run_once() == 5
+    assert whole.batches == [[1, 3, 5]]  # one partition: every aggregate
+    parts = partitions(whole, 2)
+    assert [p.name for p in parts] == ["whole.0of2", "whole.1of2"]
+    view_parts = partitions(view_projection(repository), 2)
+    assert [p.name for p in view_parts] == ["totals.0of2", "totals.1of2"]
+    for count in (0, True, 1.0):
+        with pytest.raises(ConfigurationError) as raised:
+            partitions(whole, count)  # type: ignore[arg-type]
+        assert str(raised.value) == (
+            f"a projection splits into a positive number of partitions, not {count!r}"
+        )
+
+
+async def test_switchable_views_write_the_version_given(repository):
+    first = repository.view_repository(Seen, "first")
+    views = SwitchableViews(first)
+    await views.update_view(Seen([1]), ViewContext("v", 0), 7)
+    loaded = await first.load_with_context("v")
+    assert loaded is not None
+    assert loaded[1].version == 7
+    assert await views.load("v") == Seen([1])
