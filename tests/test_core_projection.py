@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import uuid
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +22,7 @@ from cqrs.projection import (
     ProjectionRunner,
     ProjectionStatus,
     ViewProjection,
+    partition_of,
     partitions,
 )
 from cqrs.rebuild import SwitchableViews
@@ -389,3 +391,17 @@ async def test_switchable_views_write_the_version_given(repository):
     assert loaded is not None
     assert loaded[1].version == 7
     assert await views.load("v") == Seen([1])
+
+
+def test_partition_of_takes_any_string_even_a_lone_surrogate():
+    key = "acc-\ud800"  # what a JSON id with a lone escaped surrogate decodes to
+    expected = zlib.crc32(key.encode("utf-8", "surrogatepass")) % 7
+    assert partition_of(key, 7) == expected
+    assert [partition_of("acc-1", 1), partition_of("", 3)] == [0, 0]
+
+
+def test_switchable_views_cannot_point_at_themselves(repository):
+    views = SwitchableViews(repository.view_repository(Seen, "first"))
+    with pytest.raises(ConfigurationError) as raised:
+        views.switch(views)
+    assert str(raised.value) == "a SwitchableViews cannot point at itself"
