@@ -5,6 +5,7 @@ subscription page spans (the framework-level behaviour is in tests/test_telemetr
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -163,3 +164,63 @@ def test_pages_default_to_the_subscription_page_size(sink):
         pages.add(row(position))
     spans = [s for s in sink.spans() if s.name == "subscription page"]
     assert [s.attributes["cqrs.events.count"] for s in spans] == [telemetry.SUBSCRIPTION_PAGE]
+
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+
+
+def parent(span: int, flags: str = "01") -> str:
+    return f"00-{TRACE}-{span:016x}-{flags}"
+
+
+def carried(position: int, metadata: bytes | str) -> SerializedEvent:
+    return SerializedEvent(
+        "Account",
+        "a",
+        position,
+        "E",
+        "1.0",
+        b"{}",
+        metadata,
+        datetime.now(UTC),
+        uuid.uuid4(),
+        position,
+    )
+
+
+def test_links_skip_what_carries_no_usable_context_and_keep_going():
+    rows = [
+        carried(1, b"{}"),
+        carried(2, "{}"),
+        carried(3, b'{"traceparent": '),  # not JSON
+        carried(4, json.dumps({"traceparent": "00-bad"})),
+        carried(5, json.dumps({"traceparent": f"00-{TRACE}-{0:016x}-01"})),  # no span id
+        carried(6, json.dumps({"traceparent": f"00-{TRACE}-{'z' * 16}-01"})),  # not hex
+        carried(7, json.dumps({"traceparent": f"00-{TRACE}-{1:016x}-1"})),  # short flags
+        carried(8, json.dumps({"traceparent": f"00-{TRACE}-{1:015x}-01"})),  # short span id
+        carried(9, json.dumps({"traceparent": parent(1, "0b"), "tracestate": "k=v"}).encode()),
+        carried(10, json.dumps({"traceparent": parent(1, "0b")})),  # the same commit
+        carried(11, json.dumps({"traceparent": parent(2)})),
+        carried(12, json.dumps({"other": 1, "tracestate": "k=v"})),
+    ]
+    found = telemetry.links(rows)
+    assert [dict(link.attributes or {}) for link in found] == [
+        {"cqrs.position": 9},
+        {"cqrs.position": 11},
+    ]
+    first, second = (link.context for link in found)
+    assert (first.trace_id, first.span_id, int(first.trace_flags)) == (int(TRACE, 16), 1, 11)
+    assert first.is_remote
+    assert first.trace_state.to_header() == "k=v"
+    assert second.span_id == 2
+    assert not second.trace_state
+
+
+def test_links_stop_at_max_links():
+    rows = [
+        carried(n, json.dumps({"traceparent": parent(n)}))
+        for n in range(1, telemetry.MAX_LINKS + 3)
+    ]
+    found = telemetry.links(rows)
+    assert len(found) == telemetry.MAX_LINKS
+    assert found[-1].context.span_id == telemetry.MAX_LINKS
