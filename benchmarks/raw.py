@@ -118,6 +118,17 @@ class RawSide:
         """(payload, last_sequence, snapshot version) or None."""
         raise NotImplementedError
 
+    async def read_snapshot_and_events(
+        self, aggregate_id: str
+    ) -> tuple[tuple[bytes | str, int, int] | None, list[Row]]:
+        """The snapshot (as :meth:`read_snapshot`) and the rows after it, in the backend's
+        one round trip; by default (a backend with two) :meth:`read_snapshot` then
+        :meth:`read_events`."""
+        snapshot = await self.read_snapshot(aggregate_id)
+        return snapshot, await self.read_events(
+            aggregate_id, 0 if snapshot is None else snapshot[1]
+        )
+
     async def write_events(
         self,
         aggregate_id: str,
@@ -156,8 +167,10 @@ class RawSide:
     async def _load(self, aggregate_id: str) -> tuple[BenchAccount, int]:
         account: BenchAccount | None = None
         after = 0
-        if self.snapshot_every is not None:
-            snapshot = await self.read_snapshot(aggregate_id)
+        if self.snapshot_every is None:
+            rows = await self.read_events(aggregate_id, after)
+        else:
+            snapshot, rows = await self.read_snapshot_and_events(aggregate_id)
             if snapshot is not None:
                 account = self._snapshot_decoder(snapshot[0])
                 after = snapshot[1]
@@ -165,7 +178,6 @@ class RawSide:
         if account is None:
             account = BenchAccount()
         account.aggregate_id = aggregate_id
-        rows = await self.read_events(aggregate_id, after)
         apply, decoders = account.apply, self._decoders
         for row in rows:
             apply(decoders[row[EVENT_TYPE]](row[PAYLOAD]))

@@ -2,16 +2,17 @@
 
 Like the backend: a psycopg_pool pool of autocommit connections (1 to 10) preparing every
 statement on the server at first use, one connection borrowed per operation, binary result
-rows with ``json`` columns returned as undecoded text. A load is one SELECT; a commit is one
-statement (the events inserted from ``unnest`` arrays if they follow the stored last
-sequence, with the snapshot upsert in the same CTE when due), so it is atomic without
-BEGIN/COMMIT round trips; a page of one type is planned with its values (never prepared),
-and a stream ends with the backend's ``max(position)`` query (its hold-back check). The
-json-as-text loaders are registered once per connection (the cheapest way to the same
-result). The tables are created by the backend's ``create_schema`` (the DDL is not what is
-measured). The backend's default ``notify="after_commit"`` leaves the commit statement
-unchanged and sends its ``pg_notify`` afterwards, off the commit path; the raw side does not
-send it, so its cost shows in the ratio.
+rows with ``json`` columns returned as undecoded text. A load is one SELECT (from a snapshot
+too: the backend's ``snapshot_and_events`` statement); a commit is one statement (the events
+inserted from ``unnest`` arrays if they follow the stored last sequence, with the snapshot
+upsert in the same CTE when due), so it is atomic without BEGIN/COMMIT round trips; a page
+of one type is planned with its values (never prepared), and a stream ends with the
+backend's ``max(position)`` query (its hold-back check). The json-as-text loaders are
+registered once per connection (the cheapest way to the same result). The tables are created
+by the backend's ``create_schema`` (the DDL is not what is measured). The backend's default
+``notify="after_commit"`` leaves the commit statement unchanged and sends its ``pg_notify``
+afterwards, off the commit path; the raw side does not send it, so its cost shows in the
+ratio.
 """
 
 from __future__ import annotations
@@ -98,6 +99,19 @@ class RawPostgresSide(RawSide):
             await cursor.execute(self.statements.get_snapshot, (AGGREGATE_TYPE, aggregate_id))
             row = await cursor.fetchone()
         return None if row is None else (row[0], row[1], row[2])
+
+    async def read_snapshot_and_events(
+        self, aggregate_id: str
+    ) -> tuple[tuple[bytes | str, int, int] | None, list[Row]]:
+        async with self.pool.connection() as conn:
+            cursor = conn.cursor(binary=True)
+            params = {"type": AGGREGATE_TYPE, "id": aggregate_id}
+            await cursor.execute(self.statements.snapshot_and_events, params)
+            rows = await cursor.fetchall()
+        if rows and rows[0][1] is None:
+            head = rows[0]
+            return (head[3], head[0], head[7]), rows[1:]
+        return None, rows
 
     async def write_events(
         self,

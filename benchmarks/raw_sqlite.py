@@ -1,10 +1,11 @@
 """Raw SQLite: the SQLite backend's statements and hops, written directly on ``sqlite3``.
 
 Like the backend, one connection is owned by one worker thread (WAL, ``synchronous=FULL``,
-autocommit mode) and every round trip below is one hop to it: a load is one hop (one
-SELECT), a commit is one hop (``BEGIN IMMEDIATE``, the max-sequence check, ``executemany``
-of the rows, ``last_insert_rowid()``, the snapshot upsert when due, ``COMMIT``). The tables
-are created by the backend's ``create_schema`` (the DDL is not what is measured).
+autocommit mode) and every round trip below is one hop to it: a load is one hop (one SELECT;
+from a snapshot, the snapshot's SELECT then the events'), a commit is one hop (``BEGIN
+IMMEDIATE``, the max-sequence check, ``executemany`` of the rows, ``last_insert_rowid()``,
+the snapshot upsert when due, ``COMMIT``). The tables are created by the backend's
+``create_schema`` (the DDL is not what is measured).
 """
 
 from __future__ import annotations
@@ -89,6 +90,19 @@ class RawSqliteSide(RawSide):
     async def read_snapshot(self, aggregate_id: str) -> tuple[bytes | str, int, int] | None:
         sql, params = self.statements.snapshot, (AGGREGATE_TYPE, aggregate_id)
         return await self._hop(lambda connection: connection.execute(sql, params).fetchone())
+
+    async def read_snapshot_and_events(
+        self, aggregate_id: str
+    ) -> tuple[tuple[bytes | str, int, int] | None, list[Row]]:
+        snapshot_sql, events_sql = self.statements.snapshot, self.statements.events
+
+        def read(connection: sqlite3.Connection) -> tuple[tuple[str, int, int] | None, list[Row]]:
+            snapshot = connection.execute(snapshot_sql, (AGGREGATE_TYPE, aggregate_id)).fetchone()
+            after = 0 if snapshot is None else snapshot[1]
+            rows = connection.execute(events_sql, (AGGREGATE_TYPE, aggregate_id, after)).fetchall()
+            return snapshot, rows
+
+        return await self._hop(read)
 
     async def write_events(
         self,

@@ -41,6 +41,7 @@ __all__ = [
     "next_view_version",
     "not_open",
     "read_pages",
+    "snapshot_and_events",
     "stored_positions",
     "validate_identifier",
 ]
@@ -283,6 +284,36 @@ class PersistedEventRepository(Protocol):
         ``create_schema()`` once before use; it raises NotOpenError while this repository
         is not open."""
         ...
+
+
+async def snapshot_and_events(
+    repository: PersistedEventRepository, aggregate_type: str, aggregate_id: str
+) -> tuple[SerializedSnapshot | None, list[SerializedEvent]]:
+    """The aggregate's snapshot (or None) and its events after the snapshot's
+    ``last_sequence`` (all of them without a snapshot), by sequence: what loading from a
+    snapshot needs.
+
+    A backend that can read both in one round trip (one statement, one thread hop) defines
+    ``get_snapshot_and_events(aggregate_type, aggregate_id)`` with this contract, and this
+    calls it; for any other repository it is :meth:`~PersistedEventRepository.get_snapshot`
+    then :meth:`~PersistedEventRepository.get_last_events` after the snapshot, so backends
+    without the method (third-party ones too) keep working.
+
+    The events always follow the snapshot returned, with no gap, even while a commit races
+    the read: the snapshot is read first, so a commit between the two reads only adds
+    events after it (a backend reading both in one go keeps that order, or reads both in
+    one consistent snapshot of the database).
+    """
+    combined = getattr(repository, "get_snapshot_and_events", None)
+    if combined is not None:
+        loaded: tuple[SerializedSnapshot | None, list[SerializedEvent]]
+        loaded = await combined(aggregate_type, aggregate_id)
+        return loaded
+    snapshot = await repository.get_snapshot(aggregate_type, aggregate_id)
+    if snapshot is None:
+        return None, await repository.get_events(aggregate_type, aggregate_id)
+    after = snapshot.last_sequence
+    return snapshot, await repository.get_last_events(aggregate_type, aggregate_id, after)
 
 
 class AsyncResource:

@@ -27,6 +27,7 @@ from cqrs.repository import (
     SerializedEvent,
     SerializedSnapshot,
     check_ids,
+    snapshot_and_events,
 )
 from cqrs.subscription import Subscription
 from cqrs.upcasting import EventUpcaster, RawEvent, check_upcaster_order
@@ -281,20 +282,23 @@ class PersistedEventStore(Generic[A_co, C, E, S]):
         after = 0
         snapshot_version = 0
         replace_snapshot = False
-        if self.snapshot_every is not None:
-            snapshot = await self.repository.get_snapshot(aggregate_type, aggregate_id)
+        if self.snapshot_every is None:
+            rows = await self.repository.get_events(aggregate_type, aggregate_id)
+        else:
+            # One round trip for the snapshot and the events after it.
+            snapshot, rows = await snapshot_and_events(
+                self.repository, aggregate_type, aggregate_id
+            )
             if snapshot is not None:
                 snapshot_version = snapshot.snapshot_version
                 aggregate = self._decode_snapshot(snapshot)
                 if aggregate is None:
                     replace_snapshot = True
+                    rows = await self.repository.get_events(aggregate_type, aggregate_id)
                 else:
                     after = snapshot.last_sequence
         if aggregate is None:
             aggregate = self.new_aggregate(aggregate_id)
-            rows = await self.repository.get_events(aggregate_type, aggregate_id)
-        else:
-            rows = await self.repository.get_last_events(aggregate_type, aggregate_id, after)
         apply = aggregate.apply
         decode = self.decode_payload
         for row in rows:

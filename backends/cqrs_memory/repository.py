@@ -133,6 +133,16 @@ class MemoryEventRepository(AsyncResource):
         self._check_open()
         return self._snapshots.get((aggregate_type, aggregate_id))
 
+    async def get_snapshot_and_events(
+        self, aggregate_type: str, aggregate_id: str
+    ) -> tuple[SerializedSnapshot | None, list[SerializedEvent]]:
+        """The stored snapshot (or None) and the events after it (all without one)."""
+        self._check_open()
+        key = (aggregate_type, aggregate_id)
+        snapshot = self._snapshots.get(key)
+        after = 0 if snapshot is None else snapshot.last_sequence
+        return snapshot, self._streams.get(key, [])[after:]
+
     async def persist(
         self, events: Sequence[SerializedEvent], snapshot: SerializedSnapshot | None
     ) -> list[int]:

@@ -245,6 +245,28 @@ class PostgresEventRepository(AsyncResource):
         payload, last_sequence, version = row
         return SerializedSnapshot(aggregate_type, aggregate_id, payload, last_sequence, version)
 
+    async def get_snapshot_and_events(
+        self, aggregate_type: str, aggregate_id: str
+    ) -> tuple[SerializedSnapshot | None, list[SerializedEvent]]:
+        """The aggregate's snapshot (or None) and the events after it (all without one), in
+        one statement (see :func:`cqrs.repository.snapshot_and_events`)."""
+        params = {"type": aggregate_type, "id": aggregate_id}
+
+        async def read(conn: AsyncConnection[TupleRow]) -> list[TupleRow]:
+            cursor = raw_json_cursor(conn)
+            await cursor.execute(self.statements.snapshot_and_events, params)
+            return await cursor.fetchall()
+
+        rows = await self._connections.run(f"read {aggregate_type} {aggregate_id!r}", read)
+        snapshot = None
+        if rows and rows[0][1] is None:
+            last_sequence, _, _, payload, _, _, _, version = rows[0]
+            snapshot = SerializedSnapshot(
+                aggregate_type, aggregate_id, payload, last_sequence, version
+            )
+            rows = rows[1:]
+        return snapshot, [SerializedEvent(aggregate_type, aggregate_id, *row) for row in rows]
+
     async def persist(
         self, events: Sequence[SerializedEvent], snapshot: SerializedSnapshot | None
     ) -> list[int]:

@@ -100,6 +100,23 @@ _NEWEST_OF_TYPE = "SELECT max(position) FROM {events} WHERE aggregate_type = %b"
 _GET_SNAPSHOT = """SELECT payload, last_sequence, current_snapshot FROM {snapshots}
 WHERE aggregate_type = %b AND aggregate_id = %b"""
 
+# One round trip for a load from a snapshot, in one MVCC snapshot of the database: the
+# snapshot as a row whose event_type is NULL (sequence: its last_sequence, position: its
+# version), then the events after it. Sorted by sequence, so the snapshot row comes first.
+_SNAPSHOT_AND_EVENTS = """WITH snapshot AS (
+  SELECT payload, last_sequence, current_snapshot FROM {snapshots}
+  WHERE aggregate_type = %(type)b AND aggregate_id = %(id)b
+)
+SELECT last_sequence, NULL::text, NULL::text, payload, NULL::json, NULL::timestamptz,
+  NULL::uuid, current_snapshot
+FROM snapshot
+UNION ALL
+SELECT sequence, event_type, event_version, payload, metadata, COALESCE(timestamp, 'epoch'),
+  event_id, position
+FROM {events} WHERE aggregate_type = %(type)b AND aggregate_id = %(id)b
+  AND sequence > COALESCE((SELECT last_sequence FROM snapshot), 0)
+ORDER BY 1"""
+
 _LOAD_VIEW = "SELECT payload, version FROM {table} WHERE view_id = %b"
 _INSERT_VIEW = """INSERT INTO {table} (view_id, version, payload) VALUES (%b, %b, %b::json)
 ON CONFLICT (view_id) DO NOTHING"""
@@ -139,6 +156,9 @@ class PostgresStatements:
     - ``all_of_type``: one type's (named: type, after, limit; run unprepared);
     - ``newest_all``, ``newest_of_type``: the greatest stored position (of a type);
     - ``get_snapshot``: payload, last_sequence, current_snapshot (type, id);
+    - ``snapshot_and_events``: the snapshot as a first row whose event_type is NULL
+      (last_sequence, -, -, payload, -, -, -, current_snapshot), if there is one, then the
+      events after it in ``one_aggregate``'s columns (named: type, id);
     - ``channel``, ``listen``, ``notify``: the notification channel of commits (see
       :func:`notify_channel`), ``LISTEN`` on it, and ``pg_notify`` on it with an empty
       payload.
@@ -155,6 +175,7 @@ class PostgresStatements:
     newest_all: bytes
     newest_of_type: bytes
     get_snapshot: bytes
+    snapshot_and_events: bytes
 
     @classmethod
     def for_tables(
@@ -176,6 +197,7 @@ class PostgresStatements:
             newest_all=_compose(_NEWEST_ALL, **names),
             newest_of_type=_compose(_NEWEST_OF_TYPE, **names),
             get_snapshot=_compose(_GET_SNAPSHOT, **names),
+            snapshot_and_events=_compose(_SNAPSHOT_AND_EVENTS, **names),
         )
 
 

@@ -302,6 +302,28 @@ class SqliteEventRepository(AsyncResource):
             return None
         return SerializedSnapshot(aggregate_type, aggregate_id, row[0], row[1], row[2])
 
+    async def get_snapshot_and_events(
+        self, aggregate_type: str, aggregate_id: str
+    ) -> tuple[SerializedSnapshot | None, list[SerializedEvent]]:
+        """The aggregate's snapshot (or None) and the events after it (all without one), in
+        one hop (see :func:`cqrs.repository.snapshot_and_events`)."""
+        snapshot_sql, events_sql = self.statements.snapshot, self.statements.events
+        key = (aggregate_type, aggregate_id)
+
+        def read(
+            connection: sqlite3.Connection,
+        ) -> tuple[tuple[str, int, int] | None, list[SerializedEvent]]:
+            # The snapshot first: a commit landing in between only adds events after it.
+            row: tuple[str, int, int] | None = connection.execute(snapshot_sql, key).fetchone()
+            after = 0 if row is None else row[1]
+            cursor = connection.execute(events_sql, (aggregate_type, aggregate_id, after))
+            return row, stream_rows(aggregate_type, aggregate_id, cursor)
+
+        row, events = await self.run(read, f"loading {aggregate_type} {aggregate_id!r}")
+        if row is None:
+            return None, events
+        return SerializedSnapshot(aggregate_type, aggregate_id, row[0], row[1], row[2]), events
+
     async def stream_events(
         self, aggregate_type: str, aggregate_id: str
     ) -> AsyncIterator[SerializedEvent]:
