@@ -318,15 +318,16 @@ def test_a_view_projection_needs_a_whole_number_of_attempts(repository, attempts
 
 
 def test_a_view_projection_shows_what_it_was_given(repository):
-    projection = view_projection(repository, event_types=["E", "E"])
+    assert view_projection(repository).attempts == 20
+    projection = view_projection(repository, event_types=["E", "E"], attempts=3)
     assert projection.name == "totals"
     assert [s.aggregate_type for s in projection.sources] == ["A"]
     assert projection.event_types == frozenset({"E"})
-    assert projection.attempts == 20
+    assert projection.attempts == 3
     assert projection.partition is None
     assert view_projection(repository).event_types is None
     renamed = projection.renamed("totals_v2", projection.view_repository)
-    assert (renamed.name, renamed.event_types, renamed.attempts) == ("totals_v2", {"E"}, 20)
+    assert (renamed.name, renamed.event_types, renamed.attempts) == ("totals_v2", {"E"}, 3)
     assert renamed.key is projection.key
     assert renamed.update is projection.update
     with pytest.raises(ValueError, match=r"^projection name must be"):
