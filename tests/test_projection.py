@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import msgspec
 import pytest
@@ -19,6 +20,8 @@ from cqrs import (
     CqrsFramework,
     DatabaseConnectionError,
     DeserializationError,
+    EventDecoder,
+    EventEnvelope,
     LeaseLost,
     PersistedEventStore,
     SerializedEvent,
@@ -733,7 +736,7 @@ def stored_rows() -> list[SerializedEvent]:
     ]  # fmt: skip
 
 
-def renamed_amount(payload: dict) -> dict:
+def renamed_amount(payload: dict[str, Any]) -> dict[str, Any]:
     return {"amount": payload.pop("amt"), **payload}
 
 
@@ -744,7 +747,8 @@ def test_decode_all_gives_what_decode_gives_row_by_row():
     rows = stored_rows()
     envelopes = store.decode_all(rows)
     assert envelopes == [store.decode(row) for row in rows]
-    assert [e.payload.amount for e in envelopes[1:]] == [Decimal(5), Decimal(1), Decimal(2)]
+    amounts = [e.payload.amount for e in envelopes if isinstance(e.payload, CustomerDepositedMoney)]
+    assert amounts == [Decimal(5), Decimal(1), Decimal(2)]
     assert [e.event_id for e in envelopes] == [uuid.UUID(int=n) for n in range(1, 5)]
     assert envelopes[1].metadata == {"k": "v"}
     assert store.decode_all([]) == []
@@ -776,10 +780,23 @@ class OtherAccount(BankAccount):
     aggregate_type: ClassVar[str] = "OtherAccount"
 
 
+class Seen:
+    """A projection of any sources that records the positions it is handed."""
+
+    event_types = None
+
+    def __init__(self, name: str, sources: Sequence[EventDecoder]) -> None:
+        self.name, self.sources = name, tuple(sources)
+        self.seen: list[int] = []
+
+    async def handle(self, events: Sequence[EventEnvelope[Any]]) -> None:
+        self.seen.extend(e.position for e in events)
+
+
 class RowByRow:
     """An EventDecoder with no decode_all: the runner decodes its events one by one."""
 
-    def __init__(self, store: PersistedEventStore) -> None:
+    def __init__(self, store: PersistedEventStore[Any, Any, Any, Any]) -> None:
         self.aggregate_type, self.store = store.aggregate_type, store
 
     def decode(self, row: SerializedEvent):
@@ -790,9 +807,7 @@ async def test_a_runner_decodes_with_any_event_decoder_and_with_several_sources(
     last = await setup.activity(accounts=2, deposits=3)
     other = PersistedEventStore(setup.repository, OtherAccount)
     await CqrsFramework(other, (), BankAccountServices()).execute("o-1", OpenAccount("o-1"))
-    one, several = Positions(setup, "one"), Positions(setup, "several")
-    one.sources = (RowByRow(setup.store),)
-    several.sources = (setup.store, other)
+    one, several = Seen("one", [RowByRow(setup.store)]), Seen("several", [setup.store, other])
     runner = setup.runner([one, several], batch_size=3)
     async with running(runner):
         await runner.wait_for(last + 1, timeout=5)
@@ -802,6 +817,8 @@ async def test_a_runner_decodes_with_any_event_decoder_and_with_several_sources(
 
 class LoggedReads(MemoryEventRepository):
     """A memory repository that logs each event it streams."""
+
+    reads_in_background = True
 
     def __init__(self, log: list[tuple[str, int]]) -> None:
         super().__init__()
@@ -814,7 +831,9 @@ class LoggedReads(MemoryEventRepository):
 
 
 class LoggedDecodes:
-    def __init__(self, store: PersistedEventStore, log: list[tuple[str, int]]) -> None:
+    def __init__(
+        self, store: PersistedEventStore[Any, Any, Any, Any], log: list[tuple[str, int]]
+    ) -> None:
         self.aggregate_type, self.store, self.log = store.aggregate_type, store, log
 
     def decode(self, row: SerializedEvent):
@@ -839,9 +858,11 @@ async def test_the_next_batch_is_read_before_decoding_unless_reads_are_not_in_th
     await bank.execute("a", OpenAccount("a"))
     for amount in range(1, 6):
         await bank.execute("a", DepositMoney(Decimal(amount)))
-    projection = Positions(Setup())
-    projection.sources = (LoggedDecodes(store, log),)
-    runner = ProjectionRunner(repository, MemoryCheckpoints(), [projection], batch_size=2, **FAST)
+    projection = Seen("positions", [LoggedDecodes(store, log)])
+    checkpoints = MemoryCheckpoints()
+    runner = ProjectionRunner(
+        repository, checkpoints, [projection], batch_size=2, poll_interval=0.02
+    )
     async with running(runner):
         await runner.wait_for(6, timeout=5)
     assert projection.seen == [1, 2, 3, 4, 5, 6]
