@@ -52,9 +52,12 @@ async def measure(
     for index in range(max(events // 100, 1)):
         await app.execute(f"cu-{index}", open_command(f"cu-{index}", 100), expected_version=0)
     size: int = getattr(repository, "page_size", 500)
+    # A new checkpoint table per round, made untimed, named after the events table so that
+    # dropping the run's tables drops them too.
+    prefix = getattr(repository, "events_table", "events").removesuffix("_events")
     stores = []
-    for index in range(rounds + 1):  # a new checkpoint table per round, made untimed
-        checkpoints = repository.checkpoint_store(f"cp_{secrets.token_hex(3)}_{index}")
+    for index in range(rounds + 1):
+        checkpoints = repository.checkpoint_store(f"{prefix}_cp_{secrets.token_hex(3)}_{index}")
         await checkpoints.create_schema()
         stores.append(checkpoints)
 
