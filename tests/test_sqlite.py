@@ -18,11 +18,9 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 from msgspec.structs import replace
@@ -51,6 +49,7 @@ from cqrs_sqlite import (
     sqlite_cqrs,
     sqlite_snapshot_cqrs,
 )
+from cqrs_sqlite._group_commit import Worker
 from examples.bank_account.domain import (
     BankAccount,
     BankAccountServices,
@@ -361,11 +360,11 @@ async def test_open_again_keeps_the_data_the_connection_and_the_thread(tmp_path,
 
 
 async def test_concurrent_opens_start_one_thread_and_one_connection(tmp_path, monkeypatch):
-    started: list[ThreadPoolExecutor] = []
+    started: list[Worker] = []
 
-    class Counting(ThreadPoolExecutor):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
+    class Counting(Worker):
+        def start(self) -> None:
+            super().start()
             started.append(self)
 
     connections: list[sqlite3.Connection] = []
@@ -375,7 +374,7 @@ async def test_concurrent_opens_start_one_thread_and_one_connection(tmp_path, mo
         connections.append(connect(self))
         return connections[-1]
 
-    monkeypatch.setattr(cqrs_sqlite.repository, "ThreadPoolExecutor", Counting)
+    monkeypatch.setattr(cqrs_sqlite.repository, "Worker", Counting)
     monkeypatch.setattr(SqliteEventRepository, "_connect", counting_connect)
     repository = SqliteEventRepository(tmp_path / "store.db")
     await asyncio.gather(*(repository.open() for _ in range(5)))
@@ -396,9 +395,9 @@ async def test_commit_and_load_each_take_one_hop_to_the_database_thread(repo, mo
     statements: list[str] = []
     call = repo._call
 
-    async def counting(executor, fn, context):
+    async def counting(hop, context):
         hops.append(context)
-        return await call(executor, fn, context)
+        return await call(hop, context)
 
     await repo.run(lambda connection: connection.set_trace_callback(statements.append))
     monkeypatch.setattr(repo, "_call", counting)
@@ -696,9 +695,9 @@ async def test_a_retried_batch_returns_its_stored_positions_in_one_hop(repo, mon
     hops: list[str] = []
     call = repo._call
 
-    async def counting(executor, fn, context):
+    async def counting(hop, context):
         hops.append(context)
-        return await call(executor, fn, context)
+        return await call(hop, context)
 
     await repo.run(lambda connection: connection.set_trace_callback(statements.append))
     monkeypatch.setattr(repo, "_call", counting)

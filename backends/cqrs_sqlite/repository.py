@@ -15,7 +15,6 @@ import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -40,6 +39,7 @@ from cqrs.repository import (
 )
 from cqrs.subscription import LocalSignal, WakeUps
 from cqrs_sqlite import _operations as operations
+from cqrs_sqlite._group_commit import Worker
 from cqrs_sqlite.rows import all_rows, event_rows, stream_rows
 from cqrs_sqlite.statements import SqliteStatements
 from cqrs_sqlite.wake_ups import SqliteWakeUps
@@ -103,7 +103,10 @@ class SqliteEventRepository(AsyncResource):
     Every call is one hop to a single worker thread that owns the connection; a commit is
     ``BEGIN IMMEDIATE``, the inserts and the snapshot upsert, and ``COMMIT`` in that one
     hop, so the global ``position`` (an AUTOINCREMENT rowid assigned under the write lock)
-    follows commit order and a tailing reader never skips an event. Writers in other
+    follows commit order and a tailing reader never skips an event. Group commit: commits
+    queued while the worker is busy are written in one transaction, each in its own
+    savepoint (a conflicting one fails alone), and answered after its one COMMIT, so
+    concurrent writers share an fsync (see :mod:`cqrs_sqlite._group_commit`). Writers in other
     processes wait up to ``busy_timeout`` seconds for the lock, then
     ``DatabaseConnectionError`` names the file. ``stream_*`` read ``page_size`` rows per hop.
     ``statements`` holds the SQL it runs (:class:`~cqrs_sqlite.statements.SqliteStatements`).
@@ -137,7 +140,7 @@ class SqliteEventRepository(AsyncResource):
         self.busy_timeout = float(busy_timeout)
         self.synchronous = synchronous.upper()
         self.page_size = check_page_size(page_size)
-        self._executor: ThreadPoolExecutor | None = None
+        self._worker: Worker | None = None
         self._connection: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
         self._commits = LocalSignal()
@@ -168,26 +171,27 @@ class SqliteEventRepository(AsyncResource):
         async with self._lock:
             if self._connection is not None:
                 return
-            executor = ThreadPoolExecutor(1, thread_name_prefix="cqrs-sqlite")
+            worker = Worker(self._run_on_thread, "cqrs-sqlite")
+            worker.start()
             try:
-                self._connection = await self._call(executor, self._connect, "opening it")
+                self._connection = await self._call(worker.call(self._connect), "opening it")
             except BaseException:
-                executor.shutdown(wait=False)
+                worker.stop()
                 raise
-            self._executor = executor
+            self._worker = worker
 
     async def close(self) -> None:
         """Close the connection after the calls already queued, and stop the worker
         (idempotent)."""
         async with self._lock:
-            connection, executor = self._connection, self._executor
-            if connection is None or executor is None:
+            connection, worker = self._connection, self._worker
+            if connection is None or worker is None:
                 return
-            self._connection = self._executor = None
+            self._connection, self._worker = None, None
             try:
-                await self._call(executor, connection.close, "closing it")
+                await self._call(worker.call(connection.close), "closing it")
             finally:
-                executor.shutdown(wait=False)
+                worker.stop()
 
     def _connect(self) -> sqlite3.Connection:
         # Runs on the worker thread, which then makes every call on this connection.
@@ -201,9 +205,9 @@ class SqliteEventRepository(AsyncResource):
             raise
         return connection
 
-    async def _call(self, executor: ThreadPoolExecutor, fn: Callable[[], T], context: str) -> T:
+    async def _call(self, hop: asyncio.Future[T], context: str) -> T:
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, fn)
+            return await hop
         except sqlite3.Error as error:
             raise _translate(error, self.path, context, self.busy_timeout) from error
 
@@ -218,10 +222,10 @@ class SqliteEventRepository(AsyncResource):
         translated (``context`` says what was being done), raised ``from`` the original.
         Raises NotOpenError if the repository is not open.
         """
-        connection, executor = self._connection, self._executor
-        if connection is None or executor is None:
+        worker = self._worker
+        if self._connection is None or worker is None:
             raise not_open(f"SQLite repository {self.path} ({self.events_table})")
-        return await self._call(executor, lambda: self._run_on_thread(fn), context)
+        return await self._call(worker.call(lambda: self._run_on_thread(fn)), context)
 
     def _run_on_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         # On the worker thread. A connection that met a read-only database stays read-only
@@ -377,7 +381,8 @@ class SqliteEventRepository(AsyncResource):
     async def persist(
         self, events: Sequence[SerializedEvent], snapshot: SerializedSnapshot | None
     ) -> list[int]:
-        """Store the events and the snapshot in one write transaction (one hop).
+        """Store the events and the snapshot in one write transaction (one hop; shared
+        with the commits queued meanwhile, each in its own savepoint).
 
         The first sequence must follow the stored ones: a stored sequence or a gap raises
         AggregateConflict and nothing is stored, unless these very events (by event id) are
@@ -441,10 +446,13 @@ class SqliteEventRepository(AsyncResource):
                     execute(upsert, snapshot_row)
                 return list(range(last - count + 1, last + 1))
 
-            return write_transaction(connection, body)
+            return body()
 
+        worker = self._worker
+        if self._connection is None or worker is None:
+            raise not_open(f"SQLite repository {self.path} ({self.events_table})")
         context = f"committing {aggregate_type} {aggregate_id!r} at {start}"
-        positions = await self.run(write, context)
+        positions = await self._call(worker.commit(write), context)
         self._commits.notify()
         return positions
 

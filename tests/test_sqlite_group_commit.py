@@ -1,0 +1,158 @@
+"""Group commit on SQLite: commits queued while the worker is busy share one transaction
+(one COMMIT, one fsync), each in its own savepoint, and every caller is answered after
+that COMMIT."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from cqrs import AggregateConflict, SerializedEvent, SerializedSnapshot
+from cqrs_sqlite import SqliteEventRepository
+from cqrs_sqlite._group_commit import MAX_GROUP, commit_group
+
+
+def rows(aggregate_id: str, first: int, count: int) -> list[SerializedEvent]:
+    now = datetime.now(UTC)
+    return [
+        SerializedEvent(
+            "T", aggregate_id, first + i, "E", "1.0", b'{"n": 1}', b"{}", now, uuid.uuid4()
+        )
+        for i in range(count)
+    ]
+
+
+@pytest.fixture
+async def repo(tmp_path: Path):
+    async with SqliteEventRepository(tmp_path / "store.db") as repository:
+        await repository.create_schema()
+        yield repository
+
+
+async def _traced(repo: SqliteEventRepository) -> list[str]:
+    statements: list[str] = []
+    await repo.run(lambda connection: connection.set_trace_callback(statements.append))
+    return statements
+
+
+def _verbs(statements: list[str]) -> list[str]:
+    return [statement.split()[0].upper() for statement in statements]
+
+
+async def test_concurrent_commits_share_one_transaction(repo):
+    statements = await _traced(repo)
+    writers = 20
+    results = await asyncio.gather(
+        *(repo.persist(rows(f"a{n}", 1, 2), None) for n in range(writers))
+    )
+    verbs = _verbs(statements)
+    # The first commit may start alone; the ones queued while it runs go together.
+    assert verbs.count("COMMIT") <= 3
+    assert verbs.count("SAVEPOINT") >= writers - 2
+    positions = [p for batch in results for p in batch]
+    assert len(set(positions)) == 2 * writers
+    # Positions follow the order the commits were queued (and written) in.
+    assert positions == sorted(positions)
+    for n in range(writers):
+        assert [e.sequence for e in await repo.get_events("T", f"a{n}")] == [1, 2]
+
+
+async def test_a_conflicting_commit_fails_alone_and_the_others_commit(repo):
+    await repo.persist(rows("hot", 1, 1), None)
+    statements = await _traced(repo)
+    winner, loser = rows("hot", 2, 2), rows("hot", 2, 3)
+    snapshot = SerializedSnapshot("T", "other", b'{"s": 1}', 1, 1)
+    outcomes = await asyncio.gather(
+        repo.persist(rows("first", 1, 1), None),
+        repo.persist(winner, None),
+        repo.persist(loser, None),
+        repo.persist(rows("other", 1, 1), snapshot),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[2], AggregateConflict)
+    assert all(isinstance(outcome, list) for i, outcome in enumerate(outcomes) if i != 2)
+    assert "ROLLBACK" in _verbs(statements)  # ROLLBACK TO the loser's savepoint
+    stored = await repo.get_events("T", "hot")
+    assert [str(e.event_id) for e in stored[1:]] == [str(e.event_id) for e in winner]
+    assert len(await repo.get_events("T", "first")) == 1
+    assert len(await repo.get_events("T", "other")) == 1
+    stored_snapshot = await repo.get_snapshot("T", "other")
+    assert stored_snapshot is not None
+    assert stored_snapshot.last_sequence == 1
+
+
+async def test_a_retried_commit_in_a_group_returns_its_stored_positions(repo):
+    batch = rows("a1", 1, 3)
+    positions = await repo.persist(batch, None)
+    again = await asyncio.gather(
+        repo.persist(rows("b1", 1, 1), None),
+        repo.persist(batch, None),
+        repo.persist(rows("c1", 1, 1), None),
+    )
+    assert again[1] == positions
+    assert len(await repo.get_events("T", "a1")) == 3
+
+
+async def test_every_caller_returns_after_the_shared_commit(repo, tmp_path: Path):
+    """As each commit of a group returns, another connection already sees its events:
+    nobody is answered before the COMMIT."""
+    other = sqlite3.connect(tmp_path / "store.db")
+    try:
+        tasks = [asyncio.create_task(repo.persist(rows(f"a{n}", 1, 3), None)) for n in range(12)]
+        for done in asyncio.as_completed(tasks):
+            positions = await done
+            (count,) = other.execute(
+                "SELECT count(*) FROM events WHERE position >= ? AND position <= ?",
+                (positions[0], positions[-1]),
+            ).fetchone()
+            assert count == 3
+    finally:
+        other.close()
+
+
+async def test_reads_queued_after_commits_see_them(repo):
+    _, events, snapshot_and_events = await asyncio.gather(
+        repo.persist(rows("a1", 1, 2), SerializedSnapshot("T", "a1", b"{}", 2, 1)),
+        repo.get_events("T", "a1"),
+        repo.get_snapshot_and_events("T", "a1"),
+    )
+    assert [e.sequence for e in events] == [1, 2]
+    assert snapshot_and_events[0] is not None
+    assert snapshot_and_events[1] == []
+
+
+async def test_groups_are_bounded(repo):
+    statements = await _traced(repo)
+    writers = 2 * MAX_GROUP + 5
+    await asyncio.gather(*(repo.persist(rows(f"a{n}", 1, 1), None) for n in range(writers)))
+    assert _verbs(statements).count("COMMIT") >= 3
+    assert len([e async for e in repo.stream_all_events("T")]) == writers
+
+
+def test_commit_group_rolls_back_everything_on_an_error_that_is_not_a_conflict(tmp_path):
+    connection = sqlite3.connect(tmp_path / "plain.db", isolation_level=None)
+    connection.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+
+    def insert(n: int):
+        return lambda c: c.execute("INSERT INTO t VALUES (?)", (n,)).rowcount
+
+    def broken(c: sqlite3.Connection) -> int:
+        c.execute("INSERT INTO missing VALUES (1)")
+        return 0
+
+    with pytest.raises(sqlite3.OperationalError, match="missing"):
+        commit_group(connection, [insert(1), broken, insert(2)])
+    assert not connection.in_transaction
+    assert connection.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    # A conflict (here a unique key) fails alone.
+    outcomes = commit_group(connection, [insert(1), insert(1), insert(2)])
+    assert outcomes[0] == (1, None)
+    assert isinstance(outcomes[1][1], sqlite3.IntegrityError)
+    assert outcomes[2] == (1, None)
+    assert connection.execute("SELECT n FROM t ORDER BY n").fetchall() == [(1,), (2,)]
+    connection.close()
