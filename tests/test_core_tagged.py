@@ -125,3 +125,33 @@ def test_for_aggregate_passes_tags_and_the_inner_codec_on():
     with pytest.raises(ConfigurationError) as raised:
         TaggedCodec.for_aggregate(Empty)
     assert str(raised.value).endswith("Empty.event_classes must list its event classes")
+
+
+@dataclass
+class Noted:
+    event_type: ClassVar[str] = "Noted"
+    note: str = "none"
+
+
+def test_a_variant_with_fields_is_not_read_from_a_null_or_empty_conversion():
+    codec = TaggedCodec([Noted, Closed])
+    assert codec.convert({"Noted": {"note": "y"}}, Noted) == Noted("y")
+    assert codec.decode(b'{"Noted":{"note":"y"}}', Noted) == Noted("y")
+    with pytest.raises(msgspec.ValidationError):
+        codec.decode(b'{"Noted":null}', Noted)  # only a unit variant may be null
+
+
+def test_decoding_something_that_is_not_a_variant_says_what_was_expected():
+    with pytest.raises(ValueError) as raised:  # noqa: PT011 - the message is checked below
+        CODEC.decode(b"[1]", Deposited)
+    assert str(raised.value) == (
+        "expected a variant tagged 'Deposited' (an object with one key, or a string)"
+    )
+
+
+def test_tags_for_classes_that_are_not_events_are_refused_by_name():
+    with pytest.raises(ConfigurationError) as raised:
+        TaggedCodec([Deposited], tags={Snapshot: "S", Noted: "N"})
+    assert str(raised.value) == (
+        "tags name classes that are not among the event classes: Noted, Snapshot"
+    )
