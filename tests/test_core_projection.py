@@ -406,3 +406,14 @@ def test_switchable_views_cannot_point_at_themselves(repository):
     with pytest.raises(ConfigurationError) as raised:
         views.switch(views)
     assert str(raised.value) == "a SwitchableViews cannot point at itself"
+
+
+async def test_run_once_skips_a_projection_another_runner_holds_and_goes_on(repository):
+    held = Recorder("held", [Decoder("A")])
+    free = Recorder("free", [Decoder("C")])
+    made = runner(repository, [held, free], owner="me")
+    assert await made.checkpoints.acquire("held", "other", 60) is not None
+    assert await made.run_once() == 4
+    assert (held.batches, free.batches) == ([], [[4]])
+    assert made.status()["held"].state == "standby"
+    assert await made.checkpoints.position("held") == 0
