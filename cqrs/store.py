@@ -299,14 +299,28 @@ class PersistedEventStore(Generic[A_co, C, E, S]):
                     after = snapshot.last_sequence
         if aggregate is None:
             aggregate = self.new_aggregate(aggregate_id)
-        apply = aggregate.apply
-        decode = self.decode_payload
-        for row in rows:
-            apply(decode(row))
+        self._replay(aggregate, rows)
         version = rows[-1].sequence if rows else after
         return AggregateContext(
             aggregate_id, aggregate, version, snapshot_version, replace_snapshot
         )
+
+    def _replay(self, aggregate: Aggregate[C, E, S], rows: Sequence[SerializedEvent]) -> None:
+        """Apply the payloads of ``rows`` to ``aggregate``, as ``decode_payload`` decodes
+        them; without upcasters in one tight loop (the codec called directly, by class)."""
+        apply = aggregate.apply
+        if self._upcasters:
+            decode_payload = self.decode_payload
+            for row in rows:
+                apply(decode_payload(row))
+            return
+        decode, classes = self.codec.decode, cast("dict[str, type[E]]", self._classes)
+        for row in rows:
+            try:
+                event = decode(row.payload, classes[row.event_type])
+            except (ValueError, TypeError, KeyError):
+                event = self.decode_payload(row)  # raises the error naming the event
+            apply(event)
 
     async def stream_events(self, aggregate_id: str) -> AsyncIterator[EventEnvelope[E]]:
         """The events of one aggregate, decoded and upcast, read in pages."""
