@@ -494,11 +494,32 @@ def bars(rows: Sequence[dict[str, Any]]) -> list[dict[str, object]]:
         ceiling = _ratio(many["raw"], one["raw"])
         scaling = _ratio(many["framework"], one["framework"])
         check("concurrent_8 / commit_1 > 1 (writers scale)", many, scaling, 1.0, ceiling)
+    _round_two_bars(by_key, check)
     _projection_bars(by_key, check)
     memory = by_key.get(("memory", "commit_10"))
     if memory is not None:
         check("events/s >= 100k", memory, memory["framework"], 100_000.0, None)
     return results
+
+
+def _round_two_bars(
+    by_key: dict[tuple[Any, Any], dict[str, Any]],
+    check: Callable[[str, dict[str, Any], float | None, float, float | None], None],
+) -> None:
+    """Issue 18: one-hop snapshot loads and group commit on SQLite, PostgreSQL loads."""
+    snapshot = by_key.get(("sqlite", "load_snapshot"))
+    if snapshot is not None:
+        check("ratio_raw >= 0.9 (one hop)", snapshot, snapshot["ratio_raw"], 0.9, 1.0)
+        ceiling = _ratio(snapshot["raw"], snapshot["peer"])
+        check("ratio_peer > 1.0", snapshot, snapshot["ratio_peer"], 1.001, ceiling)
+    many, one = by_key.get(("sqlite", "concurrent_8")), by_key.get(("sqlite", "commit_1"))
+    if many is not None and one is not None:
+        scaling = _ratio(many["framework"], one["framework"])
+        check("concurrent_8 / commit_1 >= 3 (group commit)", many, scaling, 3.0, None)
+    for workload in ("load_100", "load_1000", "load_snapshot"):
+        row = by_key.get(("postgres", workload))
+        if row is not None:
+            check("ratio_raw >= 0.85 (loads)", row, row["ratio_raw"], 0.85, 1.0)
 
 
 def _projection_bars(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import memory, scaling
+from benchmarks.harness import bars
 
 
 def test_scaling_reports_writers_loads_and_charts(tmp_path: Path, capsys):
@@ -47,3 +48,31 @@ def test_memory_streams_every_stored_event_in_a_fresh_process(tmp_path: Path, ca
     assert row["rss_peak_mb"] >= row["rss_before_mb"] > 0
     assert row["rss_at_100k_mb"] is None  # fewer events than the checkpoint
     assert "| sqlite | 12,000 |" in capsys.readouterr().out
+
+
+def _row(backend: str, workload: str, framework: float, raw: float | None, peer: float | None):
+    return {
+        "backend": backend,
+        "workload": workload,
+        "framework": framework,
+        "raw": raw,
+        "peer": peer,
+        "ratio_raw": None if raw is None else round(framework / raw, 3),
+        "ratio_peer": None if peer is None else round(framework / peer, 3),
+    }
+
+
+def test_the_bars_of_round_two():
+    rows = [
+        _row("sqlite", "commit_1", 500.0, 520.0, 400.0),
+        _row("sqlite", "concurrent_8", 1400.0, 500.0, 300.0),
+        _row("sqlite", "load_snapshot", 9000.0, 10_500.0, 8000.0),
+        _row("postgres", "load_100", 900.0, 1000.0, 200.0),
+        _row("postgres", "load_snapshot", 800.0, 1000.0, 500.0),
+    ]
+    results = {(r["backend"], r["workload"], r["bar"]): r["ok"] for r in bars(rows)}
+    assert results["sqlite", "load_snapshot", "ratio_raw >= 0.9 (one hop)"] is False
+    assert results["sqlite", "load_snapshot", "ratio_peer > 1.0"] is True
+    assert results["sqlite", "concurrent_8", "concurrent_8 / commit_1 >= 3 (group commit)"] is False
+    assert results["postgres", "load_100", "ratio_raw >= 0.85 (loads)"] is True
+    assert results["postgres", "load_snapshot", "ratio_raw >= 0.85 (loads)"] is False
