@@ -6,7 +6,14 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -194,6 +201,12 @@ class PersistedEventStore(Generic[A_co, C, E, S]):
             msg = f"snapshot_every must be a positive int or None, not {snapshot_every!r}"
             raise ConfigurationError(msg)
         self.repository = repository
+        # The backend's one-round-trip snapshot load, if it has one (see snapshot_and_events);
+        # looked up once: a load pays no extra call for it.
+        self._snapshot_and_events: (
+            Callable[[str, str], Awaitable[tuple[SerializedSnapshot | None, list[SerializedEvent]]]]
+            | None
+        ) = getattr(repository, "get_snapshot_and_events", None)
         # The protocol binds the type parameters; the object itself is the class.
         self._aggregate_class = aggregate_class
         self.aggregate_class = cast("type[A_co]", aggregate_class)
@@ -297,9 +310,13 @@ class PersistedEventStore(Generic[A_co, C, E, S]):
             rows = await self.repository.get_events(aggregate_type, aggregate_id)
         else:
             # One round trip for the snapshot and the events after it.
-            snapshot, rows = await snapshot_and_events(
-                self.repository, aggregate_type, aggregate_id
-            )
+            combined = self._snapshot_and_events
+            if combined is None:
+                snapshot, rows = await snapshot_and_events(
+                    self.repository, aggregate_type, aggregate_id
+                )
+            else:
+                snapshot, rows = await combined(aggregate_type, aggregate_id)
             if snapshot is not None:
                 snapshot_version = snapshot.snapshot_version
                 aggregate = self._decode_snapshot(snapshot)
@@ -310,11 +327,10 @@ class PersistedEventStore(Generic[A_co, C, E, S]):
                     after = snapshot.last_sequence
         if aggregate is None:
             aggregate = self.new_aggregate(aggregate_id)
-        self._replay(aggregate, rows)
-        version = rows[-1].sequence if rows else after
-        return AggregateContext(
-            aggregate_id, aggregate, version, snapshot_version, replace_snapshot
-        )
+        if rows:
+            self._replay(aggregate, rows)
+            after = rows[-1].sequence
+        return AggregateContext(aggregate_id, aggregate, after, snapshot_version, replace_snapshot)
 
     def _replay(self, aggregate: Aggregate[C, E, S], rows: Sequence[SerializedEvent]) -> None:
         """Apply the payloads of ``rows`` to ``aggregate``, as ``decode_payload`` decodes
