@@ -14,8 +14,8 @@ included.
 
 Loads: one aggregate per stream length, stored by commands of up to 1,000 events (the
 store's context carried from commit to commit, so seeding never reloads) plus a last
-command of 50 events, then loaded once untimed and ``--loads`` times: the median seconds of one
-``load_aggregate``, from the events alone (``events``) and with a snapshot every 100 events
+command of 50 events, then loaded once untimed and ``--loads`` times: the median seconds
+of one ``load_aggregate``, from the events alone (``events``) and with a snapshot every 100 events
 (``snapshot``: the snapshot and at most 99 events after it).
 
 The charts (matplotlib, ``--charts``, default ``docs/images``): ``scaling_writers.png``
