@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,15 +116,56 @@ async def test_every_caller_returns_after_the_shared_commit(repo, tmp_path: Path
         other.close()
 
 
-async def test_reads_queued_after_commits_see_them(repo):
-    _, events, snapshot_and_events = await asyncio.gather(
-        repo.persist(rows("a1", 1, 2), SerializedSnapshot("T", "a1", b"{}", 2, 1)),
-        repo.get_events("T", "a1"),
-        repo.get_snapshot_and_events("T", "a1"),
+async def _blocked(repo: SqliteEventRepository) -> tuple[threading.Event, asyncio.Future[None]]:
+    """Hold the worker in a call until the event is set, so what is queued meanwhile is
+    taken in one pass."""
+    release, started = threading.Event(), threading.Event()
+
+    def hold(_: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(10)
+
+    held = asyncio.ensure_future(repo.run(hold))
+    await asyncio.to_thread(started.wait, 10)
+    return release, held
+
+
+async def test_reads_run_before_the_commits_queued_ahead_of_them(repo):
+    await repo.persist(rows("a1", 1, 1), None)
+    statements = await _traced(repo)
+    release, held = await _blocked(repo)
+    commits = [asyncio.ensure_future(repo.persist(rows(f"b{n}", 1, 1), None)) for n in range(3)]
+    await asyncio.sleep(0)
+    read = asyncio.ensure_future(repo.get_events("T", "b0"))
+    loaded = asyncio.ensure_future(repo.get_snapshot_and_events("T", "a1"))
+    await asyncio.sleep(0)
+    release.set()
+    await held
+    await asyncio.gather(*commits)
+    # The reads did not wait for the group: they ran first and saw none of its commits.
+    assert await read == []
+    assert [e.sequence for e in (await loaded)[1]] == [1]
+    verbs = _verbs(statements)
+    assert verbs.index("BEGIN") > 1  # after the reads' SELECTs
+    assert verbs.count("COMMIT") == 1  # the three commits in one transaction
+    assert [e.sequence for e in await repo.get_events("T", "b0")] == [1]
+
+
+async def test_a_call_that_is_not_a_read_keeps_its_place_among_commits(repo):
+    statements = await _traced(repo)
+    release, held = await _blocked(repo)
+    first = asyncio.ensure_future(repo.persist(rows("c1", 1, 1), None))
+    await asyncio.sleep(0)
+    counted = asyncio.ensure_future(
+        repo.run(lambda c: c.execute("SELECT count(*) FROM events").fetchone()[0])
     )
-    assert [e.sequence for e in events] == [1, 2]
-    assert snapshot_and_events[0] is not None
-    assert snapshot_and_events[1] == []
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(repo.persist(rows("c2", 1, 1), None))
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(held, first, second)
+    assert await counted == 1  # run() after the first commit sees it, not the second
+    assert _verbs(statements).count("COMMIT") == 2
 
 
 async def test_groups_are_bounded(repo):

@@ -6,9 +6,10 @@ about half the cost of ``loop.run_in_executor`` on a one-thread ``ThreadPoolExec
 concurrent future chained to an asyncio one), which a load that is one hop feels.
 
 Group commit: with ``synchronous=FULL`` every COMMIT waits for an fsync, so commits made
-one transaction each are bounded by the disk. Commits queued while the worker is busy
-(the others in flight while one writes) are taken together, up to :data:`MAX_GROUP`, and
-written in one transaction: ``BEGIN IMMEDIATE``, each commit in its own ``SAVEPOINT`` (a
+one transaction each are bounded by the disk. The worker takes what was queued while it
+was busy in one pass: the reads run first (a load does not wait for the fsync of commits
+that have not returned yet), then the commits, up to :data:`MAX_GROUP`, are written in one
+transaction: ``BEGIN IMMEDIATE``, each commit in its own ``SAVEPOINT`` (a
 commit that conflicts is rolled back to its savepoint and fails alone; the others go on),
 then one ``COMMIT``, one fsync for the group. Every caller is answered only after that
 COMMIT returned, so a commit reported done is durable as before. An error that is not a
@@ -37,6 +38,9 @@ T = TypeVar("T")
 MAX_GROUP = 64
 """The most commits written in one transaction."""
 
+_DRAIN = 4 * MAX_GROUP
+"""The most queued items the worker takes in one pass."""
+
 Runner = Callable[[Callable[[sqlite3.Connection], Any]], Any]
 """Runs a function on the worker's connection (the repository's, which may replace the
 connection and try once more, see ``SqliteEventRepository.run``)."""
@@ -49,6 +53,12 @@ class _Call(Generic[T]):
         self, fn: Callable[[], T], loop: asyncio.AbstractEventLoop, future: asyncio.Future[T]
     ) -> None:
         self.fn, self.loop, self.future = fn, loop, future
+
+
+class _Read(_Call[T]):
+    """A read: it may run ahead of the commits queued before it."""
+
+    __slots__ = ()
 
 
 class _Commit(Generic[T]):
@@ -148,6 +158,15 @@ class Worker:
         self._queue.put(_Call(fn, loop, future))
         return future
 
+    def read(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue the read ``fn()``: like :meth:`call`, but it may run before commits queued
+        ahead of it that are not written yet (it then does not see them: they have not
+        returned to their callers either); it never sees a group's uncommitted rows."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Read(fn, loop, future))
+        return future
+
     def commit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         """Queue the write ``fn(connection)`` to run in a group's transaction (see
         :func:`commit_group`); the future gets its result or error after the COMMIT."""
@@ -157,27 +176,41 @@ class Worker:
         return future
 
     def _main(self) -> None:
+        # Each pass takes what is queued now (up to _DRAIN items): reads run at once, commits
+        # gather into a group written when the pass ends, and any other call is a barrier
+        # (the group before it is written first, so calls and commits keep their order).
         get, get_nowait = self._queue.get, self._queue.get_nowait
-        pending: object = None
         while True:
-            item, pending = (get() if pending is None else pending), None
-            if item is _STOP:
+            batch = [get()]
+            while len(batch) < _DRAIN:
+                try:
+                    batch.append(get_nowait())
+                except queue.Empty:
+                    break
+            if not self._pass(batch):
                 return
+
+    def _pass(self, batch: list[object]) -> bool:
+        """Run one pass; False once the stop was met."""
+        group: list[_Commit[Any]] = []
+        for item in batch:
             if isinstance(item, _Commit):
-                group: list[_Commit[Any]] = [item]
-                while len(group) < MAX_GROUP:
-                    try:
-                        following = get_nowait()
-                    except queue.Empty:
-                        break
-                    if isinstance(following, _Commit):
-                        group.append(following)
-                    else:
-                        pending = following  # a read or a stop: it runs after the group
-                        break
-                self._commit(group)
+                group.append(item)
+                if len(group) == MAX_GROUP:
+                    self._commit(group)
+                    group = []
+            elif isinstance(item, _Read):
+                self._call(item)
             else:
+                if group:
+                    self._commit(group)
+                    group = []
+                if item is _STOP:
+                    return False
                 self._call(item)  # type: ignore[arg-type]
+        if group:
+            self._commit(group)
+        return True
 
     def _call(self, item: _Call[Any]) -> None:
         try:

@@ -227,6 +227,13 @@ class SqliteEventRepository(AsyncResource):
             raise not_open(f"SQLite repository {self.path} ({self.events_table})")
         return await self._call(worker.call(lambda: self._run_on_thread(fn)), context)
 
+    async def _read(self, fn: Callable[[sqlite3.Connection], T], context: str) -> T:
+        # run() for this repository's own reads: they may run ahead of queued commits.
+        worker = self._worker
+        if self._connection is None or worker is None:
+            raise not_open(f"SQLite repository {self.path} ({self.events_table})")
+        return await self._call(worker.read(lambda: self._run_on_thread(fn)), context)
+
     def _run_on_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         # On the worker thread. A connection that met a read-only database stays read-only
         # after the file becomes writable again (SQLite decides at open), so on
@@ -288,7 +295,7 @@ class SqliteEventRepository(AsyncResource):
         def read(connection: sqlite3.Connection) -> list[SerializedEvent]:
             return stream_rows(aggregate_type, aggregate_id, connection.execute(sql, params))
 
-        return await self.run(read, f"loading {aggregate_type} {aggregate_id!r}")
+        return await self._read(read, f"loading {aggregate_type} {aggregate_id!r}")
 
     async def get_snapshot(
         self, aggregate_type: str, aggregate_id: str
@@ -301,7 +308,7 @@ class SqliteEventRepository(AsyncResource):
             row: tuple[str, int, int] | None = connection.execute(sql, params).fetchone()
             return row
 
-        row = await self.run(read, f"loading the snapshot of {aggregate_type} {aggregate_id!r}")
+        row = await self._read(read, f"loading the snapshot of {aggregate_type} {aggregate_id!r}")
         if row is None:
             return None
         return SerializedSnapshot(aggregate_type, aggregate_id, row[0], row[1], row[2])
@@ -323,7 +330,7 @@ class SqliteEventRepository(AsyncResource):
             cursor = connection.execute(events_sql, (aggregate_type, aggregate_id, after))
             return row, stream_rows(aggregate_type, aggregate_id, cursor)
 
-        row, events = await self.run(read, f"loading {aggregate_type} {aggregate_id!r}")
+        row, events = await self._read(read, f"loading {aggregate_type} {aggregate_id!r}")
         if row is None:
             return None, events
         return SerializedSnapshot(aggregate_type, aggregate_id, row[0], row[1], row[2]), events
@@ -341,7 +348,7 @@ class SqliteEventRepository(AsyncResource):
             def read(connection: sqlite3.Connection) -> list[SerializedEvent]:
                 return stream_rows(aggregate_type, aggregate_id, connection.execute(sql, params))
 
-            return await self.run(read, context)
+            return await self._read(read, context)
 
         async for event in read_pages(fetch, 0, size, by_sequence=True):
             yield event
@@ -363,7 +370,7 @@ class SqliteEventRepository(AsyncResource):
             def read(connection: sqlite3.Connection) -> list[SerializedEvent]:
                 return all_rows(connection.execute(sql, params))
 
-            return await self.run(read, context)
+            return await self._read(read, context)
 
         async for event in read_pages(fetch, after_position or 0, size):
             yield event
