@@ -774,6 +774,36 @@ async def test_stream_pages_are_read_from_an_index_in_order_without_a_sort(table
         assert not any("(aggregate_type, position) >" in statement for statement in prepared)
 
 
+async def test_an_owned_pools_connection_gets_its_json_loaders_once(tables, monkeypatch):
+    """The loaders that return JSON as text are registered on a connection of an owned pool
+    at its first read only (registering costs about 30 us per read; with psycopg's C
+    extension the class installed is not the one imported, which a check must allow for)."""
+    from psycopg.adapt import AdaptersMap  # noqa: PLC0415
+
+    repository = from_url(
+        URL, events_table=tables["events"], snapshots_table=tables["snapshots"], max_size=1
+    )
+    async with repository:
+        await repository.create_schema()
+        snapshot = SerializedSnapshot(TYPE, "a", b'{"s": 1}', 2, 1)
+        await repository.persist([event("a", 1), event("a", 2)], snapshot)
+        assert len(await repository.get_events(TYPE, "a")) == 2  # the first read registers
+        registered: list[object] = []
+        register = AdaptersMap.register_loader
+
+        def counting(self: AdaptersMap, *args: object) -> None:
+            registered.append(args)
+            register(self, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(AdaptersMap, "register_loader", counting)
+        read = await repository.get_snapshot_and_events(TYPE, "a")
+        assert read[0] is not None
+        assert default_codec.decode(read[0].payload, dict) == {"s": 1}
+        events = await repository.get_events(TYPE, "a")
+        assert [default_codec.decode(e.payload, dict) for e in events] == [{"n": 1}, {"n": 2}]
+        assert registered == []
+
+
 # -- pools and connections ---------------------------------------------------------------------
 
 

@@ -28,6 +28,8 @@ from typing import Literal, TypeVar, cast
 
 import psycopg
 from psycopg import AsyncConnection, AsyncCursor, pq
+from psycopg.abc import Loader
+from psycopg.adapt import AdaptersMap
 from psycopg.rows import TupleRow, tuple_row
 from psycopg.types.string import TextBinaryLoader
 
@@ -73,6 +75,18 @@ Notify = Literal["after_commit", "in_transaction"] | None
 _NOTIFY_MODES = ("after_commit", "in_transaction", None)
 
 _JSON_OID = psycopg.postgres.types["json"].oid
+_BINARY = pq.Format.BINARY
+
+
+def _installed_loader() -> type[Loader] | None:
+    # With psycopg's C extension, registering TextBinaryLoader installs the extension's own
+    # class of that name: the one a configured connection returns (see _cursor).
+    adapters = AdaptersMap(psycopg.adapters)
+    adapters.register_loader("json", TextBinaryLoader)
+    return adapters.get_loader(_JSON_OID, _BINARY)
+
+
+_RAW_JSON_LOADER = _installed_loader()
 
 MAX_BATCH = (1 << 20) - 1
 """The most events one ``persist`` can store (the index bits of a position)."""
@@ -200,7 +214,7 @@ class PostgresEventRepository(AsyncResource):
         if not self._owns_pool:
             return raw_json_cursor(conn)
         adapters = conn.adapters
-        if adapters.get_loader(_JSON_OID, pq.Format.BINARY) is not TextBinaryLoader:
+        if adapters.get_loader(_JSON_OID, _BINARY) is not _RAW_JSON_LOADER:
             adapters.register_loader("json", TextBinaryLoader)
             adapters.register_loader("jsonb", _JsonbBinaryLoader)
         return conn.cursor(row_factory=tuple_row, binary=True)
