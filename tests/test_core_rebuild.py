@@ -1,5 +1,6 @@
-"""cqrs.rebuild.rebuild on the in-memory backend: the runner options it passes on, its
-timeout, and a switch that is a coroutine function."""
+"""cqrs.rebuild on the in-memory backend: rebuild's runner options, its timeout (the
+projection's lease is free again after it) and a switch that is a coroutine function;
+reset_views clearing the views and fencing the runner, or refusing views elsewhere."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from test_core_projection import Decoder, Recorder
+from test_core_projection import Decoder, Recorder, Seen, view_projection
 
-from cqrs import SerializedEvent
+from cqrs import ConfigurationError, LeaseLost, SerializedEvent, ViewContext
 from cqrs.checkpoints import MemoryCheckpoints
-from cqrs.rebuild import rebuild
+from cqrs.rebuild import rebuild, reset_views
 from cqrs_memory import MemoryEventRepository
 
 
@@ -54,15 +55,52 @@ async def test_rebuild_gives_up_after_its_timeout(repository):
             await asyncio.sleep(30)
 
     switched: list[bool] = []
+    checkpoints = MemoryCheckpoints()
     started = time.monotonic()
     with pytest.raises(TimeoutError):
         await rebuild(
             repository,
-            MemoryCheckpoints(),
+            checkpoints,
             Stuck("stuck", [Decoder("A")]),
             lambda: switched.append(True),
             timeout=0.1,
             poll_interval=0.02,
+            lease_ttl=60,
         )
     assert time.monotonic() - started < 5
     assert switched == []
+    # the runner was stopped and gave its lease up: the next try takes over at once
+    assert await checkpoints.acquire("stuck", "next try", 60) is not None
+
+
+# -- reset_views -------------------------------------------------------------------------------
+
+
+async def test_reset_views_clears_the_views_and_fences_the_runner_holding_them(repository):
+    checkpoints = repository.checkpoint_store()
+    projection = view_projection(repository)
+    await projection.view_repository.update_view(Seen([1]), ViewContext("a1", 0))
+    lease = await checkpoints.acquire("totals", "runner", 60)
+    assert lease is not None
+    await checkpoints.save(lease, 3)
+    await reset_views(checkpoints, projection)
+    assert await projection.view_repository.load("a1") is None
+    assert await checkpoints.position("totals") == 0
+    with pytest.raises(LeaseLost):
+        await checkpoints.save(lease, 3)
+
+
+async def test_reset_views_refuses_views_outside_the_checkpoints_database(repository):
+    checkpoints = repository.checkpoint_store()
+    async with MemoryEventRepository() as elsewhere:
+        projection = view_projection(elsewhere)
+        await projection.view_repository.update_view(Seen([1]), ViewContext("a1", 0))
+        with pytest.raises(ConfigurationError) as raised:
+            await reset_views(checkpoints, projection)
+        assert str(raised.value) == (
+            f"the views of projection 'totals' are not in the database of {checkpoints!r}: "
+            "delete them yourself, then reset its checkpoint"
+        )
+        assert await projection.view_repository.load("a1") == Seen([1])
+    with pytest.raises(ConfigurationError, match="delete them yourself"):
+        await reset_views(MemoryCheckpoints(), view_projection(repository))
