@@ -160,3 +160,12 @@ def test_tags_for_classes_that_are_not_events_are_refused_by_name():
     assert str(raised.value) == (
         "tags name classes that are not among the event classes: Noted, Snapshot"
     )
+
+
+@pytest.mark.parametrize("body", [5, "x", [1]])
+def test_a_unit_variant_with_a_body_that_is_no_object_is_refused(body):
+    codec = TaggedCodec([Closed])
+    with pytest.raises(msgspec.ValidationError):
+        codec.convert({"Closed": body}, Closed)
+    with pytest.raises(msgspec.ValidationError):
+        codec.decode(msgspec.json.encode({"Closed": body}), Closed)
