@@ -224,23 +224,19 @@ async def copy_events(
     checksum = Checksum() if start == 0 else None
     began = time.perf_counter()
     writer = _Writer(source, target)
-    try:
-        async for chunk in _chunks(source, aggregate_type, start, chunk_size):
-            if checksum is not None:
-                for event in chunk:
-                    checksum.add(event)
-            written, snapshots = await writer.write(chunk)
-            report.read += len(chunk)
-            report.written += written
-            report.snapshots += snapshots
-            await _save(checkpoints, lease, chunk[-1].position)
-            if on_progress is not None:
-                on_progress(len(chunk))
-        report.seconds = time.perf_counter() - began
-        await checkpoints.release(lease)
-    except BaseException:
-        report.seconds = time.perf_counter() - began
-        raise
+    async for chunk in _chunks(source, aggregate_type, start, chunk_size):
+        if checksum is not None:
+            for event in chunk:
+                checksum.add(event)
+        written, snapshots = await writer.write(chunk)
+        report.read += len(chunk)
+        report.written += written
+        report.snapshots += snapshots
+        await _save(checkpoints, lease, chunk[-1].position)
+        if on_progress is not None:
+            on_progress(len(chunk))
+    report.seconds = time.perf_counter() - began
+    await checkpoints.release(lease)
     await _verify(report, source, target, aggregate_type, checksum, on_verify)
     return report
 

@@ -54,9 +54,7 @@ def _secrets(url: str) -> set[str]:
     if parts.password:
         found |= {parts.password, unquote(parts.password)}
     found |= {
-        value
-        for key, value in parse_qsl(parts.query, keep_blank_values=True)
-        if key.lower() in _SECRET_KEYS and value
+        value for key, value in parse_qsl(parts.query) if key.lower() in _SECRET_KEYS and value
     }
     return {secret for secret in found if secret}
 
@@ -64,8 +62,8 @@ def _secrets(url: str) -> set[str]:
 class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        if speed is None and task.finished and task.elapsed:
-            speed = task.completed / task.elapsed
+        if speed is None and task.finished_time:  # the rate up to the end, not up to now
+            speed = task.completed / task.finished_time
         return Text("-" if speed is None else f"{speed:,.0f} events/s", style="progress.data.speed")
 
 
