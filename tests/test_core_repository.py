@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from cqrs import (
+    AggregateConflict,
     AsyncResource,
     BaseViewRepository,
     ConfigurationError,
@@ -17,9 +18,11 @@ from cqrs import (
     MsgspecCodec,
     NotOpenError,
     SerializedEvent,
+    SerializedSnapshot,
     ViewContext,
     check_batch,
     check_ids,
+    check_page_size,
     decode_view,
     next_view_version,
     not_open,
@@ -27,7 +30,8 @@ from cqrs import (
     stored_positions,
     validate_identifier,
 )
-from cqrs.repository import MAX_AGGREGATE_ID_BYTES, MAX_AGGREGATE_TYPE_BYTES
+from cqrs.repository import MAX_AGGREGATE_ID_BYTES, MAX_AGGREGATE_TYPE_BYTES, snapshot_and_events
+from cqrs_memory import MemoryEventRepository
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -322,3 +326,130 @@ async def test_a_stored_view_that_is_no_json_names_its_payload_type():
     assert str(raised.value) == (
         "view 'v1' in tallies (version 3) does not decode: its payload is int, not JSON"
     )
+
+
+class LockingViews(DictViews):
+    """DictViews with the optimistic lock every backend's ``_store`` keeps."""
+
+    async def _store(self, view_id: str, payload: bytes, version: int, expected: int) -> bool:
+        stored = self.rows.get(view_id)
+        if (0 if stored is None else stored[1]) != expected:
+            return False
+        self.rows[view_id] = (payload, version)
+        return True
+
+
+async def test_the_view_base_encodes_stores_and_loads_views_with_their_version():
+    views = LockingViews()
+    assert await views.load("v1") is None
+    assert await views.load_with_context("v1") is None
+    await views.update_view(Tally(1), ViewContext("v1", 0))
+    assert views.rows["v1"] == (b'{"count":1}', 1)
+    assert await views.load("v1") == Tally(1)
+    assert await views.load_with_context("v1") == (Tally(1), ViewContext("v1", 1))
+    await views.update_view(Tally(2), ViewContext("v1", 1), 7)
+    assert views.rows["v1"] == (b'{"count":2}', 7)
+    assert await views.load_with_context("v1") == (Tally(2), ViewContext("v1", 7))
+    with pytest.raises(ValueError, match="greater than 7, not 7"):
+        await views.update_view(Tally(3), ViewContext("v1", 7), 7)
+
+
+async def test_a_refused_view_write_says_whether_another_writer_came_first():
+    views = LockingViews()
+    await views.update_view(Tally(1), ViewContext("v1", 0))
+    with pytest.raises(AggregateConflict) as raised:
+        await views.update_view(Tally(2), ViewContext("v1", 0))
+    assert str(raised.value) == (
+        "view 'v1' in tallies was stored by another writer first (none was loaded)"
+    )
+    await views.update_view(Tally(2), ViewContext("v1", 1))
+    with pytest.raises(AggregateConflict) as raised:
+        await views.update_view(Tally(3), ViewContext("v1", 1))
+    assert str(raised.value) == "view 'v1' in tallies is no longer at version 1"
+    assert views.rows["v1"] == (b'{"count":2}', 2)
+
+
+@pytest.mark.parametrize("version", [0, -1, True, "2", None, 1.0])
+async def test_a_stored_view_version_that_is_no_positive_int_does_not_decode(version):
+    views = DictViews()
+    views.rows["v1"] = (b'{"count": 1}', version)
+    with pytest.raises(DeserializationError) as raised:
+        await views.load_with_context("v1")
+    assert str(raised.value) == (
+        f"view 'v1' in tallies (version {version!r}) does not decode: "
+        "its version is not a positive int"
+    )
+
+
+async def test_a_stored_view_that_does_not_decode_names_its_id_table_and_version():
+    views = DictViews()
+    views.rows["v1"] = (b'{"count": "x"}', 2)
+    with pytest.raises(DeserializationError) as raised:
+        await views.load("v1")
+    assert str(raised.value).startswith("view 'v1' in tallies (version 2) does not decode: ")
+
+
+# -- page sizes ------------------------------------------------------------------------------
+
+
+def test_a_positive_page_size_is_accepted_as_it_is():
+    assert check_page_size(1) == 1
+    assert check_page_size(500) == 500
+
+
+@pytest.mark.parametrize("page_size", [0, -1, True, 1.5, "2", None])
+def test_any_other_page_size_is_a_configuration_error_naming_it(page_size):
+    with pytest.raises(ConfigurationError) as raised:
+        check_page_size(page_size)
+    assert str(raised.value) == f"page_size must be a positive int, not {page_size!r}"
+
+
+# -- loading from a snapshot -----------------------------------------------------------------
+
+
+class PortOnly:
+    """A third-party repository with the port's methods only (no combined read)."""
+
+    def __init__(self, repository: MemoryEventRepository) -> None:
+        self.get_snapshot = repository.get_snapshot
+        self.get_events = repository.get_events
+        self.get_last_events = repository.get_last_events
+
+
+class CombinedRead(PortOnly):
+    """A repository that reads the snapshot and the events in one go (and says so)."""
+
+    def __init__(self, repository: MemoryEventRepository) -> None:
+        super().__init__(repository)
+        self.calls: list[tuple[str, str]] = []
+
+    async def get_snapshot_and_events(self, aggregate_type: str, aggregate_id: str):
+        self.calls.append((aggregate_type, aggregate_id))
+        return None, [row(9)]
+
+
+async def test_snapshot_and_events_composes_the_port_methods_without_a_combined_read():
+    async with MemoryEventRepository() as memory:
+        await memory.persist([row(1), row(2), row(3)], None)
+        await memory.persist([row(1, aggregate_id="a2")], None)
+        repository = PortOnly(memory)
+        snapshot, events = await snapshot_and_events(repository, "T", "a1")  # type: ignore[arg-type]
+        assert snapshot is None
+        assert [e.sequence for e in events] == [1, 2, 3]
+        stored = SerializedSnapshot("T", "a1", b"{}", 2, 1)
+        await memory.persist([row(4)], stored)
+        snapshot, events = await snapshot_and_events(repository, "T", "a1")  # type: ignore[arg-type]
+        assert snapshot == stored
+        assert [e.sequence for e in events] == [3, 4]
+        snapshot, events = await snapshot_and_events(repository, "T", "a2")  # type: ignore[arg-type]
+        assert (snapshot, [(e.aggregate_id, e.sequence) for e in events]) == (None, [("a2", 1)])
+        assert await snapshot_and_events(repository, "U", "a1") == (None, [])  # type: ignore[arg-type]
+
+
+async def test_snapshot_and_events_uses_a_backends_combined_read():
+    async with MemoryEventRepository() as memory:
+        await memory.persist([row(1)], SerializedSnapshot("T", "a1", b"{}", 1, 1))
+        repository = CombinedRead(memory)
+        snapshot, events = await snapshot_and_events(repository, "T", "a1")  # type: ignore[arg-type]
+        assert (snapshot, [e.sequence for e in events]) == (None, [9])  # its answer, as it is
+        assert repository.calls == [("T", "a1")]
