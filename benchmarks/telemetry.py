@@ -191,7 +191,8 @@ async def measure(
     repositories: Repositories, commands: int, repetitions: int, warmups: int = 1
 ) -> dict[str, Any]:
     """Rates (commands/s) of every side of ``SIDES`` on new stores from ``repositories``,
-    their medians and their ratios to ``bare``."""
+    their medians, their ratios to ``bare`` and what each side adds to a command (µs, from
+    the medians: ``1e6 / side - 1e6 / bare``)."""
     sdk = _sdk()
     names = [name for name in SIDES if name != "sdk" or sdk is not None]
     if not telemetry.available():
@@ -212,6 +213,9 @@ async def measure(
     return {
         "medians": {name: round(value, 1) for name, value in medians.items()},
         "ratios": {name: round(value / bare, 3) for name, value in medians.items()},
+        "overhead_us": {
+            name: round(1e6 / value - 1e6 / bare, 1) for name, value in medians.items()
+        },
         "samples": {name: [round(v, 1) for v in values] for name, values in rates.items()},
     }
 
@@ -263,7 +267,7 @@ async def _drop(url: str, tables: Sequence[str]) -> None:
 
 async def run(options: argparse.Namespace) -> list[dict[str, Any]]:
     """One row per backend: ``{"backend", "workload": "commit_1", "unit", medians,
-    ratios, samples}``."""
+    ratios, overhead_us, samples}``."""
     rows = []
     for backend in options.backends:
         print(f"{backend}: commit_1 ...", file=sys.stderr, flush=True)
@@ -287,15 +291,20 @@ async def run(options: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as a markdown table: each side's median, then its ratio to ``bare``."""
+    """The rows as a markdown table: each side's median, its ratio to ``bare``, and the
+    µs the SDK adds to a command."""
     lines = [
-        "| backend | workload | " + " | ".join(SIDES) + " | absent/bare | api/bare | sdk/bare |",
-        "|---|---|" + "---:|" * (len(SIDES) + 3),
+        "| backend | workload | "
+        + " | ".join(SIDES)
+        + " | absent/bare | api/bare | sdk/bare | sdk µs/command |",
+        "|---|---|" + "---:|" * (len(SIDES) + 4),
     ]
     for row in rows:
         medians, ratios = row["medians"], row["ratios"]
         cells = [f"{medians[name]:,.0f}" if name in medians else "-" for name in SIDES]
         cells += [f"{ratios[name]:.3f}" if name in ratios else "-" for name in SIDES[1:]]
+        overhead = row.get("overhead_us", {}).get("sdk")
+        cells.append("-" if overhead is None else f"{overhead:.0f}")
         lines.append(f"| {row['backend']} | {row['workload']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -37,11 +37,13 @@ batch span to that context. These keys are reserved: do not use them for other d
 Metrics (meter ``cqrs``): ``cqrs.command.duration`` (seconds; a histogram, whose count is
 the number of commands) by aggregate type, command type and outcome;
 ``cqrs.command.conflicts`` (every conflict, retried or not) and ``cqrs.command.retries``;
-``cqrs.events.committed`` by aggregate type; ``cqrs.query.failures`` by query;
-``cqrs.projection.events`` (events handed to a projection), ``cqrs.projection.lag.events``
-and ``cqrs.projection.lag.seconds`` (gauges of every projection a runner of this process
-runs: see :class:`~cqrs.projection.ProjectionStatus`); ``cqrs.subscription.wake_ups`` and
-``cqrs.subscription.reconnects`` by consumer (``subscription`` or the projection's name).
+``cqrs.events.committed`` by aggregate type (an observable counter: counted in process,
+read when the meter collects, so its points carry no exemplars); ``cqrs.query.failures``
+by query; ``cqrs.projection.events`` (events handed to a projection),
+``cqrs.projection.lag.events`` and ``cqrs.projection.lag.seconds`` (gauges of every
+projection a runner of this process runs: see :class:`~cqrs.projection.ProjectionStatus`);
+``cqrs.subscription.wake_ups`` and ``cqrs.subscription.reconnects`` by consumer
+(``subscription`` or the projection's name).
 
 Database spans come from the drivers' own instrumentations (``opentelemetry-
 instrumentation-psycopg``, ``-pymongo``, ``-sqlite3``); the load and commit spans are
@@ -51,6 +53,7 @@ current while the driver runs, so its spans nest under them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -250,7 +253,7 @@ class _Instruments:
         self.retries = meter.create_counter(
             "cqrs.command.retries", "{retry}", "Commands tried again after a conflict"
         )
-        self.events = meter.create_counter("cqrs.events.committed", "{event}", "Events committed")
+        self.events = _committed_counts(meter)
         self.query_failures = meter.create_counter(
             "cqrs.query.failures", "{failure}", "Query dispatches that raised after a commit"
         )
@@ -279,6 +282,37 @@ class _Instruments:
         )
 
 
+# Events committed are counted in plain integers, one per aggregate type, and reported by an
+# observable counter when the meter collects: a synchronous counter's add() is as costly as
+# a histogram record (the SDK checks and hashes the attributes and offers an exemplar each
+# time), about 10 us per command. One dictionary per meter, so a meter asked again (after
+# configure()) keeps its counter, which the SDK registers once with its first callback.
+_committed_by_meter: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
+_counts_lock = threading.Lock()  # commits may come from several event loops' threads
+
+
+def _committed_counts(meter: Meter) -> dict[str, int]:
+    try:
+        counts = _committed_by_meter.get(meter)
+    except TypeError:  # pragma: no cover - a meter that cannot be weakly referenced
+        counts = None
+    if counts is not None:
+        return counts
+    counts = {}
+
+    def observe(_: CallbackOptions) -> Iterable[Observation]:
+        with _counts_lock:
+            totals = list(counts.items())
+        return [Observation(total, {"cqrs.aggregate.type": kind}) for kind, total in totals]
+
+    meter.create_observable_counter(
+        "cqrs.events.committed", [observe], "{event}", "Events committed"
+    )
+    with contextlib.suppress(TypeError):  # else counted anew each time it is asked for
+        _committed_by_meter[meter] = counts
+    return counts
+
+
 # -- spans -----------------------------------------------------------------------------------
 
 
@@ -286,15 +320,21 @@ class _Span:
     """A span made current for the ``with`` block; on an exception its status is ERROR with
     the exception recorded, unless the exception is one of ``expected`` (an outcome)."""
 
-    __slots__ = ("expected", "span", "token")
+    __slots__ = ("expected", "parent", "span", "token")
 
-    def __init__(self, span: Span, expected: tuple[type[BaseException], ...] = ()) -> None:
+    def __init__(
+        self,
+        span: Span,
+        expected: tuple[type[BaseException], ...] = (),
+        parent: Context | None = None,
+    ) -> None:
         self.span = span
         self.expected = expected
+        self.parent = parent  # the context it was started in, if known (saves a lookup)
         self.token: Token[Context] | None = None
 
     def __enter__(self) -> Span:
-        self.token = _context.attach(_trace.set_span_in_context(self.span))
+        self.token = _context.attach(_trace.set_span_in_context(self.span, self.parent))
         return self.span
 
     def __exit__(
@@ -410,6 +450,7 @@ class Command:
 
     __slots__ = (
         "attributes",
+        "context",
         "events",
         "instruments",
         "queries_failed",
@@ -425,6 +466,7 @@ class Command:
         self.instruments = measured
         self.attributes = attributes
         self.span: Span | None = None
+        self.context: Context | None = None
         self.token: Token[Context] | None = None
         self.events = 0
         self.retries = 0
@@ -437,7 +479,8 @@ class Command:
 
     def __enter__(self) -> Self:
         if self.span is not None:
-            self.token = _context.attach(_trace.set_span_in_context(self.span))
+            self.context = _trace.set_span_in_context(self.span)
+            self.token = _context.attach(self.context)
         self.started = time.perf_counter()
         return self
 
@@ -449,16 +492,17 @@ class Command:
         current = self.span
         if current is not None:
             _context.detach(self.token)  # type: ignore[arg-type]  # set by __enter__
-            ended: dict[str, str | int] = {
-                "cqrs.outcome": outcome,
-                "cqrs.events.count": self.events,
-                "cqrs.retries": self.retries,
-            }
-            if self.queries_failed:
-                ended["cqrs.query.failures"] = self.queries_failed
-            current.set_attributes(ended)
-            if error is not None:
-                _fail(current, error, expected=outcome == "user_error")
+            if current.is_recording():  # not when sampled out
+                ended: dict[str, str | int] = {
+                    "cqrs.outcome": outcome,
+                    "cqrs.events.count": self.events,
+                    "cqrs.retries": self.retries,
+                }
+                if self.queries_failed:
+                    ended["cqrs.query.failures"] = self.queries_failed
+                current.set_attributes(ended)
+                if error is not None:
+                    _fail(current, error, expected=outcome == "user_error")
             current.end()
         measured = self.instruments
         if measured is not None:
@@ -472,9 +516,10 @@ class Command:
     def span_for(self, name: str, expected: tuple[type[BaseException], ...] = ()) -> _Span | None:
         """A child span (current inside its ``with``), or None when this one is not traced."""
         found = settings.tracer
-        if self.span is None or found is None:
+        context = self.context
+        if context is None or found is None:
             return None
-        return _Span(found.start_span(name), expected)
+        return _Span(found.start_span(name, context), expected, context)
 
     def conflict(self, retry_in: float | None) -> None:
         """A try ended in a conflict; ``retry_in`` is the delay before the next try (None:
@@ -543,7 +588,9 @@ def events_committed(aggregate_type: str, count: int) -> None:
     """Count ``count`` events committed to ``aggregate_type``."""
     measured = instruments()
     if measured is not None:
-        measured.events.add(count, {"cqrs.aggregate.type": aggregate_type})
+        counts = measured.events
+        with _counts_lock:
+            counts[aggregate_type] = counts.get(aggregate_type, 0) + count
 
 
 # -- projections and subscriptions -----------------------------------------------------------

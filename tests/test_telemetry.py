@@ -167,6 +167,40 @@ async def test_a_command_is_a_span_with_load_handle_commit_and_dispatch(otel):
     assert otel.points("cqrs.events.committed") == {(("cqrs.aggregate.type", "BankAccount"),): 2}
 
 
+async def test_events_committed_is_a_monotonic_sum_that_survives_configure_again():
+    """``cqrs.events.committed`` is read when the meter collects (an observable counter):
+    a cumulative, monotonic sum by aggregate type; asking the same meter provider again
+    (configure() once more) keeps counting into the counter the SDK registered first."""
+    from opentelemetry.sdk.metrics.export import Sum  # noqa: PLC0415
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    telemetry.configure(meter_provider=provider)
+    try:
+        cqrs = await bank()
+        await cqrs.execute("acc-1", OpenAccount("acc-1"))
+        telemetry.configure(meter_provider=provider)  # the same meter, asked anew
+        await cqrs.execute("acc-1", DepositMoney(Decimal(5)))
+        await cqrs.execute("acc-1", DepositMoney(Decimal(5)))
+        data = reader.get_metrics_data()
+        assert data is not None
+        (metric,) = [
+            metric
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "cqrs.events.committed"
+        ]
+        assert isinstance(metric.data, Sum)
+        assert metric.data.is_monotonic
+        assert metric.unit == "{event}"
+        assert [(dict(p.attributes or {}), p.value) for p in metric.data.data_points] == [
+            ({"cqrs.aggregate.type": "BankAccount"}, 3)
+        ]
+    finally:
+        telemetry.configure()
+
+
 async def test_the_aggregate_id_is_recorded_only_when_asked(otel):
     cqrs = await bank()
     await cqrs.execute("acc-1", OpenAccount("acc-1"))
@@ -767,6 +801,9 @@ async def test_the_overhead_benchmark_runs_every_side(otel):
     measured = await bench.measure(bench._memory, commands=8, repetitions=2, warmups=0)
     assert set(measured["medians"]) == {"bare", "absent", "api", "sdk"}
     assert measured["ratios"]["bare"] == 1.0
+    assert measured["overhead_us"]["bare"] == 0.0
+    sdk, bare = measured["medians"]["sdk"], measured["medians"]["bare"]
+    assert measured["overhead_us"]["sdk"] == pytest.approx(1e6 / sdk - 1e6 / bare, rel=1e-3)
     assert all(len(rates) == 2 for rates in measured["samples"].values())
     table = bench.markdown([{"backend": "memory", "workload": "commit_1", **measured}])
     assert table.splitlines()[2].startswith("| memory | commit_1 | ")
