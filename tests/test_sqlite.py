@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from msgspec.structs import replace
@@ -359,7 +360,10 @@ async def test_open_again_keeps_the_data_the_connection_and_the_thread(tmp_path,
         assert await repository.persist(rows("a1", 3, 1), None) == [3]
 
 
-async def test_concurrent_opens_start_one_thread_and_one_connection(tmp_path, monkeypatch):
+@pytest.mark.parametrize("path", ["file", ":memory:"])
+async def test_concurrent_opens_start_one_writer_and_one_reader(tmp_path, monkeypatch, path):
+    """A file gets a writer and a reader, each a connection on its own thread; a private
+    ":memory:" database one connection (a second one would open another database)."""
     started: list[Worker] = []
 
     class Counting(Worker):
@@ -367,24 +371,36 @@ async def test_concurrent_opens_start_one_thread_and_one_connection(tmp_path, mo
             super().start()
             started.append(self)
 
-    connections: list[sqlite3.Connection] = []
-    connect = SqliteEventRepository._connect
+    connections: list[sqlite3.Connection | None] = []
+    connect, connect_reader = SqliteEventRepository._connect, SqliteEventRepository._connect_reader
 
     def counting_connect(self: SqliteEventRepository) -> sqlite3.Connection:
-        connections.append(connect(self))
+        connection = connect(self)
+        connections.append(connection)
+        return connection
+
+    def counting_connect_reader(self: SqliteEventRepository) -> sqlite3.Connection | None:
+        connections.append(connect_reader(self))
         return connections[-1]
 
     monkeypatch.setattr(cqrs_sqlite.repository, "Worker", Counting)
     monkeypatch.setattr(SqliteEventRepository, "_connect", counting_connect)
-    repository = SqliteEventRepository(tmp_path / "store.db")
+    monkeypatch.setattr(SqliteEventRepository, "_connect_reader", counting_connect_reader)
+    repository = SqliteEventRepository(tmp_path / "store.db" if path == "file" else path)
     await asyncio.gather(*(repository.open() for _ in range(5)))
     try:
-        assert (len(started), len(connections)) == (1, 1)
+        expected = 2 if path == "file" else 1
+        assert (len(started), len(connections)) == (expected, expected)
+        assert all(connection is not None for connection in connections)
+        mode = "wal" if path == "file" else "memory"
         assert await repository.run(lambda c: c.execute("PRAGMA journal_mode").fetchone()) == (
-            "wal",
+            mode,
         )
     finally:
         await repository.close()
+    for worker in started:  # close() stops every thread it started
+        worker._thread.join(5)
+        assert not worker._thread.is_alive()
 
 
 # -- one hop per call ------------------------------------------------------------------------
@@ -393,18 +409,23 @@ async def test_concurrent_opens_start_one_thread_and_one_connection(tmp_path, mo
 async def test_commit_and_load_each_take_one_hop_to_the_database_thread(repo, monkeypatch):
     hops: list[str] = []
     statements: list[str] = []
-    call = repo._call
-
-    async def counting(hop, context):
-        hops.append(context)
-        return await call(hop, context)
-
     await repo.run(lambda connection: connection.set_trace_callback(statements.append))
-    monkeypatch.setattr(repo, "_call", counting)
+    # Every way to a worker's thread (the writer's or the reader's) is counted.
+    originals = {name: getattr(Worker, name) for name in ("call", "read", "commit")}
+
+    def counting(name: str) -> Callable[[Worker, Any], Any]:
+        def hop(self: Worker, fn: Any) -> Any:
+            hops.append(name)
+            return originals[name](self, fn)
+
+        return hop
+
+    for name in originals:
+        monkeypatch.setattr(Worker, name, counting(name))
 
     snapshot = SerializedSnapshot("T", "a1", b'{"s": 1}', 10, 1)
     await repo.persist(rows("a1", 1, 10), snapshot)
-    assert len(hops) == 1
+    assert hops == ["commit"]
     verbs = [s.split()[0].upper() for s in statements]
     assert (verbs[0], verbs[-1]) == ("BEGIN", "COMMIT")
     assert verbs.count("INSERT") == 11  # ten events (one prepared statement) and the snapshot
@@ -412,15 +433,15 @@ async def test_commit_and_load_each_take_one_hop_to_the_database_thread(repo, mo
 
     hops.clear()
     assert len(await repo.get_events("T", "a1")) == 10
-    assert len(hops) == 1
+    assert hops == ["read"]
 
     store = PersistedEventStore(repo, BankAccount)
     hops.clear()
     await store.commit(await _bank_events(), await store.load_aggregate("acc"), {})
-    assert len(hops) == 2  # one load, one commit
+    assert hops == ["read", "commit"]
     hops.clear()
     await store.load_aggregate("acc")
-    assert len(hops) == 1
+    assert hops == ["read"]
 
 
 async def _bank_events():

@@ -130,7 +130,17 @@ async def _blocked(repo: SqliteEventRepository) -> tuple[threading.Event, asynci
     return release, held
 
 
-async def test_reads_run_before_the_commits_queued_ahead_of_them(repo):
+@pytest.fixture
+async def memory_repo():
+    async with SqliteEventRepository(":memory:") as repository:
+        await repository.create_schema()
+        yield repository
+
+
+async def test_reads_run_before_the_commits_queued_ahead_of_them(memory_repo):
+    """On one connection (":memory:": a second one would be another database) a pass runs
+    its reads before the commits queued ahead of them."""
+    repo = memory_repo
     await repo.persist(rows("a1", 1, 1), None)
     statements = await _traced(repo)
     release, held = await _blocked(repo)
@@ -149,6 +159,34 @@ async def test_reads_run_before_the_commits_queued_ahead_of_them(repo):
     assert verbs.index("BEGIN") > 1  # after the reads' SELECTs
     assert verbs.count("COMMIT") == 1  # the three commits in one transaction
     assert [e.sequence for e in await repo.get_events("T", "b0")] == [1]
+
+
+async def test_reads_of_a_file_do_not_wait_for_the_writer(repo):
+    """A file's reads run on their own connection and thread: while the writer is busy
+    (here held in a call, as in an fsync) loads are answered, from what is committed; a
+    read started after a commit returned sees it."""
+    await repo.persist(rows("a1", 1, 2), SerializedSnapshot("T", "a1", b'{"s": 1}', 1, 1))
+    release, held = await _blocked(repo)
+    try:
+        queued = asyncio.ensure_future(repo.persist(rows("a1", 3, 1), None))
+        await asyncio.sleep(0)
+        events = await asyncio.wait_for(repo.get_events("T", "a1"), 5)
+        snapshot, after = await asyncio.wait_for(repo.get_snapshot_and_events("T", "a1"), 5)
+        page = await asyncio.wait_for(collect(repo.stream_all_events("T")), 5)
+        assert [e.sequence for e in events] == [1, 2]  # the queued commit is not written
+        assert snapshot is not None
+        assert (snapshot.last_sequence, [e.sequence for e in after]) == (1, [2])
+        assert [e.sequence for e in page] == [1, 2]
+        assert not queued.done()
+    finally:
+        release.set()
+    await held
+    await queued
+    assert [e.sequence for e in await repo.get_events("T", "a1")] == [1, 2, 3]
+
+
+async def collect(events):
+    return [event async for event in events]
 
 
 async def test_a_call_that_is_not_a_read_keeps_its_place_among_commits(repo):

@@ -8,15 +8,17 @@ concurrent future chained to an asyncio one), which a load that is one hop feels
 Group commit: with ``synchronous=FULL`` every COMMIT waits for an fsync, so commits made
 one transaction each are bounded by the disk. The worker takes what was queued while it
 was busy in one pass: the reads run first (a load does not wait for the fsync of commits
-that have not returned yet), then the commits, up to :data:`MAX_GROUP`, are written in one
-transaction: ``BEGIN IMMEDIATE``, each commit in its own ``SAVEPOINT`` (a
-commit that conflicts is rolled back to its savepoint and fails alone; the others go on),
-then one ``COMMIT``, one fsync for the group. Every caller is answered only after that
-COMMIT returned, so a commit reported done is durable as before. An error that is not a
-conflict (the disk full, an I/O error, the database locked by another process past the
-busy timeout) rolls back the whole transaction and fails every commit of the group; none
-of them is stored, so nothing committed is lost. Positions are still given under the
-write lock in the order the commits are written, which is the order they were queued.
+that have not returned yet; the repository sends reads of a file to a second worker with
+its own connection instead, so they do not wait for a pass either), then the commits, up
+to :data:`MAX_GROUP`, are written in one transaction: ``BEGIN IMMEDIATE``, each commit in
+its own ``SAVEPOINT`` (a commit that conflicts is rolled back to its savepoint and fails
+alone; the others go on), then one ``COMMIT``, one fsync for the group. Every caller is
+answered only after that COMMIT returned, so a commit reported done is durable as before.
+An error that is not a conflict (the disk full, an I/O error, the database locked by
+another process past the busy timeout) rolls back the whole transaction and fails every
+commit of the group; none of them is stored, so nothing committed is lost. Positions are
+still given under the write lock in the order the commits are written, which is the order
+they were queued.
 """
 
 from __future__ import annotations
@@ -55,10 +57,18 @@ class _Call(Generic[T]):
         self.fn, self.loop, self.future = fn, loop, future
 
 
-class _Read(_Call[T]):
-    """A read: it may run ahead of the commits queued before it."""
+class _Read(Generic[T]):
+    """A read ``fn(connection)``: it may run ahead of the commits queued before it."""
 
-    __slots__ = ()
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[T],
+    ) -> None:
+        self.fn, self.loop, self.future = fn, loop, future
 
 
 class _Commit(Generic[T]):
@@ -158,10 +168,11 @@ class Worker:
         self._queue.put(_Call(fn, loop, future))
         return future
 
-    def read(self, fn: Callable[[], T]) -> asyncio.Future[T]:
-        """Queue the read ``fn()``: like :meth:`call`, but it may run before commits queued
-        ahead of it that are not written yet (it then does not see them: they have not
-        returned to their callers either); it never sees a group's uncommitted rows."""
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue the read ``fn(connection)`` (run by the runner); the future gets its result
+        or error. It may run before commits queued ahead of it that are not written yet (it
+        then does not see them: they have not returned to their callers either); it never
+        sees a group's uncommitted rows."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Read(fn, loop, future))
@@ -200,7 +211,7 @@ class Worker:
                     self._commit(group)
                     group = []
             elif isinstance(item, _Read):
-                self._call(item)
+                self._read(item)
             else:
                 if group:
                     self._commit(group)
@@ -215,6 +226,14 @@ class Worker:
     def _call(self, item: _Call[Any]) -> None:
         try:
             result = item.fn()
+        except BaseException as error:  # noqa: BLE001 - handed to the caller
+            _deliver(item.loop, [(item.future, None, error)])
+        else:
+            _deliver(item.loop, [(item.future, result, None)])
+
+    def _read(self, item: _Read[Any]) -> None:
+        try:
+            result = self._runner(item.fn)
         except BaseException as error:  # noqa: BLE001 - handed to the caller
             _deliver(item.loop, [(item.future, None, error)])
         else:

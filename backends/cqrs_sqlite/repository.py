@@ -100,10 +100,15 @@ class SqliteEventRepository(AsyncResource):
     committed event survives a power cut; ``"NORMAL"`` is much faster in WAL mode and loses
     at most the last commits on power loss, never consistency).
 
-    Every call is one hop to a single worker thread that owns the connection; a commit is
+    Every call is one hop to the worker thread that owns a connection; a commit is
     ``BEGIN IMMEDIATE``, the inserts and the snapshot upsert, and ``COMMIT`` in that one
     hop, so the global ``position`` (an AUTOINCREMENT rowid assigned under the write lock)
-    follows commit order and a tailing reader never skips an event. Group commit: commits
+    follows commit order and a tailing reader never skips an event. The repository's own
+    reads (loads, snapshot loads, stream pages) of a file in WAL mode go to a second,
+    ``query_only`` connection on its own thread: they never wait for a commit (nor its
+    fsync), and a read started after a commit returned sees it. ``":memory:"`` (a second
+    connection would be another database) and a file not in WAL mode use one connection.
+    :meth:`run` always runs on the writing connection. Group commit: commits
     queued while the worker is busy are written in one transaction, each in its own
     savepoint (a conflicting one fails alone), and answered after its one COMMIT, so
     concurrent writers share an fsync (see :mod:`cqrs_sqlite._group_commit`). Writers in other
@@ -142,6 +147,10 @@ class SqliteEventRepository(AsyncResource):
         self.page_size = check_page_size(page_size)
         self._worker: Worker | None = None
         self._connection: sqlite3.Connection | None = None
+        # Reads of a file in WAL mode go to a second connection on its own thread.
+        self._reader: Worker | None = None
+        self._reader_connection: sqlite3.Connection | None = None
+        self._reads: Worker | None = None  # the reader, else the writer's worker
         self._lock = asyncio.Lock()
         self._commits = LocalSignal()
 
@@ -175,10 +184,34 @@ class SqliteEventRepository(AsyncResource):
             worker.start()
             try:
                 self._connection = await self._call(worker.call(self._connect), "opening it")
+                if self.path != MEMORY:
+                    await self._open_reader()
             except BaseException:
+                if self._connection is not None:
+                    worker.call(self._connection.close)
+                    self._connection = None
                 worker.stop()
                 raise
             self._worker = worker
+            self._reads = self._reader or worker
+
+    async def _open_reader(self) -> None:
+        # A second connection for the repository's own reads, on its own thread: in WAL
+        # mode a read never waits for the writer, so loads overlap the fsync of a commit
+        # group. A read started after a commit returned sees it (the COMMIT is done).
+        # Not for ":memory:" (another connection would open another database) nor a file
+        # that is not in WAL mode (a reader would wait for the writer's locks).
+        reader = Worker(self._read_on_thread, "cqrs-sqlite-reads")
+        reader.start()
+        try:
+            connection = await self._call(reader.call(self._connect_reader), "opening it")
+        except BaseException:
+            reader.stop()
+            raise
+        if connection is None:
+            reader.stop()
+        else:
+            self._reader, self._reader_connection = reader, connection
 
     async def close(self) -> None:
         """Close the connection after the calls already queued, and stop the worker
@@ -187,8 +220,15 @@ class SqliteEventRepository(AsyncResource):
             connection, worker = self._connection, self._worker
             if connection is None or worker is None:
                 return
-            self._connection, self._worker = None, None
+            reader, reading = self._reader, self._reader_connection
+            self._connection, self._worker, self._reads = None, None, None
+            self._reader, self._reader_connection = None, None
             try:
+                if reader is not None and reading is not None:
+                    try:
+                        await self._call(reader.call(reading.close), "closing it")
+                    finally:
+                        reader.stop()
                 await self._call(worker.call(connection.close), "closing it")
             finally:
                 worker.stop()
@@ -200,6 +240,19 @@ class SqliteEventRepository(AsyncResource):
         try:
             connection.execute("PRAGMA journal_mode = WAL").fetchone()
             connection.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _connect_reader(self) -> sqlite3.Connection | None:
+        # On the reader thread; None (and no connection) if the file is not in WAL mode.
+        connection = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        try:
+            if connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                connection.close()
+                return None
+            connection.execute("PRAGMA query_only = ON")
         except BaseException:
             connection.close()
             raise
@@ -228,11 +281,22 @@ class SqliteEventRepository(AsyncResource):
         return await self._call(worker.call(lambda: self._run_on_thread(fn)), context)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T], context: str) -> T:
-        # run() for this repository's own reads: they may run ahead of queued commits.
-        worker = self._worker
-        if self._connection is None or worker is None:
+        # run() for this repository's own reads: on the reader's connection, else they may
+        # run ahead of the commits queued on the writer's.
+        reads = self._reads
+        if reads is None:
             raise not_open(f"SQLite repository {self.path} ({self.events_table})")
-        return await self._call(worker.read(lambda: self._run_on_thread(fn)), context)
+        try:
+            return await reads.read(fn)
+        except sqlite3.Error as error:
+            raise _translate(error, self.path, context, self.busy_timeout) from error
+
+    def _read_on_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        # On the reader thread.
+        connection = self._reader_connection
+        if connection is None:  # closed while this call waited in the queue
+            raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+        return fn(connection)
 
     def _run_on_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         # On the worker thread. A connection that met a read-only database stays read-only
