@@ -69,6 +69,37 @@ async def test_renew_counts_the_ttl_from_the_renewal():
     assert await store.acquire("totals", "two", 10) is not None
 
 
+async def test_renew_refuses_a_lease_released_taken_over_or_never_taken():
+    clock = Clock()
+    store = MemoryCheckpoints(clock=clock)
+    assert not await store.renew(Lease("never", "one", 1, 0), 10)
+    lease = await store.acquire("totals", "one", 10)
+    assert lease is not None
+    await store.release(lease)
+    assert not await store.renew(lease, 10)  # released, though its token is still current
+    assert await store.acquire("totals", "two", 10) is not None
+    lease = await store.acquire("taken", "one", 10)
+    assert lease is not None
+    clock.now = 11.0
+    assert await store.acquire("taken", "two", 10) is not None
+    assert not await store.renew(lease, 10)  # taken over after it expired
+
+
+async def test_releasing_a_lease_taken_over_leaves_the_new_holder_alone():
+    clock = Clock()
+    store = MemoryCheckpoints(clock=clock)
+    await store.release(Lease("never", "one", 1, 0))  # nothing to release: nothing happens
+    assert await store.position("never") == 0
+    stale = await store.acquire("totals", "one", 10)
+    assert stale is not None
+    clock.now = 11.0
+    holder = await store.acquire("totals", "two", 10)
+    assert holder is not None
+    await store.release(stale)
+    assert await store.acquire("totals", "three", 10) is None
+    assert await store.renew(holder, 10)
+
+
 async def test_tokens_count_one_per_acquire_and_reset():
     store = MemoryCheckpoints(clock=Clock())
     tokens = []
@@ -132,6 +163,20 @@ async def test_a_parked_event_keeps_its_position_event_id_and_error():
     await store.park(lease, event, "KeyError('x')")
     assert await store.parked("totals") == [
         ParkedEvent("totals", 12, str(event.event_id), "KeyError('x')")
+    ]
+
+
+async def test_parked_events_are_listed_by_position():
+    store = MemoryCheckpoints(clock=Clock())
+    lease = await store.acquire("totals", "one", 10)
+    assert lease is not None
+    for position in (30, 10, 20):
+        await store.park(lease, stored(position), f"error at {position}")
+    parked = await store.parked("totals")
+    assert [(p.position, p.error) for p in parked] == [
+        (10, "error at 10"),
+        (20, "error at 20"),
+        (30, "error at 30"),
     ]
 
 
