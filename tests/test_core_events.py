@@ -58,3 +58,18 @@ def test_subclasses_of_domain_event_get_their_own_name_but_inherit_the_version()
 
     assert event_type_of(Child) == "Child"
     assert event_version_of(Child) == "2.1"
+
+
+def test_domain_event_sets_the_class_attribute_unless_the_class_declares_one():
+    class Opened(DomainEvent):
+        pass
+
+    class Closed(DomainEvent):
+        event_type = "account-closed"
+
+    class Reopened(Closed):
+        pass
+
+    assert (Opened.event_type, Opened.event_version) == ("Opened", "1.0")
+    assert Closed.event_type == "account-closed"
+    assert Reopened.event_type == "Reopened"
