@@ -72,11 +72,11 @@ async def rebuild(
     waiting = asyncio.create_task(runner.wait_for(_BEYOND, timeout=timeout or _FOREVER))
     try:
         await asyncio.wait([task, waiting], return_when=asyncio.FIRST_COMPLETED)
-        if not waiting.done():
-            task.result()  # raises what ended the run
-            msg = f"the rebuild of {projection.name!r} stopped before it caught up"
-            raise RuntimeError(msg)
-        waiting.result()  # TimeoutError, or RuntimeError if the projection failed
+        if task.done():
+            task.result()  # raises what ended the run, if anything did
+        # run() returns by itself only once the projection failed, and wait_for then raises
+        # the failure at its next check: whichever ends first, the error names the cause.
+        await waiting  # TimeoutError, or RuntimeError if the projection failed
         runner.stop()
         await task
     finally:

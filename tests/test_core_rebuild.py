@@ -104,3 +104,40 @@ async def test_reset_views_refuses_views_outside_the_checkpoints_database(reposi
         assert await projection.view_repository.load("a1") == Seen([1])
     with pytest.raises(ConfigurationError, match="delete them yourself"):
         await reset_views(MemoryCheckpoints(), view_projection(repository))
+
+
+async def test_a_rebuild_whose_projection_fails_names_the_failure_and_does_not_switch(repository):
+    switched: list[bool] = []
+    for _ in range(3):  # the run and the wait end at nearly the same time: same error each way
+        with pytest.raises(RuntimeError) as raised:
+            await rebuild(
+                repository,
+                MemoryCheckpoints(),
+                Recorder("broken", [Decoder("A")], fail_on=[2]),
+                lambda: switched.append(True),
+                timeout=5,
+                attempts=1,
+                retry_delay=0.001,
+                poll_interval=0.02,
+            )
+        assert str(raised.value).startswith("projection 'broken' failed: ")
+        assert "bad [2]" in str(raised.value)
+    assert switched == []
+
+
+async def test_a_rebuild_whose_runner_breaks_raises_what_broke_it(repository):
+    class Broken(MemoryCheckpoints):
+        async def acquire(self, name, owner, ttl):
+            raise LookupError("no checkpoints here")
+
+    switched: list[bool] = []
+    with pytest.raises(LookupError, match="no checkpoints here"):
+        await rebuild(
+            repository,
+            Broken(),
+            Recorder("totals", [Decoder("A")]),
+            lambda: switched.append(True),
+            timeout=5,
+            poll_interval=0.02,
+        )
+    assert switched == []

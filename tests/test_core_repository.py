@@ -433,23 +433,23 @@ async def test_snapshot_and_events_composes_the_port_methods_without_a_combined_
         await memory.persist([row(1), row(2), row(3)], None)
         await memory.persist([row(1, aggregate_id="a2")], None)
         repository = PortOnly(memory)
-        snapshot, events = await snapshot_and_events(repository, "T", "a1")  # type: ignore[arg-type]
+        snapshot, events = await snapshot_and_events(repository, "T", "a1")
         assert snapshot is None
         assert [e.sequence for e in events] == [1, 2, 3]
         stored = SerializedSnapshot("T", "a1", b"{}", 2, 1)
         await memory.persist([row(4)], stored)
-        snapshot, events = await snapshot_and_events(repository, "T", "a1")  # type: ignore[arg-type]
+        snapshot, events = await snapshot_and_events(repository, "T", "a1")
         assert snapshot == stored
         assert [e.sequence for e in events] == [3, 4]
-        snapshot, events = await snapshot_and_events(repository, "T", "a2")  # type: ignore[arg-type]
+        snapshot, events = await snapshot_and_events(repository, "T", "a2")
         assert (snapshot, [(e.aggregate_id, e.sequence) for e in events]) == (None, [("a2", 1)])
-        assert await snapshot_and_events(repository, "U", "a1") == (None, [])  # type: ignore[arg-type]
+        assert await snapshot_and_events(repository, "U", "a1") == (None, [])
 
 
 async def test_snapshot_and_events_uses_a_backends_combined_read():
     async with MemoryEventRepository() as memory:
         await memory.persist([row(1)], SerializedSnapshot("T", "a1", b"{}", 1, 1))
         repository = CombinedRead(memory)
-        snapshot, events = await snapshot_and_events(repository, "T", "a1")  # type: ignore[arg-type]
+        snapshot, events = await snapshot_and_events(repository, "T", "a1")
         assert (snapshot, [e.sequence for e in events]) == (None, [9])  # its answer, as it is
         assert repository.calls == [("T", "a1")]
