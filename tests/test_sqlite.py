@@ -444,6 +444,20 @@ async def test_commit_and_load_each_take_one_hop_to_the_database_thread(repo, mo
     assert hops == ["read"]
 
 
+async def test_a_failing_load_is_translated_naming_the_file_and_the_aggregate(repo):
+    await repo.run(lambda connection: connection.execute("DROP TABLE events"))
+    loads = {
+        "get_events": lambda: repo.get_events("T", "a1"),
+        "get_last_events": lambda: repo.get_last_events("T", "a1", 3),
+        "get_snapshot_and_events": lambda: repo.get_snapshot_and_events("T", "a1"),
+    }
+    for name, load in loads.items():
+        with pytest.raises(cqrs.UnexpectedError, match="loading T 'a1'") as caught:
+            await load()
+        assert repo.path in str(caught.value), name
+        assert isinstance(caught.value.__cause__, sqlite3.OperationalError), name
+
+
 async def _bank_events():
     account = BankAccount()
     account.aggregate_id = "acc"

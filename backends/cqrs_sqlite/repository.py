@@ -345,21 +345,48 @@ class SqliteEventRepository(AsyncResource):
 
     # -- reading ------------------------------------------------------------------------
 
-    async def get_events(self, aggregate_type: str, aggregate_id: str) -> list[SerializedEvent]:
-        """All events of one aggregate, by sequence (one hop)."""
-        return await self.get_last_events(aggregate_type, aggregate_id, 0)
+    # A load awaits the reading worker's future itself rather than going through _read: it
+    # is one hop, and a coroutine frame and a context string built on every call (only an
+    # error needs it) are a measurable part of it.
 
-    async def get_last_events(
+    def _reading(self) -> Worker:
+        reads = self._reads
+        if reads is None:
+            raise not_open(f"SQLite repository {self.path} ({self.events_table})")
+        return reads
+
+    def _load_failed(
+        self, error: sqlite3.Error, aggregate_type: str, aggregate_id: str
+    ) -> CqrsError:
+        context = f"loading {aggregate_type} {aggregate_id!r}"
+        return _translate(error, self.path, context, self.busy_timeout)
+
+    def _events(
         self, aggregate_type: str, aggregate_id: str, after_sequence: int
-    ) -> list[SerializedEvent]:
-        """The events of one aggregate after ``after_sequence``, by sequence (one hop)."""
+    ) -> asyncio.Future[list[SerializedEvent]]:
         sql = self.statements.events
         params = (aggregate_type, aggregate_id, after_sequence)
 
         def read(connection: sqlite3.Connection) -> list[SerializedEvent]:
             return stream_rows(aggregate_type, aggregate_id, connection.execute(sql, params))
 
-        return await self._read(read, f"loading {aggregate_type} {aggregate_id!r}")
+        return self._reading().read(read)
+
+    async def get_events(self, aggregate_type: str, aggregate_id: str) -> list[SerializedEvent]:
+        """All events of one aggregate, by sequence (one hop)."""
+        try:
+            return await self._events(aggregate_type, aggregate_id, 0)
+        except sqlite3.Error as error:
+            raise self._load_failed(error, aggregate_type, aggregate_id) from error
+
+    async def get_last_events(
+        self, aggregate_type: str, aggregate_id: str, after_sequence: int
+    ) -> list[SerializedEvent]:
+        """The events of one aggregate after ``after_sequence``, by sequence (one hop)."""
+        try:
+            return await self._events(aggregate_type, aggregate_id, after_sequence)
+        except sqlite3.Error as error:
+            raise self._load_failed(error, aggregate_type, aggregate_id) from error
 
     async def get_snapshot(
         self, aggregate_type: str, aggregate_id: str
@@ -394,7 +421,10 @@ class SqliteEventRepository(AsyncResource):
             cursor = connection.execute(events_sql, (aggregate_type, aggregate_id, after))
             return row, stream_rows(aggregate_type, aggregate_id, cursor)
 
-        row, events = await self._read(read, f"loading {aggregate_type} {aggregate_id!r}")
+        try:
+            row, events = await self._reading().read(read)
+        except sqlite3.Error as error:
+            raise self._load_failed(error, aggregate_type, aggregate_id) from error
         if row is None:
             return None, events
         return SerializedSnapshot(aggregate_type, aggregate_id, row[0], row[1], row[2]), events
