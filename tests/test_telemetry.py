@@ -201,6 +201,42 @@ async def test_events_committed_is_a_monotonic_sum_that_survives_configure_again
         telemetry.configure()
 
 
+async def test_durations_are_recorded_in_batches_and_at_every_collection(monkeypatch):
+    """Durations wait in the process at most ``DURATION_BATCH`` commands, and any reader's
+    collection records the pending ones first, for every reader."""
+    monkeypatch.setattr(telemetry, "DURATION_BATCH", 3)
+    first, second = InMemoryMetricReader(), InMemoryMetricReader()
+    telemetry.configure(meter_provider=MeterProvider(metric_readers=[first, second]))
+    try:
+        cqrs = await bank()
+        await cqrs.execute("acc-1", OpenAccount("acc-1"))
+        measures = telemetry.instruments().measures  # type: ignore[union-attr]
+        assert len(measures.pending) == 1
+        await cqrs.execute("acc-1", DepositMoney(Decimal(5)))
+        await cqrs.execute("acc-1", DepositMoney(Decimal(5)))
+        assert measures.pending == []  # the third filled the batch: recorded
+        await cqrs.execute("acc-1", DepositMoney(Decimal(5)))
+        assert len(measures.pending) == 1
+
+        def counts(reader: InMemoryMetricReader) -> dict[str, int]:
+            data = reader.get_metrics_data()
+            assert data is not None
+            return {
+                str((p.attributes or {})["cqrs.command.type"]): p.count  # type: ignore[union-attr]
+                for resource in data.resource_metrics
+                for scope in resource.scope_metrics
+                for metric in scope.metrics
+                if metric.name == "cqrs.command.duration"
+                for p in metric.data.data_points
+            }
+
+        assert counts(second) == {"OpenAccount": 1, "DepositMoney": 3}
+        assert measures.pending == []
+        assert counts(first) == {"OpenAccount": 1, "DepositMoney": 3}
+    finally:
+        telemetry.configure()
+
+
 async def test_the_aggregate_id_is_recorded_only_when_asked(otel):
     cqrs = await bank()
     await cqrs.execute("acc-1", OpenAccount("acc-1"))
