@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -169,13 +170,26 @@ class Connections:
         the server before it broke, so only operations that are safe to repeat come here:
         reads, and writes that recognize their own earlier success.
         """
+        # _connection() inlined: reads are one round trip, and a context manager less is a
+        # measurable part of one.
+        if self.closed or self.pool.closed:
+            raise not_open(self.owner)
         conn: AsyncConnection[TupleRow] | None = None
         try:
-            async with self._connection() as conn:
-                return await operation(conn)
+            async with self.pool.connection() as conn:
+                if conn.autocommit:
+                    return await operation(conn)
+                await conn.set_autocommit(True)
+                try:
+                    return await operation(conn)
+                finally:
+                    if not conn.closed:
+                        await conn.set_autocommit(False)
         except psycopg.Error as error:
             if conn is None or not conn.broken:
                 raise _translate(error, what) from error
+            with contextlib.suppress(psycopg.Error):  # the retry below finds out
+                await _replace_connections(self.pool)
         async with self.borrow(what) as conn:
             return await (again or operation)(conn)
 
