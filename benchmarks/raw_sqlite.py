@@ -7,7 +7,9 @@ events'), a commit is one hop (``BEGIN IMMEDIATE``, the max-sequence check, ``ex
 of the rows, ``last_insert_rowid()``, the snapshot upsert when due, ``COMMIT``). The tables
 are created by the backend's ``create_schema`` (the DDL is not what is measured). Each
 commit is its own transaction: the backend's group commit (concurrent commits sharing one
-transaction and one fsync) is not reproduced, so ``concurrent_8``'s ratio shows its gain.
+transaction and one fsync) is not reproduced, so ``concurrent_8``'s ratio shows its gain;
+nor is the backend's second connection for reads (its own thread: a load does not wait for
+a commit's fsync), which changes nothing for a load alone: one hop either way.
 """
 
 from __future__ import annotations
