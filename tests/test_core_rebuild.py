@@ -14,7 +14,7 @@ from test_core_projection import Decoder, Recorder, Seen, view_projection
 
 from cqrs import ConfigurationError, LeaseLost, SerializedEvent, ViewContext
 from cqrs.checkpoints import MemoryCheckpoints
-from cqrs.rebuild import rebuild, reset_views
+from cqrs.rebuild import SwitchableViews, rebuild, reset_views
 from cqrs_memory import MemoryEventRepository
 
 
@@ -141,3 +141,23 @@ async def test_a_rebuild_whose_runner_breaks_raises_what_broke_it(repository):
             poll_interval=0.02,
         )
     assert switched == []
+
+
+# -- SwitchableViews -----------------------------------------------------------------------------
+
+
+async def test_switchable_views_read_and_write_through_to_the_views_switched_to(repository):
+    first = repository.view_repository(Seen, "first")
+    second = repository.view_repository(Seen, "second")
+    await first.update_view(Seen([1]), ViewContext("v", 0))
+    await second.update_view(Seen([2]), ViewContext("v", 0))
+    views = SwitchableViews(first)
+    assert await views.load_with_context("v") == (Seen([1]), ViewContext("v", 1))
+    views.switch(second)
+    assert views.current is second
+    await views.create_schema()
+    assert await views.load("v") == Seen([2])
+    assert await views.load_with_context("v") == (Seen([2]), ViewContext("v", 1))
+    await views.update_view(Seen([3]), ViewContext("v", 1))
+    assert await second.load("v") == Seen([3])
+    assert await first.load("v") == Seen([1])
