@@ -521,33 +521,29 @@ class SqliteEventRepository(AsyncResource):
 
         def write(connection: sqlite3.Connection) -> list[int]:
             execute = connection.execute
-
-            def body() -> list[int]:
-                stored = execute(last_sequence, key).fetchone()[0] or 0
-                if stored != start - 1:
-                    # The conflict path only: a retry of a commit that did happen finds its
-                    # own events, read under the same write lock.
-                    if stored >= start:
-                        found = stream_rows(
-                            aggregate_type,
-                            aggregate_id,
-                            execute(select, (aggregate_type, aggregate_id, start - 1, count)),
-                        )
-                        positions = stored_positions(events, found)
-                        if positions is not None:
-                            return positions
-                    msg = (
-                        f"{aggregate_type} {aggregate_id!r}: sequence {start} conflicts with "
-                        f"{stored} stored event(s); another writer committed first"
+            stored = execute(last_sequence, key).fetchone()[0] or 0
+            if stored != start - 1:
+                # The conflict path only: a retry of a commit that did happen finds its
+                # own events, read under the same write lock.
+                if stored >= start:
+                    found = stream_rows(
+                        aggregate_type,
+                        aggregate_id,
+                        execute(select, (aggregate_type, aggregate_id, start - 1, count)),
                     )
-                    raise AggregateConflict(msg)
-                connection.executemany(insert, rows)
-                last: int = execute("SELECT last_insert_rowid()").fetchone()[0]
-                if snapshot_row is not None:
-                    execute(upsert, snapshot_row)
-                return list(range(last - count + 1, last + 1))
-
-            return body()
+                    positions = stored_positions(events, found)
+                    if positions is not None:
+                        return positions
+                msg = (
+                    f"{aggregate_type} {aggregate_id!r}: sequence {start} conflicts with "
+                    f"{stored} stored event(s); another writer committed first"
+                )
+                raise AggregateConflict(msg)
+            connection.executemany(insert, rows)
+            last: int = execute("SELECT last_insert_rowid()").fetchone()[0]
+            if snapshot_row is not None:
+                execute(upsert, snapshot_row)
+            return list(range(last - count + 1, last + 1))
 
         worker = self._worker
         if self._connection is None or worker is None:
