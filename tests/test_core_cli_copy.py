@@ -339,6 +339,12 @@ async def test_a_copy_of_one_type_counts_and_resumes_within_it(tmp_path):
         assert report.as_dict()["type"] == "Account"
         assert calls.totals == [8]
         assert (report.read, report.source_count, report.target_count) == (8, 8, 8)
+        # The orders too, in their own copy: each copy compares its own type only.
+        orders = await copy_events(
+            source, target, source_url=source_url, target_url=target_url, aggregate_type="Order"
+        )
+        assert (orders.read, orders.source_count, orders.target_count) == (2, 2, 2)
+        assert orders.equal
         await store(source, [(events_of("o", 3, 3, aggregate_type="Order"), None)])
         await store(source, [(events_of("b", 5, 5), None)])
         calls = Calls()

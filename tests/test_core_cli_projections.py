@@ -5,9 +5,14 @@ store: Account a (3 events), Order o (2 events), interleaved."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import sys
 import textwrap
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -81,7 +86,16 @@ def nothing(repository: PersistedEventRepository) -> None:
     return None
 
 
+class CallableCounter(Counter):
+    """A projection that happens to be callable: it is taken as it is, not called."""
+
+    def __call__(self, *args: object) -> None:
+        msg = "a projection is not a function of the repository"
+        raise AssertionError(msg)
+
+
 ONE = Counter("one", "Account")
+CALLABLE = CallableCounter("callable", "Order")
 LIST = [Counter("first", "Account")]
 TUPLE = (Counter("second", "Order"),)
 NUMBER = 5
@@ -105,6 +119,7 @@ OTHER = SimpleNamespace(
     projections=[Counter("other_held", "Order")], checkpoints=MemoryCheckpoints("other")
 )
 UNHELD = SimpleNamespace(projections=[Counter("unheld", "Order")], checkpoints=None)
+BARE = SimpleNamespace(projections=[Counter("bare", "Order")])  # no checkpoints attribute
 
 
 class ElsewhereViews:
@@ -221,6 +236,8 @@ async def test_every_form_of_spec_gives_its_projections_in_order():
         f"{MODULE}:Holder.build",
         f"{MODULE}:broken",
         f"{MODULE}:UNHELD",
+        f"{MODULE}:CALLABLE",
+        f"{MODULE}:BARE",
     )
     assert [p.name for p in found.projections] == [
         "everything",
@@ -232,8 +249,11 @@ async def test_every_form_of_spec_gives_its_projections_in_order():
         "nested",
         "broken",
         "unheld",
+        "callable",
+        "bare",
     ]
     assert found.projections[3] is ONE
+    assert found.projections[-2] is CALLABLE
     assert found.projections[4] is LIST[0]
 
 
@@ -460,3 +480,32 @@ def test_views_outside_the_checkpoints_database_are_left_to_their_owner(store):
             "clear them yourself"
         )
     ]
+
+
+def test_ctrl_c_stops_running_projections_after_their_batches(store):
+    """Without --until-caught-up the runner goes on until Ctrl-C (SIGINT) or SIGTERM."""
+    finished = threading.Event()
+
+    def interrupt_once_caught_up() -> None:
+        async def caught_up() -> bool:
+            async with cqrs.connect(store, create_schema=False) as repository:
+                checkpoints = repository.checkpoint_store("projections")
+                return await checkpoints.position("orders") == 5
+
+        deadline = time.monotonic() + 30
+        while not finished.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(cqrs.CqrsError):
+                if asyncio.run(caught_up()) and not finished.is_set():
+                    os.kill(os.getpid(), signal.SIGINT)
+                    return
+            time.sleep(0.05)
+
+    helper = threading.Thread(target=interrupt_once_caught_up)
+    helper.start()
+    try:
+        result = invoke("projections", "run", f"{MODULE}:counters", "--database-url", store)
+    finally:
+        finished.set()
+        helper.join()
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == ["everything: stopped at 5", "orders: stopped at 5"]
