@@ -33,7 +33,7 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 from cqrs import telemetry
 from cqrs.checkpoints import (
@@ -53,11 +53,13 @@ from cqrs.errors import (
 from cqrs.events import EventEnvelope
 from cqrs.repository import (
     BaseViewRepository,
+    EventRow,
     PersistedEventRepository,
     SerializedEvent,
     ViewContext,
     ViewRepository,
     decode_view,
+    row_event,
 )
 from cqrs.subscription import PollingWakeUps, SharedWakeUps, WakeUps, WakeUpSource
 
@@ -79,6 +81,10 @@ V = TypeVar("V")
 logger = logging.getLogger("cqrs.projections")
 
 State = Literal["starting", "running", "standby", "stopped", "failed"]
+
+_Rows = list[SerializedEvent] | list[EventRow]
+"""A batch as read: SerializedEvents (``stream_all_events``), or EventRow tuples when the
+repository has ``read_event_rows`` (see :class:`_Feed`)."""
 
 
 class EventDecoder(Protocol):
@@ -492,26 +498,39 @@ class ProjectionRunner:
         is decoded and handed over (only handed over when the repository's reads are not in
         the background: see :class:`_Feed`), and a checkpoint that is not saved with the
         batch may wait for ``save_interval``; without, it is saved now."""
-        rows, ended = await feed.batch()
+        batch, ended = await feed.batch()
         if ahead and self._read_early:
             await feed.read_ahead()
-        if not rows:
+        if not batch:
             if status.saved < status.checkpoint:  # the last full batch was the end
                 await self._save(lease, status)
             self._caught_up(status, feed)
             await self._notify()
             return None, ended
         status.caught_up = False
-        status.head = max(status.head, rows[-1].position)
-        status.behind_since = rows[0].timestamp
         decoders = {source.aggregate_type: source for source in projection.sources}
-        wanted = _wanted(projection, decoders, rows, one_type=feed.only is not None)
-        position = rows[-1].position
+        wanted: _Rows
+        if feed.raw:
+            raw = cast("list[EventRow]", batch)
+            first = row_event(raw[0])
+            position = raw[-1][9]
+            if _whole_page(projection, decoders, one_type=feed.only is not None):
+                wanted = raw  # decoded straight from the tuples (decode_rows)
+            else:
+                rows = [first, *map(row_event, raw[1:])]
+                wanted = _wanted(projection, decoders, rows, one_type=feed.only is not None)
+        else:
+            rows = cast("list[SerializedEvent]", batch)
+            first, position = rows[0], rows[-1].position
+            wanted = _wanted(projection, decoders, rows, one_type=feed.only is not None)
+        status.head = max(status.head, position)
+        status.behind_since = first.timestamp
         decoded = feed.read_ahead if ahead else None
         if not wanted and decoded is not None:
             await decoded()
         saved = bool(wanted) and await telemetry.within(  # a span per batch when tracing
-            telemetry.batch(projection.name, wanted),
+            # EventRow tuples only when tracing is off: then it only counts them.
+            telemetry.batch(projection.name, cast("list[SerializedEvent]", wanted)),
             self._apply(
                 projection,
                 lease,
@@ -549,26 +568,28 @@ class ProjectionRunner:
         projection: Projection,
         lease: Lease,
         decoders: dict[str, EventDecoder],
-        rows: list[SerializedEvent],
+        batch: _Rows,
         *,
         status: ProjectionStatus,
         position: int,
         decoded: Callable[[], Awaitable[None]] | None = None,
     ) -> bool:
-        """Hand ``rows`` over; return True if the checkpoint is saved at ``position`` too (a
-        transactional projection, in the same transaction), False if the caller saves it."""
+        """Hand ``batch`` over; return True if the checkpoint is saved at ``position`` too
+        (a transactional projection, in the same transaction), False if the caller saves
+        it."""
         atomic = self._atomic[projection.name]
         error = await self._try(
             projection,
             lease,
             decoders,
-            rows,
+            batch,
             status=status,
             save_at=position if atomic else None,
             decoded=decoded,
         )
         if error is None:
             return atomic
+        rows = _events(batch)
         # One by one, so the events before the failing one take effect and only the events
         # that fail are parked, or the projection stops right before the first of them.
         for index, row in enumerate(rows):
@@ -608,7 +629,7 @@ class ProjectionRunner:
         projection: Projection,
         lease: Lease,
         decoders: dict[str, EventDecoder],
-        rows: list[SerializedEvent],
+        rows: _Rows,
         *,
         status: ProjectionStatus,
         save_at: int | None,
@@ -641,7 +662,7 @@ class ProjectionRunner:
                     "projection %r failed on %d event(s) from position %d (try %d of %d): %r",
                     status.name,
                     len(rows),
-                    rows[0].position,
+                    _events(rows[:1])[0].position,
                     attempt,
                     self.attempts,
                     error,
@@ -673,7 +694,12 @@ class _Feed:
     ``reads_in_background = False`` (SQLite: its worker thread builds each row under the
     GIL): reading while decoding would only make the two take turns on the GIL (measured:
     slower than not reading ahead at all), so the runner asks once the batch is decoded,
-    and the read overlaps only what the projection awaits (its own writes, the checkpoint)."""
+    and the read overlaps only what the projection awaits (its own writes, the checkpoint).
+
+    A repository with the optional ``read_event_rows`` (see
+    :class:`~cqrs.repository.PersistedEventRepository`) is read with it instead, one batch
+    per call: the batches are then :data:`~cqrs.repository.EventRow` tuples (``raw``),
+    which a projection of all of one type's events has decoded straight from the tuples."""
 
     def __init__(
         self,
@@ -687,18 +713,24 @@ class _Feed:
         self._position = position
         self._status = status
         self._stream: AsyncIterator[SerializedEvent] | None = None
-        self._ahead: asyncio.Task[tuple[list[SerializedEvent], bool]] | None = None
+        self._ahead: asyncio.Task[tuple[_Rows, bool]] | None = None
+        self._reader: Callable[[str | None, int, int], Awaitable[list[EventRow]]] | None = getattr(
+            repository, "read_event_rows", None
+        )
+        self.raw = self._reader is not None
+        """True if batches are EventRow tuples, False if SerializedEvents."""
         self._ended = False
         self.stream = 0
         """The number (in ``status``) of the stream the last batch came from."""
 
-    async def batch(self) -> tuple[list[SerializedEvent], bool]:
+    async def batch(self) -> tuple[_Rows, bool]:
         """The next batch, and whether its stream ended with it (everything visible when it
         was read is in it or before it)."""
         task, self._ahead = self._ahead, None
         rows, self._ended = await (task if task is not None else self._take())
         if rows:
-            self._position = rows[-1].position
+            last = rows[-1]
+            self._position = last[9] if isinstance(last, tuple) else last.position
         return rows, self._ended
 
     async def read_ahead(self) -> None:
@@ -708,7 +740,13 @@ class _Feed:
             self._ahead = asyncio.create_task(self._take())
             await asyncio.sleep(0)  # let it send its read before the caller goes on
 
-    async def _take(self) -> tuple[list[SerializedEvent], bool]:
+    async def _take(self) -> tuple[_Rows, bool]:
+        reader = self._reader
+        if reader is not None:  # one read per batch: each is a stream of its own
+            self._status._streams += 1  # noqa: SLF001 - same module
+            self.stream = self._status._streams  # noqa: SLF001 - same module
+            page = await reader(self.only, self._position, self._size)
+            return page, len(page) < self._size
         if self._stream is None:
             self._status._streams += 1  # noqa: SLF001 - same module
             self.stream = self._status._streams  # noqa: SLF001 - same module
@@ -766,9 +804,38 @@ def _wanted(
     return wanted
 
 
-def _decode(decoders: dict[str, EventDecoder], rows: list[SerializedEvent]) -> list[Any]:
-    """The envelopes of ``rows`` (each of a type in ``decoders``), in order: a page at once
-    when one decoder has ``decode_all`` (a PersistedEventStore), else row by row."""
+def _whole_page(
+    projection: Projection, decoders: dict[str, EventDecoder], *, one_type: bool
+) -> bool:
+    """True if ``projection`` is handed every event of a batch read for its one type, and
+    its decoder decodes EventRow tuples (``decode_rows``): the batch then stays tuples,
+    unless tracing wants the rows (a span links the commits of its events)."""
+    return (
+        one_type
+        and projection.event_types is None
+        and not isinstance(projection, AggregatePartition)
+        and len(decoders) == 1
+        and all(hasattr(decoder, "decode_rows") for decoder in decoders.values())
+        and telemetry.tracer() is None
+    )
+
+
+def _events(rows: _Rows) -> list[SerializedEvent]:
+    """``rows`` as SerializedEvents (EventRow tuples converted)."""
+    if rows and isinstance(rows[0], tuple):
+        return [row_event(row) for row in rows]
+    return cast("list[SerializedEvent]", rows)
+
+
+def _decode(decoders: dict[str, EventDecoder], rows: _Rows) -> list[Any]:
+    """The envelopes of ``rows`` (each of a type in ``decoders``), in order: EventRow
+    tuples with the one decoder's ``decode_rows`` (see :func:`_whole_page`); else a page at
+    once when one decoder has ``decode_all`` (a PersistedEventStore), else row by row."""
+    if rows and isinstance(rows[0], tuple):
+        (decoder,) = decoders.values()
+        decoded: list[Any] = getattr(decoder, "decode_rows")(rows)  # noqa: B009 - optional
+        return decoded
+    rows = cast("list[SerializedEvent]", rows)
     if len(decoders) == 1:
         (decoder,) = decoders.values()
         decode_all = getattr(decoder, "decode_all", None)

@@ -11,9 +11,9 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, ClassVar, Generic, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, Protocol, Self, TypeAlias, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -29,6 +29,7 @@ __all__ = [
     "MAX_AGGREGATE_TYPE_BYTES",
     "AsyncResource",
     "BaseViewRepository",
+    "EventRow",
     "PersistedEventRepository",
     "SerializedEvent",
     "SerializedSnapshot",
@@ -40,7 +41,9 @@ __all__ = [
     "decode_view",
     "next_view_version",
     "not_open",
+    "parse_timestamp",
     "read_pages",
+    "row_event",
     "snapshot_and_events",
     "stored_positions",
     "validate_identifier",
@@ -127,6 +130,52 @@ class SerializedEvent(msgspec.Struct, frozen=True, gc=False):
     timestamp: datetime
     event_id: UUID | str
     position: int = 0
+
+
+EventRow: TypeAlias = tuple[
+    str,
+    str,
+    int,
+    str,
+    str,
+    "bytes | str",
+    "bytes | str | None",
+    "datetime | str",
+    "UUID | str",
+    int,
+]
+"""One stored event as a backend's optional page reader returns it (see
+:class:`PersistedEventRepository`, ``read_event_rows``): a plain tuple of the fields of
+:class:`SerializedEvent`, in their order (``aggregate_type, aggregate_id, sequence,
+event_type, event_version, payload, metadata, timestamp, event_id, position``), where the
+metadata may be None for an empty object, the timestamp ISO 8601 text (UTC when it has no
+offset) and the event id its text form: what a database driver hands out, without building a
+:class:`SerializedEvent` per row. :func:`row_event` makes the SerializedEvent."""
+
+
+def parse_timestamp(text: str) -> datetime:
+    """A stored ISO 8601 timestamp as an aware datetime (UTC when it has no offset)."""
+    parsed = datetime.fromisoformat(text)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def row_event(row: EventRow) -> SerializedEvent:
+    """The :class:`SerializedEvent` of an :data:`EventRow` (what ``stream_all_events``
+    yields for the same stored event)."""
+    aggregate_type, aggregate_id, sequence, event_type, version, payload, metadata = row[:7]
+    timestamp, event_id, position = row[7:]
+    return SerializedEvent(
+        aggregate_type,
+        aggregate_id,
+        sequence,
+        event_type,
+        version,
+        payload,
+        "{}" if metadata is None else metadata,
+        parse_timestamp(timestamp) if isinstance(timestamp, str) else timestamp,
+        event_id,
+        position,
+    )
 
 
 class SerializedSnapshot(msgspec.Struct, frozen=True, gc=False):
@@ -217,6 +266,20 @@ class PersistedEventRepository(Protocol):
     - **Lifecycle.** The constructor does no I/O; ``open()`` and ``close()`` are idempotent
       and the repository is an async context manager. Any other method called before
       ``open()`` or after ``close()`` raises :class:`~cqrs.errors.NotOpenError`.
+
+    Optional, for speed (callers look them up with ``getattr`` and fall back to the methods
+    below, so a backend without them works the same):
+
+    - ``get_snapshot_and_events`` (see :func:`snapshot_and_events`);
+    - ``async read_event_rows(aggregate_type, after_position, limit) -> list[EventRow]``:
+      at most ``limit`` (>= 1) events of the type (every type for None) after
+      ``after_position``, in global order, as :data:`EventRow` tuples, in one read (one
+      statement: what ``stream_all_events`` reads as one page, with its guarantees; fewer
+      than ``limit`` means none more were visible). A projection runner reads its batches
+      with it and the store decodes them straight from the tuples
+      (:meth:`~cqrs.store.PersistedEventStore.decode_rows`), without a SerializedEvent or an
+      async iteration per event. The conformance suite checks it against
+      ``stream_all_events`` when a backend has it.
     """
 
     async def open(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -31,10 +32,13 @@ from cqrs.errors import (
 from cqrs.events import EventEnvelope, event_type_of, event_version_of
 from cqrs.repository import (
     MAX_AGGREGATE_ID_BYTES,
+    EventRow,
     PersistedEventRepository,
     SerializedEvent,
     SerializedSnapshot,
     check_ids,
+    parse_timestamp,
+    row_event,
     snapshot_and_events,
 )
 from cqrs.subscription import Subscription
@@ -50,6 +54,7 @@ S = TypeVar("S")
 logger = logging.getLogger("cqrs.store")
 
 _EMPTY_METADATA = (b"{}", "{}")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _SHORT_ID = MAX_AGGREGATE_ID_BYTES // 4
 """An id of at most this many characters is within the byte limit (4 UTF-8 bytes at most
@@ -448,6 +453,68 @@ class PersistedEventStore(Generic[A_co, C, E, S]):
                     row.timestamp,
                     event_id,
                     row.position,
+                )
+            )
+        return envelopes
+
+    def decode_rows(self, rows: Sequence[EventRow]) -> list[EventEnvelope[E]]:
+        """Upcast and decode stored events read as :data:`~cqrs.repository.EventRow` tuples
+        (a backend's ``read_event_rows``), in order: the same envelopes as
+        ``decode_all([row_event(row) for row in rows])`` and the same error
+        (DeserializationError naming the first event that does not decode), without building
+        a SerializedEvent per row. The cyclic garbage collector is paused while the page is
+        decoded (it only postpones a collection: the page's new objects are all alive until
+        it is handed over anyway) and resumed before this returns."""
+        collecting = gc.isenabled()
+        if collecting:
+            gc.disable()
+        try:
+            return self._decode_rows(rows)
+        except Exception:  # noqa: BLE001 - the SerializedEvent path raises the row's own error
+            return self.decode_all([row_event(row) for row in rows])
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _decode_rows(self, rows: Sequence[EventRow]) -> list[EventEnvelope[E]]:
+        ids = msgspec.convert([row[8] for row in rows], list[uuid.UUID])
+        classes = cast("dict[str, type[E]]", self._classes)
+        decode = self.codec.decode
+        decode_metadata, empty = self.codec.decode_metadata, _EMPTY_METADATA
+        upcasters = bool(self._upcasters)
+        upcast: dict[tuple[str, str], bool] = {}
+        envelopes: list[EventEnvelope[E]] = []
+        append = envelopes.append
+        last_text: object = None
+        timestamp = _EPOCH
+        for row, event_id in zip(rows, ids, strict=True):
+            aggregate_type, aggregate_id, sequence, event_type, version, data, metadata = row[:7]
+            payload: E
+            if upcasters:
+                key = (event_type, version)
+                needed = upcast.get(key)
+                if needed is None:
+                    needed = upcast[key] = self._needs_upcast(event_type, version)
+                if needed:
+                    payload = self.decode_payload(row_event(row))
+                else:
+                    payload = decode(data, classes[event_type])
+            else:
+                payload = decode(data, classes[event_type])
+            text = row[7]
+            if text != last_text:
+                last_text = text
+                timestamp = parse_timestamp(text) if isinstance(text, str) else text
+            append(
+                EventEnvelope(
+                    aggregate_type,
+                    aggregate_id,
+                    sequence,
+                    payload,
+                    {} if metadata is None or metadata in empty else decode_metadata(metadata),
+                    timestamp,
+                    event_id,
+                    row[9],
                 )
             )
         return envelopes

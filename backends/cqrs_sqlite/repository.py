@@ -29,6 +29,7 @@ from cqrs.errors import (
 )
 from cqrs.repository import (
     AsyncResource,
+    EventRow,
     SerializedEvent,
     SerializedSnapshot,
     check_batch,
@@ -468,6 +469,28 @@ class SqliteEventRepository(AsyncResource):
 
         async for event in read_pages(fetch, after_position or 0, size):
             yield event
+
+    async def read_event_rows(
+        self, aggregate_type: str | None, after_position: int, limit: int
+    ) -> list[EventRow]:
+        """At most ``limit`` events of ``aggregate_type`` (every type for None) after
+        ``after_position``, in position order, as :data:`~cqrs.repository.EventRow` tuples
+        (empty metadata as None, timestamps and event ids as stored text), in one hop: a
+        page of :meth:`stream_all_events` as the driver hands it out (what a projection
+        runner reads its batches with)."""
+        statements = self.statements
+        sql: str
+        params: tuple[object, ...]
+        if aggregate_type is None:
+            sql, params = statements.all_rows, (after_position, limit)
+        else:
+            sql, params = statements.type_rows, (after_position, aggregate_type, limit)
+
+        def read(connection: sqlite3.Connection) -> list[EventRow]:
+            rows: list[EventRow] = connection.execute(sql, params).fetchall()
+            return rows
+
+        return await self._read(read, f"reading the events of {aggregate_type or 'every type'}")
 
     def wake_ups(self) -> WakeUps:
         """A listener for new commits (see :class:`cqrs.subscription.WakeUpSource`): this

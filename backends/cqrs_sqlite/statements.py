@@ -18,6 +18,12 @@ _EVENT_COLUMNS = (
 _READ_COLUMNS = (
     "sequence, event_type, event_version, payload, metadata, timestamp, event_id, position"
 )
+# The columns of an EventRow (cqrs.repository): an empty metadata object is read as NULL, so
+# no string is built for it.
+_ROW_COLUMNS = (
+    "aggregate_type, aggregate_id, sequence, event_type, event_version, payload, "
+    "NULLIF(metadata, '{}'), timestamp, event_id, position"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +37,8 @@ class SqliteStatements:
     - ``events_page``: the same, one page (type, id, after, limit);
     - ``all_page``: every type's events after a position (after, limit);
     - ``type_page``: one type's events after a position (after, type, limit);
+    - ``all_rows``, ``type_rows``: the same as ``all_page`` and ``type_page``, as
+      :data:`~cqrs.repository.EventRow` tuples (``read_event_rows``);
     - ``snapshot``: payload, last_sequence, current_snapshot (type, id);
     - ``upsert``: store a snapshot unless the stored one's last_sequence is not smaller;
     - ``create_record``, ``applied``, ``record``: create ``<events>_schema``, read the
@@ -43,6 +51,8 @@ class SqliteStatements:
     events_page: str
     all_page: str
     type_page: str
+    all_rows: str
+    type_rows: str
     snapshot: str
     upsert: str
     create_record: str
@@ -75,6 +85,13 @@ class SqliteStatements:
             ),
             type_page=(
                 f"SELECT aggregate_type, aggregate_id, {_READ_COLUMNS} FROM {events} "
+                "WHERE position > ? AND aggregate_type = ? ORDER BY position LIMIT ?"
+            ),
+            all_rows=(
+                f"SELECT {_ROW_COLUMNS} FROM {events} WHERE position > ? ORDER BY position LIMIT ?"
+            ),
+            type_rows=(
+                f"SELECT {_ROW_COLUMNS} FROM {events} "
                 "WHERE position > ? AND aggregate_type = ? ORDER BY position LIMIT ?"
             ),
             snapshot=(

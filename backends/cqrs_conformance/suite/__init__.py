@@ -12,6 +12,7 @@ from types import ModuleType
 from cqrs_conformance.suite import (
     test_bad_input,
     test_checkpoints,
+    test_event_rows,
     test_port_rules,
     test_properties,
     test_repository,
@@ -30,6 +31,7 @@ from cqrs_conformance.suite import (
 _MODULES: tuple[ModuleType, ...] = (
     test_bad_input,
     test_checkpoints,
+    test_event_rows,
     test_port_rules,
     test_properties,
     test_repository,
