@@ -485,23 +485,36 @@ class PersistedEventStore(Generic[A_co, C, E, S]):
         upcast: dict[tuple[str, str], bool] = {}
         envelopes: list[EventEnvelope[E]] = []
         append = envelopes.append
+        # Rows of one commit share a timestamp, runs of one event type are common: both are
+        # looked up again only when they change (a driver builds new strings for every row).
         last_text: object = None
         timestamp = _EPOCH
+        last_type: str | None = None
+        cls = cast("type[E]", object)  # set with last_type before any use
         for row, event_id in zip(rows, ids, strict=True):
-            aggregate_type, aggregate_id, sequence, event_type, version, data, metadata = row[:7]
+            (
+                aggregate_type,
+                aggregate_id,
+                sequence,
+                event_type,
+                version,
+                data,
+                metadata,
+                text,
+                _,
+                position,
+            ) = row
+            if event_type != last_type:
+                last_type, cls = event_type, classes[event_type]
             payload: E
             if upcasters:
                 key = (event_type, version)
                 needed = upcast.get(key)
                 if needed is None:
                     needed = upcast[key] = self._needs_upcast(event_type, version)
-                if needed:
-                    payload = self.decode_payload(row_event(row))
-                else:
-                    payload = decode(data, classes[event_type])
+                payload = self.decode_payload(row_event(row)) if needed else decode(data, cls)
             else:
-                payload = decode(data, classes[event_type])
-            text = row[7]
+                payload = decode(data, cls)
             if text != last_text:
                 last_text = text
                 timestamp = parse_timestamp(text) if isinstance(text, str) else text
@@ -514,7 +527,7 @@ class PersistedEventStore(Generic[A_co, C, E, S]):
                     {} if metadata is None or metadata in empty else decode_metadata(metadata),
                     timestamp,
                     event_id,
-                    row[9],
+                    position,
                 )
             )
         return envelopes
