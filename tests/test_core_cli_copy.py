@@ -8,7 +8,7 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -485,6 +485,8 @@ async def test_a_conflict_stops_the_copy_while_the_reader_is_ahead(tmp_path):
                 await copy_events(
                     source, target, source_url="memory://s", target_url="memory://t", chunk_size=1
                 )
+        # The reader, chunks ahead, was stopped with the copy: nothing is left running.
+        assert asyncio.all_tasks() == {asyncio.current_task()}
         assert (
             await target.checkpoint_store(COPY_TABLE).position(copy_name("memory://s", None)) == 0
         )
@@ -563,3 +565,47 @@ def test_a_report_without_time_has_no_rate_and_compares_counts_and_checksums():
     precise = CopyReport("s", "t", None, 0, read=1, seconds=0.123456)
     assert precise.as_dict()["seconds"] == 0.123
     assert precise.as_dict()["events_per_second"] == round(1 / 0.123456, 1) == 8.1
+
+
+class _FailingSource:
+    """A memory repository whose global stream fails after ``good`` events."""
+
+    def __init__(self, repository: cqrs.PersistedEventRepository, good: int) -> None:
+        self._repository = repository
+        self.good = good
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._repository, name)
+
+    async def stream_all_events(
+        self, aggregate_type: str | None, after_position: int | None = None
+    ) -> AsyncIterator[SerializedEvent]:
+        read = 0
+        async for event in self._repository.stream_all_events(aggregate_type, after_position):
+            if read == self.good:
+                await asyncio.sleep(0.01)  # the copy waits for the next chunk meanwhile
+                msg = "the source went away"
+                raise cqrs.DatabaseConnectionError(msg)
+            read += 1
+            yield event
+
+
+async def test_a_source_failing_mid_way_fails_the_copy_with_its_error():
+    async with cqrs.connect("memory://") as source, cqrs.connect("memory://") as target:
+        for number in range(10):
+            await source.persist(events_of(f"a{number}", 1, 1), None)
+        for good in (0, 4, 5):
+            async with asyncio.timeout(30):
+                with pytest.raises(cqrs.DatabaseConnectionError, match="the source went away"):
+                    await copy_events(
+                        _FailingSource(source, good),  # type: ignore[arg-type]
+                        target,
+                        source_url="memory://s",
+                        target_url="memory://t",
+                        chunk_size=2,
+                    )
+            assert asyncio.all_tasks() == {asyncio.current_task()}
+        name = copy_name("memory://s", None)
+        # Each run resumed where the last one stopped: 0, then 2 chunks, then 2 more.
+        assert await target.checkpoint_store(COPY_TABLE).position(name) == 8
+        assert len(await everything(target)) == 8

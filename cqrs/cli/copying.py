@@ -27,10 +27,11 @@ events before, or something went wrong.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -224,17 +225,19 @@ async def copy_events(
     checksum = Checksum() if start == 0 else None
     began = time.perf_counter()
     writer = _Writer(source, target)
-    async for chunk in _chunks(source, aggregate_type, start, chunk_size):
-        if checksum is not None:
-            for event in chunk:
-                checksum.add(event)
-        written, snapshots = await writer.write(chunk)
-        report.read += len(chunk)
-        report.written += written
-        report.snapshots += snapshots
-        await _save(checkpoints, lease, chunk[-1].position)
-        if on_progress is not None:
-            on_progress(len(chunk))
+    # Closed at once if a chunk fails, so the reader ahead of it stops with the copy.
+    async with contextlib.aclosing(_chunks(source, aggregate_type, start, chunk_size)) as chunks:
+        async for chunk in chunks:
+            if checksum is not None:
+                for event in chunk:
+                    checksum.add(event)
+            written, snapshots = await writer.write(chunk)
+            report.read += len(chunk)
+            report.written += written
+            report.snapshots += snapshots
+            await _save(checkpoints, lease, chunk[-1].position)
+            if on_progress is not None:
+                on_progress(len(chunk))
     report.seconds = time.perf_counter() - began
     await checkpoints.release(lease)
     await _verify(report, source, target, aggregate_type, checksum, on_verify)
@@ -277,7 +280,7 @@ async def _verify(  # noqa: PLR0917 - one private caller
 
 async def _chunks(
     source: PersistedEventRepository, aggregate_type: str | None, start: int, size: int
-) -> AsyncIterator[list[SerializedEvent]]:
+) -> AsyncGenerator[list[SerializedEvent], None]:
     """Chunks of the source's stream, read one chunk ahead of the consumer."""
     queue: asyncio.Queue[list[SerializedEvent] | None] = asyncio.Queue(maxsize=2)
 
