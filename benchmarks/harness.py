@@ -3,14 +3,16 @@
 For each backend and workload the harness opens the sides (framework, raw, peer: those that
 exist there), seeds each one untimed, then runs ``warmups + repetitions`` rounds. A round is
 the workload once per side, cut into steps of a few milliseconds (a few commands or loads)
-that run interleaved: step 1 of A, B, C, then step 2 of B, C, A... (the order rotates so no
-side always goes first). On a shared machine the load changes from one second to the next;
-interleaving small steps makes every side run under the same conditions. A side's rate in a
-round is its units over the time of its own steps; its result is the median over the
-counted rounds (warm-up rounds are not counted); ``ratio_raw = framework / raw`` and
-``ratio_peer = framework / peer`` (null when either is not measured). Everything runs in one
-process, on one event loop; the garbage collector runs between rounds. The per-round rates
-are in the JSON's ``samples``.
+that run interleaved: step 1 of A, B, C, then step 2 of A, C, B... (each step takes the next
+of every order of the sides, in a cycle where no side always goes first and each runs right
+after each other side as often: a rotation would put A after C two times in three, and what
+C leaves behind, A would pay for more often than B). On a shared machine the load
+changes from one second to the next; interleaving small steps makes every side run under the
+same conditions. A side's rate in a round is its units over the time of its own steps; its
+result is the median over the counted rounds (warm-up rounds are not counted); ``ratio_raw =
+framework / raw`` and ``ratio_peer = framework / peer`` (null when either is not measured).
+Everything runs in one process, on one event loop; the garbage collector runs between
+rounds. The per-round rates are in the JSON's ``samples``.
 """
 
 from __future__ import annotations
@@ -117,6 +119,19 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(numerator / denominator, 3)
 
 
+_THREE = ((0, 1, 2), (0, 2, 1), (2, 1, 0), (1, 0, 2), (1, 2, 0), (2, 0, 1))
+"""Every order of three sides, in a cycle where each side runs right after each other side
+equally often (three times in six steps, counting from one step to the next)."""
+
+
+def _orders(names: list[str]) -> list[list[str]]:
+    """The orders the steps take in turn: for three sides :data:`_THREE`; otherwise the
+    rotations (with two sides each follows the other as often)."""
+    if len(names) == 3:  # framework, raw and peer
+        return [[names[i] for i in order] for order in _THREE]
+    return [names[shift:] + names[:shift] for shift in range(max(len(names), 1))]
+
+
 class _WorkloadRun:
     """One workload on one target: its sides, their per-round rates, their failures.
 
@@ -183,17 +198,17 @@ class _WorkloadRun:
 
     async def round(self, index: int) -> dict[str, float]:
         """Prepare every side's steps (untimed), then run them interleaved: step 1 of
-        every side, step 2 of every side..., the side order rotating at each step. Return
-        each side's units per second over its steps."""
+        every side, step 2 of every side..., each step in the next of every order of the
+        sides (see the module docstring). Return each side's units per second over its
+        steps."""
         steps = await self._steps(index)
         elapsed = dict.fromkeys(steps, 0.0)
         units = dict.fromkeys(steps, 0)
         profiler = self.profiler if index >= self.sizes.warmups else None
         gc.collect()
         for step in range(max((len(s) for s in steps.values()), default=0)):
-            names = list(steps)
-            shift = (index + step) % max(len(names), 1)
-            for name in names[shift:] + names[:shift]:
+            orders = _orders(list(steps))
+            for name in orders[(index + step) % len(orders)]:
                 if step >= len(steps[name]):
                     continue
                 timed = await self._time(name, steps[name][step], profiler)
