@@ -9,7 +9,10 @@ round runs, one after the other in one process: ``stream`` (the repository's
 speed" of issue 13), ``stream+decode`` (the same, each row decoded to an envelope by the
 store: what any consumer of decoded events pays at least), ``stream+decode_all`` (the rows
 gathered in pages of ``page_size`` and each page decoded with ``decode_all``, as the runner
-does: its floor) and ``runner`` (a
+does on a backend without a page reader: its floor there), ``rows+decode_rows`` (only for a
+backend with the optional ``read_event_rows``: its pages of ``page_size`` EventRow tuples,
+each decoded with ``decode_rows``, as the runner reads and decodes them there: its floor)
+and ``runner`` (a
 :class:`~cqrs.ProjectionRunner` with a no-op projection catching up from a new checkpoint, as
 ``catchup_10k`` in ``python -m benchmarks``). The order rotates each round. The table gives
 the median events/s of each and their ratios to ``stream``; ``--json`` writes the rows.
@@ -34,6 +37,7 @@ from typing import Any
 from benchmarks.domain import BenchAccount, open_command
 from benchmarks.framework import NoOpProjection
 from cqrs import CqrsFramework, PersistedEventRepository, PersistedEventStore, ProjectionRunner
+from cqrs.repository import EventRow
 from examples.bank_account.domain import BankAccountServices
 
 __all__ = ["main", "measure"]
@@ -45,8 +49,9 @@ _BEYOND = 2**62
 async def measure(
     repository: PersistedEventRepository, events: int, rounds: int
 ) -> dict[str, float]:
-    """Median events/s of ``stream``, ``stream+decode``, ``stream+decode_all`` and
-    ``runner`` on ``repository`` (open, schema created, empty)."""
+    """Median events/s of ``stream``, ``stream+decode``, ``stream+decode_all``,
+    ``rows+decode_rows`` (backends with ``read_event_rows``) and ``runner`` on
+    ``repository`` (open, schema created, empty)."""
     store = PersistedEventStore(repository, BenchAccount)
     app: CqrsFramework[Any, Any, Any] = CqrsFramework(store, services=BankAccountServices())
     for index in range(max(events // 100, 1)):
@@ -108,11 +113,36 @@ def _streams(
                 page = []
         return count + len(store.decode_all(page))
 
-    return {
+    ways: dict[str, Callable[[], Awaitable[int]]] = {
         "stream": stream,
         "stream+decode": stream_and_decode,
         "stream+decode_all": stream_and_decode_pages,
     }
+    reader = getattr(repository, "read_event_rows", None)
+    if reader is not None:
+        ways["rows+decode_rows"] = _rows(reader, store, size)
+    return ways
+
+
+def _rows(
+    reader: Callable[[str, int, int], Awaitable[list[EventRow]]],
+    store: PersistedEventStore[Any, Any, Any, Any],
+    size: int,
+) -> Callable[[], Awaitable[int]]:
+    """The backend's ``read_event_rows`` pages of ``size``, each decoded with
+    ``decode_rows``: what the runner reads and decodes on such a backend."""
+    kind = store.aggregate_type
+
+    async def rows_and_decode_rows() -> int:
+        count, after = 0, 0
+        while True:
+            page = await reader(kind, after, size)
+            count += len(store.decode_rows(page))
+            if len(page) < size:
+                return count
+            after = page[-1][9]
+
+    return rows_and_decode_rows
 
 
 async def _alternate(
@@ -172,6 +202,11 @@ async def run(options: argparse.Namespace) -> list[dict[str, object]]:
                     **{name: round(value, 1) for name, value in medians.items()},
                     "ratio_decode": round(medians["stream+decode"] / base, 3),
                     "ratio_decode_all": round(medians["stream+decode_all"] / base, 3),
+                    **(
+                        {"ratio_decode_rows": round(medians["rows+decode_rows"] / base, 3)}
+                        if "rows+decode_rows" in medians
+                        else {}
+                    ),
                     "ratio_runner": round(medians["runner"] / base, 3),
                 }
             )
@@ -209,15 +244,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parser.parse_args(argv)
     rows = asyncio.run(run(options))
     print(
-        "| backend | stream | stream+decode | stream+decode_all | runner "
-        "| decode/stream | decode_all/stream | runner/stream |"
+        "| backend | stream | stream+decode | stream+decode_all | rows+decode_rows | runner "
+        "| decode/stream | decode_all/stream | decode_rows/stream | runner/stream |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
+        rows_side = row.get("rows+decode_rows")
+        rows_ratio = row.get("ratio_decode_rows")
         print(
             f"| {row['backend']} | {row['stream']:,.0f} | {row['stream+decode']:,.0f} "
-            f"| {row['stream+decode_all']:,.0f} | {row['runner']:,.0f} "
+            f"| {row['stream+decode_all']:,.0f} "
+            f"| {'-' if rows_side is None else f'{rows_side:,.0f}'} | {row['runner']:,.0f} "
             f"| {row['ratio_decode']:.2f} | {row['ratio_decode_all']:.2f} "
+            f"| {'-' if rows_ratio is None else f'{rows_ratio:.2f}'} "
             f"| {row['ratio_runner']:.2f} |"
         )
     if options.json:
