@@ -115,7 +115,7 @@ class Output:
         with self.console.capture() as capture:
             self.console.print(renderable)
         for line in capture.get().splitlines():
-            self.console.print(self.scrub(line), markup=False, highlight=False)
+            self.console.print(self.scrub(line), markup=False)
 
     def emit_json(self, data: object) -> None:
         """One JSON document on one line of stdout."""
