@@ -60,6 +60,7 @@ from cqrs.repository import (
     ViewRepository,
     decode_view,
     row_event,
+    row_events,
 )
 from cqrs.subscription import PollingWakeUps, SharedWakeUps, WakeUps, WakeUpSource
 
@@ -517,7 +518,7 @@ class ProjectionRunner:
             if _whole_page(projection, decoders, one_type=feed.only is not None):
                 wanted = raw  # decoded straight from the tuples (decode_rows)
             else:
-                rows = [first, *map(row_event, raw[1:])]
+                rows = row_events(raw)
                 wanted = _wanted(projection, decoders, rows, one_type=feed.only is not None)
         else:
             rows = cast("list[SerializedEvent]", batch)
@@ -823,7 +824,7 @@ def _whole_page(
 def _events(rows: _Rows) -> list[SerializedEvent]:
     """``rows`` as SerializedEvents (EventRow tuples converted)."""
     if rows and isinstance(rows[0], tuple):
-        return [row_event(row) for row in rows]
+        return row_events(rows)
     return cast("list[SerializedEvent]", rows)
 
 

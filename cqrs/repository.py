@@ -44,6 +44,7 @@ __all__ = [
     "parse_timestamp",
     "read_pages",
     "row_event",
+    "row_events",
     "snapshot_and_events",
     "stored_positions",
     "validate_identifier",
@@ -176,6 +177,35 @@ def row_event(row: EventRow) -> SerializedEvent:
         event_id,
         position,
     )
+
+
+def row_events(rows: Sequence[EventRow]) -> list[SerializedEvent]:
+    """``[row_event(row) for row in rows]``, each timestamp text parsed once per run of
+    equal ones (the rows of one commit share it)."""
+    events = []
+    last: object = None
+    timestamp = datetime.min.replace(tzinfo=UTC)
+    for row in rows:
+        aggregate_type, aggregate_id, sequence, event_type, version, payload, metadata = row[:7]
+        text = row[7]
+        if text != last:
+            last = text
+            timestamp = parse_timestamp(text) if isinstance(text, str) else text
+        events.append(
+            SerializedEvent(
+                aggregate_type,
+                aggregate_id,
+                sequence,
+                event_type,
+                version,
+                payload,
+                "{}" if metadata is None else metadata,
+                timestamp,
+                row[8],
+                row[9],
+            )
+        )
+    return events
 
 
 class SerializedSnapshot(msgspec.Struct, frozen=True, gc=False):

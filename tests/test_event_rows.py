@@ -23,7 +23,7 @@ from cqrs import (
     SerializedEvent,
 )
 from cqrs.projection import ProjectionRunner
-from cqrs.repository import EventRow, row_event
+from cqrs.repository import EventRow, row_event, row_events
 from cqrs.upcasting import SemanticVersionEventUpcaster
 from cqrs_memory import MemoryEventRepository
 from cqrs_sqlite import SqliteEventRepository
@@ -77,6 +77,8 @@ def test_row_event_is_the_serialized_event_of_the_row():
     assert events[2].timestamp == datetime(2026, 1, 2, 0, 0, 1, tzinfo=UTC)  # naive: UTC
     assert events[3].timestamp is rows[3][7]
     assert [e.position for e in events] == [1, 2, 3, 4, 7]
+    assert row_events(rows) == events
+    assert row_events([]) == []
 
 
 def test_decode_rows_gives_what_decode_all_gives():
