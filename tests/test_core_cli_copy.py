@@ -609,3 +609,17 @@ async def test_a_source_failing_mid_way_fails_the_copy_with_its_error():
         # Each run resumed where the last one stopped: 0, then 2 chunks, then 2 more.
         assert await target.checkpoint_store(COPY_TABLE).position(name) == 8
         assert len(await everything(target)) == 8
+
+
+async def test_an_importing_target_counts_only_what_it_stored(tmp_path):
+    source_url = f"sqlite:///{tmp_path / 's.db'}"
+    target_url = f"sqlite:///{tmp_path / 't.db'}"
+    async with cqrs.connect(source_url) as source, cqrs.connect(target_url) as target:
+        await source.persist(events_of("a", 1, 2), None)  # positions 1, 2
+        await source.persist(events_of("a", 3, 6), None)  # positions 3..6
+        await target.persist(events_of("a", 1, 6), None)  # all there already
+        await _resume_at(target, source_url, 2)
+        report = await copy_events(source, target, source_url=source_url, target_url=target_url)
+        assert await everything(target) == await everything(source)
+    assert (report.read, report.written) == (4, 0)
+    assert report.as_dict()["skipped"] == 4

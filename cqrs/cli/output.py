@@ -119,10 +119,9 @@ class Output:
 
     def emit_json(self, data: object) -> None:
         """One JSON document on one line of stdout."""
+        # The console soft-wraps: a long document stays on one line.
         self.console.print(
-            self.scrub(json.dumps(data, default=str, ensure_ascii=False)),
-            markup=False,
-            soft_wrap=True,
+            self.scrub(json.dumps(data, default=str, ensure_ascii=False)), markup=False
         )
 
     def error(self, text: str) -> None:
