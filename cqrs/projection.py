@@ -224,9 +224,13 @@ class ProjectionRunner:
     listener of the repository (:class:`~cqrs.subscription.SharedWakeUps`).
 
     Reading: while a batch is decoded (a page at once, with the source's ``decode_all``
-    when it has one) and handed over, the next batch is read. A repository whose reads are
-    Python work of this process rather than a server's (SQLite's worker thread) sets
-    ``reads_in_background = False``; the next read then starts once the batch is decoded.
+    when it has one) and handed over, the next batch is read. A repository with the
+    optional ``read_event_rows`` (SQLite's) is read one batch per call as EventRow tuples,
+    which a projection of every event of one type has decoded straight from the tuples
+    (the source's ``decode_rows``); other projections get them as SerializedEvents. A
+    repository whose reads are Python work of this process rather than a server's
+    (SQLite's worker thread) sets ``reads_in_background = False``; the next read then
+    starts once the batch is decoded.
 
     Checkpoints: a projection that commits with its checkpoint
     (:class:`TransactionalProjection`, e.g. a :class:`ViewProjection` whose views are in the
