@@ -57,16 +57,17 @@ class Recorder:
 
 
 class Closing(MemoryEventRepository):
-    """Counts the global-stream reads opened and the ones closed."""
+    """Counts the global-stream reads opened and closed and the events they gave."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.opened = self.closed = 0
+        self.opened = self.closed = self.given = 0
 
     async def stream_all_events(self, aggregate_type, after_position=None):
         self.opened += 1
         try:
             async for item in super().stream_all_events(aggregate_type, after_position):
+                self.given += 1
                 yield item
         finally:
             self.closed += 1
@@ -78,7 +79,7 @@ async def filled(repository: MemoryEventRepository, count: int) -> None:
         await repository.persist([stored(number)], None)
 
 
-async def test_run_once_closes_the_stream_it_left_unfinished():
+async def test_run_once_reads_one_batch_and_closes_the_stream_it_left_unfinished():
     repository = Closing()
     await filled(repository, 5)
     projection = Recorder()
@@ -86,6 +87,7 @@ async def test_run_once_closes_the_stream_it_left_unfinished():
     assert await made.run_once() == 2
     assert projection.batches == [[1, 2]]
     assert (repository.opened, repository.closed) == (1, 1)
+    assert repository.given == 2  # nothing read ahead for a batch that will not come
 
 
 async def test_the_status_dates_what_is_behind_by_the_first_event_not_applied():
@@ -97,7 +99,7 @@ async def test_the_status_dates_what_is_behind_by_the_first_event_not_applied():
     assert (status.head, status.checkpoint, status.caught_up) == (2, 2, False)
     assert status.behind_since == EPOCH + timedelta(minutes=1)
     assert status.lag_seconds > 0
-    await made.run_once()
+    assert await made.run_once() == 2  # from 2 to 4
     assert made.status()["p"].behind_since == EPOCH + timedelta(minutes=3)
 
 
