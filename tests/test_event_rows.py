@@ -204,6 +204,15 @@ async def test_a_sqlite_runner_reads_rows_and_hands_over_what_the_stream_decodes
     repository, decoder, checkpoints = await _sqlite_bank(tmp_path)
     try:
         everything, deposits = Recorded("all", decoder), Deposits("deposits", decoder)
+        pages: list[int] = []
+        decode_rows = decoder.decode_rows
+
+        def counted(rows: Sequence[EventRow]) -> list[EventEnvelope[Any]]:
+            pages.append(len(rows))
+            decoded: list[EventEnvelope[Any]] = decode_rows(rows)
+            return decoded
+
+        decoder.decode_rows = counted
         runner = ProjectionRunner(
             repository, checkpoints, [everything, deposits], owner="t", batch_size=4
         )
@@ -219,6 +228,9 @@ async def test_a_sqlite_runner_reads_rows_and_hands_over_what_the_stream_decodes
             e for e in expected if isinstance(e.payload, CustomerDepositedMoney)
         ]
         assert expected[1].metadata == {"n": "1"}
+        # The whole-type projection's batches were decoded from the tuples (the filtered
+        # one's as SerializedEvents): 15 events in batches of 4.
+        assert pages == [4, 4, 4, 3]
         status = runner.status()["all"]
         assert status.checkpoint == status.saved == expected[-1].position
         assert status.head == expected[-1].position
