@@ -433,3 +433,73 @@ async def test_the_last_try_is_not_followed_by_a_pause(monkeypatch):
     with pytest.raises(ProjectionFailedError):
         await made.run_once()
     assert made.pauses == [1.0]
+
+
+# -- the failure policy, event by event --------------------------------------------------------
+
+
+class Poisoned:
+    """A projection that fails on chosen positions and records what took effect."""
+
+    def __init__(self, poison: set[int]) -> None:
+        self.name, self.sources, self.event_types = "p", [Decoder()], None
+        self.poison = poison
+        self.batches: list[list[int]] = []
+
+    async def handle(self, events) -> None:
+        positions = [e.position for e in events]
+        if self.poison & set(positions):
+            raise ValueError(f"bad {sorted(self.poison & set(positions))}")
+        self.batches.append(positions)
+
+
+class Saves(MemoryCheckpoints):
+    """The reference checkpoint store, recording each checkpoint write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saves: list[int] = []
+
+    async def save(self, lease, position: int) -> None:
+        self.saves.append(position)
+        await super().save(lease, position)
+
+
+async def test_a_one_event_batch_that_fails_is_not_tried_again_alone(caplog):
+    repository = await filled(MemoryEventRepository(), 3)
+    checkpoints = Saves()
+    made = ProjectionRunner(
+        repository, checkpoints, [Poisoned({1})], batch_size=1, attempts=2, retry_delay=0
+    )
+    with (
+        caplog.at_level(logging.WARNING, logger="cqrs.projections"),
+        pytest.raises(ProjectionFailedError) as raised,
+    ):
+        await made.run_once()
+    assert raised.value.position == 1
+    tried = (
+        "projection 'p' failed on 1 event(s) from position 1 (try {} of 2): ValueError('bad [1]')"
+    )
+    assert messages(caplog) == [tried.format(1), tried.format(2)]
+    assert checkpoints.saves == []  # nothing applied: nothing to save
+    assert made.status()["p"].checkpoint == 0
+
+
+async def test_every_event_that_keeps_failing_is_parked_and_the_batch_is_saved(caplog):
+    repository = await filled(MemoryEventRepository(), 5)
+    projection = Poisoned({2, 4})
+    checkpoints = Saves()
+    made = ProjectionRunner(
+        repository, checkpoints, [projection], attempts=1, retry_delay=0, on_failure="park"
+    )
+    with caplog.at_level(logging.ERROR, logger="cqrs.projections"):
+        assert await made.run_once() == 5
+    assert projection.batches == [[1], [3], [5]]
+    assert [p.position for p in await checkpoints.parked("p")] == [2, 4]
+    assert made.status()["p"].parked == 2
+    assert checkpoints.saves == [5]
+    assert await checkpoints.position("p") == 5
+    assert messages(caplog, logging.ERROR) == [
+        "projection 'p' parked the event at position 2: ValueError('bad [2]')",
+        "projection 'p' parked the event at position 4: ValueError('bad [4]')",
+    ]
