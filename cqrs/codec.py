@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -79,10 +79,10 @@ class MsgspecCodec:
 
     def decode(self, data: bytes | str, type_: type[T]) -> T:
         """Decode JSON into ``type_`` in one pass."""
-        decoder = self._decoders.get(type_)
+        decoder: Callable[[bytes | str], T] | None = self._decoders.get(type_)
         if decoder is None:
             decoder = self._decoder_for(type_)
-        return cast("T", decoder(data))
+        return decoder(data)
 
     def decode_untyped(self, data: bytes | str) -> object:
         """Decode JSON into plain Python values."""
@@ -94,7 +94,7 @@ class MsgspecCodec:
 
     def convert(self, value: object, type_: type[T]) -> T:
         """Build ``type_`` from plain values, accepting the forms ``encode`` produces."""
-        converter = self._converters.get(type_)
+        converter: Callable[[object], T] | None = self._converters.get(type_)
         if converter is None:
             if _is_pydantic(type_):
                 converter = getattr(type_, "model_validate")  # noqa: B009 - duck-typed pydantic
@@ -104,7 +104,7 @@ class MsgspecCodec:
                     return msgspec.convert(value, type_, strict=False)
 
             self._converters[type_] = converter
-        return cast("T", converter(value))
+        return converter(value)
 
     def _decoder_for(self, type_: type[T]) -> Callable[[bytes | str], T]:
         decoder: Callable[[bytes | str], T]

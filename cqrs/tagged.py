@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -152,7 +152,7 @@ class TaggedCodec:
         if not isinstance(value, Mapping):
             msg = f"expected a variant tagged {tag!r}, not {type(value).__name__}"
             raise TypeError(msg)
-        mapping = cast("Mapping[str, Any]", value)
+        mapping: Mapping[str, Any] = value
         self._check(tag, list(mapping), type_)
         body = mapping[tag]
         return self.inner.convert({} if body is None and type_ in self._units else body, type_)
