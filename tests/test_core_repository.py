@@ -192,27 +192,28 @@ def test_a_batch_not_stored_as_it_is_gives_none():
 
 
 async def test_pages_follow_positions_until_a_short_page():
-    rows = [row(i + 1, position=10 * (i + 1)) for i in range(5)]
+    rows = [row(i + 1, position=10 * (i + 1)) for i in range(7)]
     asked = []
 
     async def fetch(after):
         asked.append(after)
-        return [r for r in rows if r.position > after][:2]
+        return [r for r in rows if r.position > after][:3]
 
-    assert [r.sequence async for r in read_pages(fetch, 0, 2)] == [1, 2, 3, 4, 5]
-    assert asked == [0, 20, 40]
+    assert [r.sequence async for r in read_pages(fetch, 0, 3)] == [1, 2, 3, 4, 5, 6, 7]
+    assert asked == [0, 30, 60]  # each page goes on after the last event of the one before
 
 
 async def test_pages_follow_sequences_when_asked():
-    rows = [row(i + 1, position=100 + i) for i in range(4)]
+    rows = [row(i + 1, position=100 + i) for i in range(6)]
     asked = []
 
     async def fetch(after):
         asked.append(after)
-        return [r for r in rows if r.sequence > after][:2]
+        return [r for r in rows if r.sequence > after][:3]
 
-    assert [r.sequence async for r in read_pages(fetch, 0, 2, by_sequence=True)] == [1, 2, 3, 4]
-    assert asked == [0, 2, 4]  # a full last page costs one more (empty) read
+    sequences = [r.sequence async for r in read_pages(fetch, 0, 3, by_sequence=True)]
+    assert sequences == [1, 2, 3, 4, 5, 6]
+    assert asked == [0, 3, 6]  # a full last page costs one more (empty) read
 
 
 # -- views -----------------------------------------------------------------------------------
