@@ -621,7 +621,8 @@ async def test_requests_sent_after_the_idle_connections_were_killed_succeed_at_o
                 (name,),
             )
             killed = [row[0] for row in await cursor.fetchall()]
-            assert len(killed) == repository.pool.get_stats()["pool_size"], killed
+            # The pool's connections, and the one notifications have their own pool for.
+            assert len(killed) >= repository.pool.get_stats()["pool_size"], killed
             for _ in range(200):
                 cursor = await admin.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (killed,)
@@ -802,6 +803,32 @@ async def test_an_owned_pools_connection_gets_its_json_loaders_once(tables, monk
         events = await repository.get_events(TYPE, "a")
         assert [default_codec.decode(e.payload, dict) for e in events] == [{"n": 1}, {"n": 2}]
         assert registered == []
+
+
+async def test_an_owned_pools_notifications_leave_its_pool_at_one_connection(tables):
+    """Back-to-back commits and loads keep an owned pool at one connection: the
+    notifications after commits go through a pool of their own (one connection), which is
+    closed with the repository and made again when it reopens."""
+    repository = from_url(URL, events_table=tables["events"], snapshots_table=tables["snapshots"])
+    async with repository:
+        await repository.create_schema()
+        for sequence in range(1, 21):
+            await repository.persist([event("a", sequence)], None)
+            assert len(await repository.get_events(TYPE, "a")) == sequence
+        await repository._notifier.drain()
+        notifying = repository._notify_connections
+        assert notifying is not None
+        assert notifying.pool is not repository.pool
+        assert notifying.pool.get_stats()["requests_num"] >= 1  # the notifications went here
+        assert notifying.pool.get_stats()["pool_size"] == 1
+        assert repository.pool.get_stats()["pool_size"] == 1
+        first = notifying.pool
+    assert first.closed
+    async with repository:
+        await repository.persist([event("a", 21)], None)
+        await repository._notifier.drain()
+        assert notifying.pool is not first
+        assert notifying.pool.get_stats()["requests_num"] >= 1
 
 
 # -- pools and connections ---------------------------------------------------------------------
