@@ -819,16 +819,21 @@ def test_links_skip_a_malformed_traceparent(traceparent):
 
 
 def test_a_batch_span_covers_its_positions(sink):
-    traced = telemetry.batch("totals", [row(5), row(6), row(9)])
+    committed = carrying(6, f"00-{TRACE}-{4:016x}-01")
+    traced = telemetry.batch("totals", [row(5), committed, row(9)])
     assert traced is not None
     with traced:
         pass
-    assert dict(sink.one("project totals").attributes or {}) == {
+    batch = sink.one("project totals")
+    assert dict(batch.attributes or {}) == {
         "cqrs.projection": "totals",
         "cqrs.events.count": 3,
         "cqrs.position.first": 5,
         "cqrs.position.last": 9,
     }
+    assert [(link.context.span_id, dict(link.attributes or {})) for link in batch.links] == [
+        (4, {"cqrs.position": 6})
+    ]
 
 
 @pytest.mark.parametrize(
@@ -882,4 +887,6 @@ def test_from_a_source_tree_without_the_distribution_the_scope_version_is_zero(m
     with traced:
         pass
     (span,) = sink.spans()
-    assert (span.instrumentation_scope.name, span.instrumentation_scope.version) == ("cqrs", "0")
+    scope = span.instrumentation_scope
+    assert scope is not None
+    assert (scope.name, scope.version) == ("cqrs", "0")
