@@ -106,15 +106,19 @@ class Flaky(MemoryEventRepository):
 
 class Checkpoints(MemoryCheckpoints):
     """The reference checkpoint store; ``unreachable`` acquires fail like a lost server, each
-    renew is timed, and ``refuse_renewal`` makes the next renew say the lease was taken."""
+    renew is timed, ``refuse_renewal`` makes the next renew say the lease was taken, and
+    while ``held`` is set, acquires wait for it to be released."""
 
     def __init__(self, unreachable: int = 0) -> None:
         super().__init__()
         self.unreachable = unreachable
         self.renewals: list[float] = []
         self.refuse_renewal = False
+        self.held: asyncio.Event | None = None
 
     async def acquire(self, name, owner, ttl):
+        if self.held is not None:
+            await self.held.wait()
         if self.unreachable:
             self.unreachable -= 1
             raise DatabaseConnectionError("checkpoints gone")
@@ -239,11 +243,16 @@ async def test_a_runner_whose_renewal_is_refused_says_so_and_takes_the_lease_aga
     with caplog.at_level(logging.INFO, logger="cqrs.projections"):
         async with running(made):
             await made.wait_for(5, timeout=5)
+            held = checkpoints.held = asyncio.Event()
             checkpoints.refuse_renewal = True
-            await until(lambda: not checkpoints.refuse_renewal)
+            await until(lambda: len(messages(caplog)) >= 2)
+            assert made.status()["p"].state == "standby"  # until it has the lease again
+            checkpoints.held = None
+            held.set()
             await until(lambda: len(messages(caplog)) >= 3)
             await repository.persist([stored("x6")], None)
             await made.wait_for(6, timeout=5)
+            await asyncio.sleep(0.2)  # renewed again meanwhile: nothing more to say
     assert messages(caplog)[:3] == [
         "projection 'p' runs here (me, token 1) from position 0",
         "projection 'p': the lease of 'me' (token 1) was taken over",
@@ -345,15 +354,53 @@ async def test_a_failed_projection_is_logged_releases_its_lease_and_fails_wait_f
 
 async def test_a_stopped_runner_saves_and_releases_and_reports_stopped():
     repository = await filled(MemoryEventRepository())
-    checkpoints = MemoryCheckpoints()
+    checkpoints = Saves()
     made = ProjectionRunner(repository, checkpoints, [Recorder()], owner="me", poll_interval=0.02)
     async with running(made) as task:
         await made.wait_for(5, timeout=5)
         made.stop()
         await asyncio.wait_for(task, 5)
     assert made.status()["p"].state == "stopped"
-    assert await checkpoints.position("p") == 5
+    assert checkpoints.saves == [5]  # saved when the read reached the end, not again
     assert await checkpoints.acquire("p", "other", 10) is not None
+
+
+async def test_a_cancelled_runner_releases_its_leases():
+    repository = await filled(MemoryEventRepository())
+    checkpoints = MemoryCheckpoints()
+    made = ProjectionRunner(repository, checkpoints, [Recorder()], owner="me", poll_interval=0.02)
+    task = asyncio.create_task(made.run())
+    await made.wait_for(5, timeout=5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await checkpoints.acquire("p", "other", 10) is not None
+
+
+class Unpushed:
+    """A repository that cannot push wake-ups (no ``wake_ups``): the runner polls it."""
+
+    def __init__(self, inner: MemoryEventRepository) -> None:
+        self.inner = inner
+
+    def stream_all_events(self, aggregate_type, after_position=None):
+        return self.inner.stream_all_events(aggregate_type, after_position)
+
+
+async def test_a_runner_polls_a_repository_that_cannot_push():
+    inner = await filled(MemoryEventRepository())
+    projection = Recorder()
+    made = ProjectionRunner(
+        Unpushed(inner),  # type: ignore[arg-type]
+        MemoryCheckpoints(),
+        [projection],
+        poll_interval=0.02,
+    )
+    async with running(made):
+        await made.wait_for(5, timeout=5)
+        await inner.persist([stored("x6")], None)
+        await made.wait_for(6, timeout=5)
+    assert projection.batches == [[1, 2, 3, 4, 5], [6]]
 
 
 async def test_a_commit_is_pushed_to_a_runner_long_before_its_poll_interval():
