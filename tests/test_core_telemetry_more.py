@@ -890,3 +890,39 @@ def test_from_a_source_tree_without_the_distribution_the_scope_version_is_zero(m
     scope = span.instrumentation_scope
     assert scope is not None
     assert (scope.name, scope.version) == ("cqrs", "0")
+
+
+def test_a_collection_sees_every_command_that_ended_before_it_once(sink):
+    account = unique("Account")
+    labels = (
+        ("cqrs.aggregate.type", account),
+        ("cqrs.command.type", "Deposit"),
+        ("cqrs.outcome", "ok"),
+    )
+    ended = 0
+    for commands in (1, 150, 3, 0):  # across any batching of the measurements
+        for _ in range(commands):
+            hook = telemetry.command(store_of(account), Deposit(), "a", None)
+            assert hook is not None
+            with hook:
+                pass
+        ended += commands
+        count, seconds = sink.points("cqrs.command.duration")[labels]
+        assert count == ended
+        assert 0 <= seconds < 10
+
+
+def test_events_committed_keep_counting_when_the_meter_is_asked_again():
+    account = unique("Account")
+    first = Sink()
+    telemetry.configure(meter_provider=first.meter_provider)
+    telemetry.events_committed(account, 2)
+    assert first.points("cqrs.events.committed")[(("cqrs.aggregate.type", account),)] == 2
+    telemetry.configure(meter_provider=first.meter_provider)  # the same meter again
+    telemetry.events_committed(account, 3)
+    assert first.points("cqrs.events.committed")[(("cqrs.aggregate.type", account),)] == 5
+    second = Sink()
+    telemetry.configure(meter_provider=second.meter_provider)  # another meter counts anew
+    telemetry.events_committed(account, 1)
+    assert second.points("cqrs.events.committed")[(("cqrs.aggregate.type", account),)] == 1
+    assert first.points("cqrs.events.committed")[(("cqrs.aggregate.type", account),)] == 5
