@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import cqrs.projection
-from cqrs import AggregateConflict, ConfigurationError, EventEnvelope
+from cqrs import AggregateConflict, ConfigurationError, DeserializationError, EventEnvelope
 from cqrs.checkpoints import MemoryCheckpoints
 from cqrs.projection import ViewProjection
 from cqrs.rebuild import SwitchableViews
@@ -241,3 +241,66 @@ async def test_handle_and_save_needs_views_its_store_can_hold(repository):
             [envelope("a", 1)], plain, lease, 1
         )
     assert str(raised.value) == f"projection 'totals': {plain!r} cannot store its views"
+
+
+class Fetches(MemoryCheckpointStore):
+    """The repository's checkpoint store, handing out ``rows`` as the stored views and
+    recording the view writes of a batch instead of making them."""
+
+    def __init__(self, repository: MemoryEventRepository, rows: dict[str, tuple[object, object]]):
+        super().__init__("projections", repository)
+        self.rows = rows
+        self.written: list[tuple[str, bytes, int, int]] = []
+
+    async def save_with_views(self, lease, position, views, writes) -> None:
+        self.written.extend((w.view_id, w.payload, w.version, w.expected) for w in writes)
+
+    async def fetch_views(self, views, view_ids):
+        return {view_id: self.rows[view_id] for view_id in view_ids if view_id in self.rows}
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ((b'{"positions": []}', 0), "its version is not a positive int"),
+        ((b'{"positions": []}', -2), "its version is not a positive int"),
+        ((b'{"positions": []}', True), "its version is not a positive int"),
+        ((b'{"positions": []}', "3"), "its version is not a positive int"),
+        ((17, 3), "its payload is int, not JSON"),
+        ((None, 3), "its payload is NoneType, not JSON"),
+    ],
+    ids=["zero", "negative", "bool", "text", "int-payload", "no-payload"],
+)
+async def test_a_stored_view_that_does_not_decode_names_itself(repository, row, problem):
+    checkpoints = Fetches(repository, {"acc-1": row})
+    made = projection(repository.view_repository(Seen, "seen"))
+    lease = await checkpoints.acquire("totals", "me", 10)
+    assert lease is not None
+    with pytest.raises(DeserializationError) as raised:
+        await made.handle_and_save([envelope("acc-1", 9)], checkpoints, lease, 9)
+    assert str(raised.value) == (
+        f"view 'acc-1' in seen (version {row[1]!r}) does not decode: {problem}"
+    )
+    assert await checkpoints.position("totals") == 0
+
+
+async def test_a_stored_view_payload_that_is_not_json_names_the_view(repository):
+    checkpoints = Fetches(repository, {"acc-1": (b"{oops", 4)})
+    made = projection(repository.view_repository(Seen, "seen"))
+    lease = await checkpoints.acquire("totals", "me", 10)
+    assert lease is not None
+    with pytest.raises(DeserializationError) as raised:
+        await made.handle_and_save([envelope("acc-1", 9)], checkpoints, lease, 9)
+    assert str(raised.value).startswith("view 'acc-1' in seen (version 4) does not decode: ")
+
+
+async def test_a_stored_view_row_is_decoded_and_written_after_its_version(repository):
+    checkpoints = Fetches(repository, {"acc-1": ('{"positions": [2, 4]}', 4)})
+    views = repository.view_repository(Seen, "seen")
+    made = projection(views)
+    lease = await checkpoints.acquire("totals", "me", 10)
+    assert lease is not None
+    await made.handle_and_save([envelope("acc-1", 3), envelope("acc-1", 5)], checkpoints, lease, 5)
+    ((view_id, payload, version, expected),) = checkpoints.written
+    assert (view_id, version, expected) == ("acc-1", 5, 4)
+    assert views.codec.decode(payload, Seen) == Seen([2, 4, 5])
