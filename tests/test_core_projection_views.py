@@ -16,7 +16,7 @@ import pytest
 import cqrs.projection
 from cqrs import AggregateConflict, ConfigurationError, DeserializationError, EventEnvelope
 from cqrs.checkpoints import MemoryCheckpoints
-from cqrs.projection import ViewProjection
+from cqrs.projection import ViewProjection, partition_of
 from cqrs.rebuild import SwitchableViews
 from cqrs.repository import ViewContext
 from cqrs_memory import MemoryEventRepository
@@ -304,3 +304,38 @@ async def test_a_stored_view_row_is_decoded_and_written_after_its_version(reposi
     ((view_id, payload, version, expected),) = checkpoints.written
     assert (view_id, version, expected) == ("acc-1", 5, 4)
     assert views.codec.decode(payload, Seen) == Seen([2, 4, 5])
+
+
+async def test_an_event_changes_every_view_its_key_names_and_none_for_no_key(repository):
+    views = repository.view_repository(Seen, "seen")
+
+    def keys(e: EventEnvelope[Any]) -> str | list[str] | None:
+        if e.position == 1:
+            return None  # an event no view cares about
+        if e.position == 2:
+            return "a"
+        return [e.aggregate_id, "all"]  # a string, or several
+
+    made = ViewProjection(
+        "totals",
+        [],
+        views,
+        Seen,
+        key=keys,
+        update=lambda view, e: view.positions.append(e.position),
+    )
+    await made.handle([envelope("a", 1), envelope("a", 2), envelope("b", 3), envelope("a", 4)])
+    assert await views.load("a") == Seen([2, 4])
+    assert await views.load("b") == Seen([3])
+    assert await views.load("all") == Seen([3, 4])
+
+
+async def test_each_partition_writes_only_the_views_whose_ids_fall_in_it(repository):
+    views = repository.view_repository(Seen, "seen")
+    ids = [f"acc-{n}" for n in range(12)]
+    parts = projection(views).partitions(3)
+    batch = [envelope(view_id, n + 1) for n, view_id in enumerate(ids)]
+    await parts[1].handle(batch)
+    written = {view_id for view_id in ids if await views.load(view_id) is not None}
+    assert written == {view_id for view_id in ids if partition_of(view_id, 3) == 1}
+    assert 0 < len(written) < len(ids)
