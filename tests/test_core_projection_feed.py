@@ -177,3 +177,63 @@ async def test_a_stop_during_a_read_ahead_abandons_the_read_and_returns():
     assert projection.batches == [[1, 2]]
     assert runners[0].status()["p"].state == "stopped"
     assert await runners[0].checkpoints.position("p") == 2
+
+
+async def test_a_batch_with_nothing_for_the_projection_moves_its_checkpoint_past_it():
+    repository = MemoryEventRepository()
+    await filled(repository, 5)
+    projection = Recorder()
+    projection.event_types = {"Other"}  # type: ignore[assignment]
+    made = ProjectionRunner(repository, MemoryCheckpoints(), [projection], batch_size=2)
+    assert await made.run_once() == 2
+    assert projection.batches == []
+    assert await made.checkpoints.position("p") == 2
+
+
+class Logged(MemoryEventRepository):
+    """Reads in the foreground (like SQLite's worker); logs each event its stream gives."""
+
+    reads_in_background = False
+
+    def __init__(self, log: list[tuple[str, int]]) -> None:
+        super().__init__()
+        self.log = log
+
+    async def stream_all_events(self, aggregate_type, after_position=None):
+        async for item in super().stream_all_events(aggregate_type, after_position):
+            self.log.append(("read", item.position))
+            yield item
+
+
+async def test_reads_in_the_foreground_overlap_only_what_the_projection_awaits():
+    log: list[tuple[str, int]] = []
+    repository = Logged(log)
+    await filled(repository, 6)
+
+    class LoggedDecoder(Decoder):
+        def decode(self, row: SerializedEvent) -> EventEnvelope[object]:
+            log.append(("decoded", row.position))
+            return super().decode(row)
+
+    class Slow(Recorder):
+        async def handle(self, events) -> None:
+            await asyncio.sleep(0.01)  # its own write, say
+            await super().handle(events)
+            log.append(("handled", events[-1].position))
+
+    projection = Slow()
+    projection.sources = [LoggedDecoder()]
+    made = ProjectionRunner(
+        repository, MemoryCheckpoints(), [projection], batch_size=2, poll_interval=0.02
+    )
+    task = asyncio.create_task(made.run())
+    try:
+        await made.wait_for(6, timeout=5)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert projection.batches == [[1, 2], [3, 4], [5, 6]]
+    # the next batch is read once this one is decoded, while it is handed over
+    assert log.index(("decoded", 2)) < log.index(("read", 3)) < log.index(("handled", 2))
+    assert log.index(("decoded", 4)) < log.index(("read", 5)) < log.index(("handled", 4))
