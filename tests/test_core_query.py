@@ -65,7 +65,9 @@ class CountingSource:
 
     async def load_events(self, aggregate_id, after_sequence=0):
         self.reads.append(after_sequence)
-        return [e for e in self.events if e.sequence > after_sequence]
+        return [
+            e for e in self.events if e.aggregate_id == aggregate_id and e.sequence > after_sequence
+        ]
 
 
 @pytest.fixture
