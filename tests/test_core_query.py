@@ -118,12 +118,14 @@ async def test_the_limits_are_settable(waits):
 
 
 async def test_a_gap_without_a_store_is_reported_as_a_gap(waits):
-    query = GenericQuery(Conflicting(conflicts=0), Seen, attempts=2)
+    views = Conflicting(conflicts=0)
+    query = GenericQuery(views, Seen, attempts=2)
     with pytest.raises(AggregateConflict) as raised:
         await query.dispatch("v1", [envelope(3)])
     assert str(raised.value) == (
         "view 'v1' is at sequence 0 but the next events start at 3; gave up after 2 attempts"
     )
+    assert views.loads == 2  # it waited for the missing events to land, then looked again
 
 
 async def test_a_gap_then_a_conflict_is_reported_as_a_conflict(waits):
