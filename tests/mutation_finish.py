@@ -1,0 +1,141 @@
+"""Check mutmut's mutants against chosen test files, one forked pytest per mutant.
+
+``nox -s mutate`` (mutmut) runs, for every mutant, every test that reached the mutated
+function in its stats run, slowest functions last; on two cores the last third of the core's
+mutants (functions reached by hundreds of SQLite tests) take hours. This script checks the
+mutants mutmut has not checked yet the way mutmut does (a preloaded pytest process forks a
+child per mutant, which sets ``MUTANT_UNDER_TEST`` and runs the tests with ``-x``), but
+against the fast unit tests of the mutant's module only (``tests/test_core_<module>*.py``
+and a few more: see ``FILES``). A mutant is *killed* when a test fails or the child runs
+over its time; otherwise it *survived these files* (it may still be killed by other tests:
+the count is conservative).
+
+Run it from mutmut's ``mutants/`` directory with the mutate session's Python, after a
+``mutmut run`` (finished or stopped)::
+
+    cd mutants && ../.nox/mutate/bin/python ../tests/mutation_finish.py NAMES RESULTS
+
+``NAMES`` holds one mutant name per line (``mutmut results --all true`` lists them);
+``RESULTS`` gets one line per mutant, ``name status seconds``, and names already in it are
+skipped, so a stopped check resumes. ``MUTATION_TIMEOUT`` (seconds, default 90) bounds one
+mutant. Not part of the test suite (its name does not start with ``test_``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+# The mutated package in the working directory, not the installed one.
+sys.path.insert(0, str(Path.cwd()))
+
+import pytest
+
+FILES: dict[str, list[str]] = {
+    "cqrs.checkpoints": ["tests/test_core_checkpoints.py"],
+    "cqrs.cli": [
+        "tests/test_core_cli.py",
+        "tests/test_core_cli_checks.py",
+        "tests/test_core_cli_copy.py",
+        "tests/test_core_cli_projections.py",
+    ],
+    "cqrs.codec": ["tests/test_core_codec.py", "tests/test_codec.py"],
+    "cqrs.connection": ["tests/test_core_connection.py"],
+    "cqrs.ddl": ["tests/test_core_ddl.py"],
+    "cqrs.events": ["tests/test_core_events.py"],
+    "cqrs.framework": [
+        "tests/test_core_framework.py",
+        "tests/test_core_framework_outcomes.py",
+        "tests/test_framework.py",
+    ],
+    "cqrs.projection": [
+        "tests/test_core_projection.py",
+        "tests/test_core_projection_feed.py",
+        "tests/test_core_projection_run.py",
+        "tests/test_core_projection_views.py",
+    ],
+    "cqrs.query": ["tests/test_core_query.py", "tests/test_core_query_replay.py"],
+    "cqrs.repository": ["tests/test_core_repository.py"],
+    "cqrs.store": ["tests/test_core_store.py"],
+    "cqrs.subscription": [
+        "tests/test_core_subscription.py",
+        "tests/test_core_subscription_pages.py",
+        "tests/test_core_subscription_wakeups.py",
+    ],
+    "cqrs.tagged": ["tests/test_core_tagged.py", "tests/test_tagged_payloads.py"],
+    "cqrs.telemetry": [
+        "tests/test_core_telemetry.py",
+        "tests/test_core_telemetry_more.py",
+        "tests/test_telemetry.py",
+    ],
+    "cqrs.upcasting": ["tests/test_core_upcasting.py", "tests/test_upcasting.py"],
+}
+PYTEST = ["-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
+
+
+def files_for(name: str, extra: list[str]) -> list[str]:
+    """The test files for a mutant: those of the longest module prefix of its name."""
+    prefixes = [prefix for prefix in FILES if name.startswith(prefix + ".")]
+    if not prefixes:
+        return []
+    return [*FILES[max(prefixes, key=len)], *extra]
+
+
+def check(name: str, files: list[str], timeout: float) -> str:
+    """Run ``files`` against mutant ``name`` in a forked child: killed, survived or timeout."""
+    pid = os.fork()
+    if pid == 0:  # the child: quiet, its own process group, the mutant switched on
+        os.setpgid(0, 0)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.environ["MUTANT_UNDER_TEST"] = name
+        os._exit(int(pytest.main(["-x", *PYTEST, *files])))
+    began = time.monotonic()
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            if code == 0:
+                return "survived"
+            return "no-tests" if code == pytest.ExitCode.NO_TESTS_COLLECTED else "killed"
+        if time.monotonic() - began > timeout:
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return "timeout"
+        time.sleep(0.02)
+
+
+def main(argv: list[str]) -> int:
+    """Check every mutant named in ``argv[0]``; append the results to ``argv[1]``."""
+    names_file, results_file, *extra = argv
+    import cqrs  # noqa: PLC0415 - after sys.path points at the mutants
+
+    if not str(cqrs.__file__).startswith(str(Path.cwd())):
+        sys.exit(f"run this from mutmut's mutants/ directory (cqrs is {cqrs.__file__})")
+    results = Path(results_file)
+    done = set()
+    if results.exists():
+        done = {line.split()[0] for line in results.read_text().splitlines() if line.strip()}
+    names = [line.strip() for line in Path(names_file).read_text().splitlines() if line.strip()]
+    timeout = float(os.environ.get("MUTATION_TIMEOUT", "90"))
+    os.environ["MUTANT_UNDER_TEST"] = ""
+    everything = sorted({path for files in FILES.values() for path in files})
+    if pytest.main([*PYTEST, "--co", *everything, *extra]) != 0:  # preload, and check
+        sys.exit("the test files do not collect")
+    with results.open("a") as out:
+        for name in names:
+            if name in done:
+                continue
+            files = files_for(name, extra)
+            began = time.monotonic()
+            status = check(name, files, timeout) if files else "no-files"
+            print(name, status, round(time.monotonic() - began, 2), file=out, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
