@@ -7,9 +7,9 @@ mutants mutmut has not checked yet the way mutmut does (a preloaded pytest proce
 child per mutant, which sets ``MUTANT_UNDER_TEST`` and runs the tests with ``-x``), but
 against the fast unit tests of the mutant's module only (``tests/test_core_<module>*.py``
 and a few more: see ``FILES``), fastest first, leaving out any test that fails on the
-unmutated code (a test newer than the mutated sources). A mutant is *killed* when a test fails or the child runs
-over its time; otherwise it *survived these files* (it may still be killed by other tests:
-the count is conservative).
+unmutated code (a test newer than the mutated sources). A mutant is *killed* when a test
+fails or the child runs over its time; otherwise it *survived these files* (it may still
+be killed by other tests: the count is conservative).
 
 Run it from mutmut's ``mutants/`` directory with the mutate session's Python, after a
 ``mutmut run`` (finished or stopped)::
