@@ -626,3 +626,41 @@ async def test_an_importing_target_counts_only_what_it_stored(tmp_path):
         assert await everything(target) == await everything(source)
     assert (report.read, report.written) == (4, 0)
     assert report.as_dict()["skipped"] == 4
+
+
+class _FailingTarget:
+    """A memory repository, through the port alone, whose ``fail_at``-th persist fails."""
+
+    def __init__(self, repository: cqrs.PersistedEventRepository, fail_at: int) -> None:
+        self._repository = repository
+        self.fail_at = fail_at
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._repository, name)
+
+    async def persist(
+        self, events: Sequence[SerializedEvent], snapshot: SerializedSnapshot | None
+    ) -> list[int]:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            msg = "the target went away"
+            raise cqrs.DatabaseConnectionError(msg)
+        return await self._repository.persist(events, snapshot)
+
+
+async def test_a_snapshot_goes_with_the_last_run_of_its_aggregate_in_a_chunk():
+    async with cqrs.connect("memory://") as source, cqrs.connect("memory://") as target:
+        await source.persist(events_of("a", 1, 1), None)
+        await source.persist(events_of("b", 1, 1), None)
+        await source.persist(events_of("a", 2, 2), snap("a", 2))
+        failing = _FailingTarget(target, fail_at=2)  # the copy dies after the run a 1
+        with pytest.raises(cqrs.DatabaseConnectionError):
+            await copy_events(
+                source,
+                failing,  # type: ignore[arg-type]
+                source_url="memory://s",
+                target_url="memory://t",
+            )
+        assert [row[:3] for row in await everything(target)] == [("Account", "a", 1)]
+        assert await target.get_snapshot("Account", "a") is None  # never ahead of its events
