@@ -815,6 +815,7 @@ async def test_an_owned_pools_notifications_leave_its_pool_at_one_connection(tab
         for sequence in range(1, 21):
             await repository.persist([event("a", sequence)], None)
             assert len(await repository.get_events(TYPE, "a")) == sequence
+        assert repository._notifier is not None
         await repository._notifier.drain()
         notifying = repository._notify_connections
         assert notifying is not None
@@ -826,6 +827,7 @@ async def test_an_owned_pools_notifications_leave_its_pool_at_one_connection(tab
     assert first.closed
     async with repository:
         await repository.persist([event("a", 21)], None)
+        assert repository._notifier is not None
         await repository._notifier.drain()
         assert notifying.pool is not first
         assert notifying.pool.get_stats()["requests_num"] >= 1
