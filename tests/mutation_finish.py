@@ -57,10 +57,11 @@ FILES: dict[str, list[str]] = {
         "tests/test_core_projection_feed.py",
         "tests/test_core_projection_run.py",
         "tests/test_core_projection_views.py",
+        "tests/test_event_rows.py",
     ],
     "cqrs.query": ["tests/test_core_query.py", "tests/test_core_query_replay.py"],
-    "cqrs.repository": ["tests/test_core_repository.py"],
-    "cqrs.store": ["tests/test_core_store.py"],
+    "cqrs.repository": ["tests/test_core_repository.py", "tests/test_event_rows.py"],
+    "cqrs.store": ["tests/test_core_store.py", "tests/test_event_rows.py"],
     "cqrs.subscription": [
         "tests/test_core_subscription.py",
         "tests/test_core_subscription_pages.py",
