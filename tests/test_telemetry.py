@@ -647,10 +647,11 @@ async def test_projection_lag_gauges_and_wake_ups(otel):
     )
     task = asyncio.create_task(runner.run())
     try:
-        for _ in range(200):
+        for _ in range(2000):  # up to 20 s on a loaded machine
             if runner.status()["stuck"].head:
                 break
             await asyncio.sleep(0.01)
+        assert runner.status()["stuck"].head, "the runner never saw the head of the stream"
         await asyncio.sleep(0.05)
         assert otel.points("cqrs.projection.lag.events") == {(("cqrs.projection", "stuck"),): 1}
         ((_, seconds),) = otel.points("cqrs.projection.lag.seconds").items()
@@ -663,8 +664,9 @@ async def test_projection_lag_gauges_and_wake_ups(otel):
         woke = otel.points("cqrs.subscription.wake_ups")[(("cqrs.consumer", "stuck"),)]
         assert woke >= 1
     finally:
+        projection.gate.set()  # a failed assertion must not leave the runner stuck in handle
         runner.stop()
-        await task
+        await asyncio.wait_for(task, 10)
 
 
 async def test_a_subscription_page_is_a_span_linked_to_its_commits(otel):
